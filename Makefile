@@ -1,0 +1,42 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup system-deps demo test unit down lint typecheck bench clean
+
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	@bash deploy/local/install-system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+## The whole pipeline on a demo stream, on the local stack (Kafka + Redis on loopback).
+demo: setup
+	$(BIN)/crm demo
+
+## Every test: unit, integration and end-to-end; the real Kafka and Redis are started by the suite.
+test: setup
+	$(BIN)/pytest -q
+
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+down:
+	$(BIN)/crm stack down
+
+lint: setup
+	$(BIN)/ruff check services tests && $(BIN)/ruff format --check services tests
+
+typecheck: setup
+	$(BIN)/mypy
+
+bench: setup
+	@echo "benchmarks arrive with the stager (bench/)"; exit 1
+
+clean: down
+	rm -rf .run

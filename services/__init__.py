@@ -1,0 +1,1 @@
+"""Streaming CRM engine services."""

@@ -1,0 +1,1 @@
+"""attribution service (built in a later milestone; importable so the layout is complete)."""

@@ -1,0 +1,274 @@
+"""`crm`: one entry point for operating the engine (stack, topics, ingest, tail, demo)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+
+from services.common.errors import CrmError
+from services.common.settings import CommonSettings, load_settings
+
+__all__ = ["main"]
+
+
+def _common() -> CommonSettings:
+    return load_settings(CommonSettings)
+
+
+@click.group()
+def cli() -> None:
+    """Streaming CRM engine: operate the local stack and the services."""
+
+
+# --- stack -------------------------------------------------------------------------------------
+@cli.group()
+def stack() -> None:
+    """The local Kafka + Redis stack (no Docker needed)."""
+
+
+@stack.command("up")
+@click.option("--topics/--no-topics", default=True, help="Also create the topic table.")
+@click.option("--timeout", default=120.0, show_default=True)
+def stack_up(topics: bool, timeout: float) -> None:
+    """Start Kafka (KRaft) and Redis on loopback, wait until they answer; idempotent."""
+    from services.common.localstack import LocalStack
+    from services.common.topics import ensure_topics
+
+    settings = _common()
+    LocalStack(settings).up(timeout)
+    if topics:
+        result = asyncio.run(ensure_topics(settings.kafka_bootstrap))
+        created = [name for name, state in result.items() if state == "created"]
+        click.echo(f"topics: {len(result)} in the table, {len(created)} created")
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop every process this checkout started (services, Kafka, Redis)."""
+    from services.common.localstack import LocalStack
+
+    stopped = LocalStack(_common()).down()
+    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@stack.command("status")
+def stack_status() -> None:
+    """Show what runs; exits 1 unless Kafka and Redis both answer."""
+    from services.common.localstack import LocalStack
+
+    local = LocalStack(_common())
+    for name, state in local.status().items():
+        click.echo(f"{name:10} {state}")
+    sys.exit(0 if local.kafka_ready() and local.redis_ready() else 1)
+
+
+@cli.group()
+def topics() -> None:
+    """The topic table."""
+
+
+@topics.command("create")
+@click.option("--partitions", type=int, default=None, help="Override every topic's partition count.")
+def topics_create(partitions: int | None) -> None:
+    """Create every missing topic of the table (idempotent)."""
+    from services.common.topics import ensure_topics
+
+    result = asyncio.run(ensure_topics(_common().kafka_bootstrap, partitions=partitions))
+    for name, state in result.items():
+        click.echo(f"{name:28} {state}")
+
+
+@topics.command("list")
+def topics_list() -> None:
+    """Print the topic table."""
+    from services.common.constants import TOPICS
+
+    for spec in TOPICS:
+        click.echo(f"{spec.name:28} {spec.partitions:3}  {spec.schema:28} {spec.description}")
+
+
+# --- tail --------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("topic")
+@click.option("--max", "max_messages", type=int, default=None, help="Stop after N messages.")
+def tail(topic: str, max_messages: int | None) -> None:
+    """Decode TOPIC from the beginning to its current end as JSON lines."""
+    from services.common.avro import default_codec
+    from services.common.tail import read_topic, to_json
+
+    async def run() -> None:
+        async for record in read_topic(_common().kafka_bootstrap, topic, default_codec(), max_messages):
+            click.echo(to_json(record))
+
+    asyncio.run(run())
+
+
+# --- ingest ------------------------------------------------------------------------------------
+@cli.group()
+def ingest() -> None:
+    """The ingest service and bulk loads."""
+
+
+@ingest.command("serve")
+def ingest_serve() -> None:
+    """Run the ingest HTTP service (same as `python -m services.ingest`)."""
+    from services.ingest.__main__ import main as serve
+
+    serve()
+
+
+@ingest.command("file")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["ndjson"]), default="ndjson", show_default=True)
+@click.option("--batch", default=1000, show_default=True)
+def ingest_file(path: Path, fmt: str, batch: int) -> None:
+    """Validate and produce every event of PATH through the ingest path, with a progress bar."""
+    from prometheus_client import CollectorRegistry
+    from tqdm import tqdm
+
+    from services.common.avro import default_codec
+    from services.ingest.core import Ingestor, make_producer
+    from services.ingest.metrics import IngestMetrics
+    from services.ingest.validate import Limits, split_body
+
+    settings = _common()
+
+    async def run() -> Counter[str]:
+        producer = make_producer(settings.kafka_bootstrap)
+        await producer.start()
+        ingestor = Ingestor(default_codec(), producer, IngestMetrics(CollectorRegistry()), Limits())
+        tally: Counter[str] = Counter()
+        try:
+            with path.open("rb") as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
+                                             desc=path.name, disable=None) as bar:
+                lines: list[bytes] = []
+                for line in fh:
+                    lines.append(line)
+                    bar.update(len(line))
+                    if len(lines) >= batch:
+                        _tally(tally, await ingestor.ingest(split_body(b"\n".join(lines)), f"file:{path.name}"))
+                        lines = []
+                if lines:
+                    _tally(tally, await ingestor.ingest(split_body(b"\n".join(lines)), f"file:{path.name}"))
+        finally:
+            await producer.stop()
+        return tally
+
+    tally = asyncio.run(run())
+    click.echo(f"accepted {tally['accepted']}, rejected {tally['rejected']} (to crm.events.dlq)")
+    for key, count in sorted(tally.items()):
+        if key.startswith("reason "):
+            click.echo(f"  {key[7:]}: {count}")
+
+
+def _tally(tally: Counter[str], results: list[Any]) -> None:
+    for r in results:
+        tally["accepted" if r.accepted else "rejected"] += 1
+        if not r.accepted:
+            tally["reason " + r.reason.split(":")[0]] += 1
+
+
+# --- demo --------------------------------------------------------------------------------------
+DEMO_KEY = "demo-local-key"
+
+
+@cli.command()
+@click.option("--customers", default=2000, show_default=True)
+def demo(customers: int) -> None:
+    """Start the stack and the services, push a demo stream over HTTP, print what happened."""
+    from services.common.avro import default_codec
+    from services.common.localstack import LocalStack, pid_alive
+    from services.common.tail import read_topic, to_json
+    from services.common.topics import ensure_topics
+    from services.ingest.demo import demo_stream
+
+    settings = _common()
+    local = LocalStack(settings)
+    local.up()
+    asyncio.run(ensure_topics(settings.kafka_bootstrap))
+    port = settings.ingest_port
+    url = f"http://127.0.0.1:{port}"
+    pid_file = local.pid_file("ingest")
+    if not _healthy(url):
+        if pid_file.exists() and pid_alive(int(pid_file.read_text())):
+            raise CrmError(f"ingest (pid {pid_file.read_text().strip()}) runs but does not answer on {url}")
+        log = settings.state_dir / "ingest.log"
+        env = {"CRM_API_KEYS": DEMO_KEY, "CRM_INGEST_PORT": str(port)}
+        with log.open("ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, env={**_env(), **env})
+        pid_file.write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + 30
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise CrmError(f"ingest service did not start; see {log}")
+            time.sleep(0.3)
+        click.echo(f"ingest service up on {url} (pid {proc.pid})")
+    else:
+        click.echo(f"ingest service already up on {url}")
+
+    from tqdm import tqdm
+
+    lines = list(demo_stream(customers, int(time.time() * 1000) - 4 * 3600 * 1000))
+    totals: Counter[str] = Counter()
+    for i in tqdm(range(0, len(lines), 500), desc="posting demo events", unit="batch", disable=None):
+        reply = _post(f"{url}/v1/events", b"\n".join(lines[i:i + 500]))
+        for r in reply["results"]:
+            totals["accepted" if r["status"] == "accepted" else "rejected: " + r["reason"].split(":")[0]] += 1
+            if r["status"] == "accepted":
+                totals["topic " + r["topic"]] += 1
+    click.echo(f"posted {len(lines)} items: {totals['accepted']} accepted")
+    for key in sorted(totals):
+        if key != "accepted":
+            click.echo(f"  {key}: {totals[key]}")
+
+    async def show_dlq() -> None:
+        click.echo("first dead letters (crm tail crm.events.dlq):")
+        async for record in read_topic(settings.kafka_bootstrap, "crm.events.dlq", default_codec(), 2):
+            click.echo("  " + to_json({k: record[k] for k in ("topic", "reason", "source", "original")}))
+
+    asyncio.run(show_dlq())
+    click.echo(f"metrics: {url}/metrics   stop everything: .venv/bin/crm stack down")
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _post(url: str, body: bytes) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"X-API-Key": DEMO_KEY, "Content-Type": "application/x-ndjson"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:  # 207/422 carry the per-event answer too
+        if exc.code in (207, 422):
+            return dict(json.loads(exc.read()))
+        raise CrmError(f"ingest answered {exc.code}: {exc.read()[:300]!r}") from exc
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except CrmError as exc:
+        sys.exit(f"crm: {exc}")

@@ -1,0 +1,69 @@
+"""Names shared by every service: topics, Redis key prefixes, defaults.
+
+The topic table is the single source for topic creation, the README and the compose file's
+topic-creation service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DEFAULT_PARTITIONS",
+    "EVENT_TYPES",
+    "TOPICS",
+    "TOPIC_ATTRIBUTION",
+    "TOPIC_DLQ",
+    "TOPIC_STAGE_TRANSITIONS",
+    "TOPIC_TRIGGERS_COUPONS",
+    "TOPIC_TRIGGERS_OUTREACH",
+    "TOPIC_TRIGGERS_REMINDERS",
+    "TOPIC_TRIGGERS_SUPPRESSED",
+    "TopicSpec",
+    "event_topic",
+    "REDIS_PREFIX",
+]
+
+DEFAULT_PARTITIONS = 12
+
+# The five event types of the domain; each has its schema `schemas/<type>.avsc` and its topic.
+EVENT_TYPES: tuple[str, ...] = ("browse", "cart", "order", "follow", "profile")
+
+TOPIC_DLQ = "crm.events.dlq"
+TOPIC_STAGE_TRANSITIONS = "crm.stage.transitions"
+TOPIC_TRIGGERS_COUPONS = "crm.triggers.coupons"
+TOPIC_TRIGGERS_REMINDERS = "crm.triggers.reminders"
+TOPIC_TRIGGERS_OUTREACH = "crm.triggers.outreach"
+TOPIC_TRIGGERS_SUPPRESSED = "crm.triggers.suppressed"
+TOPIC_ATTRIBUTION = "crm.attribution"
+
+REDIS_PREFIX = "crm:"
+
+
+def event_topic(event_type: str) -> str:
+    """Topic that carries events of `event_type` (one of EVENT_TYPES)."""
+    return f"crm.events.{event_type}"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    schema: str  # full Avro name of the record every message on the topic carries
+    description: str
+    partitions: int = DEFAULT_PARTITIONS
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(event_topic("browse"), "crm.events.Browse", "page, product, search or store views"),
+    TopicSpec(event_topic("cart"), "crm.events.Cart", "cart adds and removes"),
+    TopicSpec(event_topic("order"), "crm.events.Order", "orders created, paid, cancelled, refunded"),
+    TopicSpec(event_topic("follow"), "crm.events.Follow", "follows, unfollows and favourites"),
+    TopicSpec(event_topic("profile"), "crm.events.Profile", "attributes and consent"),
+    TopicSpec(TOPIC_DLQ, "crm.events.DeadLetter", "rejected input with its reason"),
+    TopicSpec(TOPIC_STAGE_TRANSITIONS, "crm.stage.StageTransition", "every stage change of every model"),
+    TopicSpec(TOPIC_TRIGGERS_COUPONS, "crm.triggers.Trigger", "coupon actions"),
+    TopicSpec(TOPIC_TRIGGERS_REMINDERS, "crm.triggers.Trigger", "unpaid-order, cart and repurchase reminders"),
+    TopicSpec(TOPIC_TRIGGERS_OUTREACH, "crm.triggers.Trigger", "welcome, VIP, win-back, referral, birthday"),
+    TopicSpec(TOPIC_TRIGGERS_SUPPRESSED, "crm.triggers.Trigger", "decisions suppressed by a guardrail"),
+    TopicSpec(TOPIC_ATTRIBUTION, "crm.attribution.Attribution", "orders attributed to outreach"),
+)

@@ -1,0 +1,44 @@
+"""Idempotent creation of every topic in the topic table, with explicit partition counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from services.common.constants import TOPICS, TopicSpec
+from services.common.errors import StackError
+
+__all__ = ["ensure_topics"]
+
+
+async def ensure_topics(
+    bootstrap: str, specs: Iterable[TopicSpec] = TOPICS, partitions: int | None = None
+) -> dict[str, str]:
+    """Create missing topics; returns name -> "created" | "exists (N partitions)".
+
+    `partitions` overrides every spec's count. An existing topic with a different count is
+    reported, not altered: changing it would move customers between partitions.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = await admin.describe_topics()
+        have = {t["topic"]: len(t["partitions"]) for t in existing if not t.get("error_code")}
+        wanted = list(specs)
+        missing = [
+            NewTopic(s.name, num_partitions=partitions or s.partitions, replication_factor=1)
+            for s in wanted
+            if s.name not in have
+        ]
+        if missing:
+            response = await admin.create_topics(missing, timeout_ms=15000)
+            for name, code, *_ in response.topic_errors:
+                if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (a concurrent creator)
+                    raise StackError(f"creating topic {name} failed with Kafka error code {code}")
+        result = {}
+        for spec in wanted:
+            result[spec.name] = f"exists ({have[spec.name]} partitions)" if spec.name in have else "created"
+        return result
+    finally:
+        await admin.close()

@@ -1,0 +1,64 @@
+import struct
+
+import pytest
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from services.common.avro import MAGIC, Codec, crc64_avro, default_codec, schema_dir
+from services.common.errors import SchemaError
+
+
+def test_crc64_avro_matches_the_specification_vector():
+    # Avro's own test data: the parsing fingerprint of "int" is 8247732601305521295.
+    assert crc64_avro(b'"int"') == 8247732601305521295
+
+
+@pytest.mark.parametrize("name", default_codec().names)
+def test_header_is_marker_plus_little_endian_fingerprint(name):
+    codec = default_codec()
+    canonical = to_parsing_canonical_form(codec._entry(name).parsed)
+    assert codec.fingerprint(name).hex() == fingerprint(canonical, "CRC-64-AVRO")
+    assert codec.fingerprint(name) == struct.pack("<Q", crc64_avro(canonical.encode()))
+
+
+def test_round_trip_keeps_the_record():
+    codec = default_codec()
+    record = {"event_id": "e1", "customer_id": "c1", "tenant": "t", "event_time": 1700000000123,
+              "order_id": "o1", "status": "paid", "amount": 12.5,
+              "items": [{"product_id": "p", "quantity": 2, "price": 6.25}]}
+    data = codec.encode("crm.events.Order", record)
+    assert data[:2] == MAGIC
+    name, back = codec.decode(data)
+    assert name == "crm.events.Order"
+    assert back["amount"] == 12.5 and back["status"] == "paid" and back["items"][0]["quantity"] == 2
+    assert int(back["event_time"].timestamp() * 1000) == 1700000000123
+    assert back["currency"] == "CNY"  # default filled in
+
+
+def test_unknown_fingerprint_is_rejected_with_a_clear_error():
+    data = MAGIC + b"\x00" * 8 + b"\x02a"
+    with pytest.raises(SchemaError, match="unknown schema fingerprint 0000000000000000"):
+        default_codec().decode(data)
+
+
+def test_message_without_marker_is_rejected():
+    with pytest.raises(SchemaError, match="C3 01"):
+        default_codec().decode(b'{"json": true}')
+
+
+def test_record_not_matching_schema_raises_schema_error():
+    with pytest.raises(SchemaError, match="crm.events.Cart"):
+        default_codec().encode("crm.events.Cart", {"event_id": "e"})
+
+
+def test_unknown_schema_name_lists_known_ones():
+    with pytest.raises(SchemaError, match="crm.events.Browse"):
+        default_codec().encode("crm.events.Nope", {})
+
+
+def test_empty_schema_folder_is_an_error(tmp_path):
+    with pytest.raises(SchemaError, match="no .avsc"):
+        Codec(tmp_path)
+
+
+def test_schema_dir_is_the_repository_contract():
+    assert (schema_dir() / "order.avsc").exists()
