@@ -149,8 +149,10 @@ def ingest_file(path: Path, fmt: str, batch: int) -> None:
         ingestor = Ingestor(default_codec(), producer, IngestMetrics(CollectorRegistry()), Limits())
         tally: Counter[str] = Counter()
         try:
-            with path.open("rb") as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
-                                             desc=path.name, disable=None) as bar:
+            with (
+                path.open("rb") as fh,
+                tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name, disable=None) as bar,
+            ):
                 lines: list[bytes] = []
                 for line in fh:
                     lines.append(line)
@@ -187,7 +189,7 @@ DEMO_KEY = "demo-local-key"
 def demo(customers: int) -> None:
     """Start the stack and the services, push a demo stream over HTTP, print what happened."""
     from services.common.avro import default_codec
-    from services.common.localstack import LocalStack, pid_alive
+    from services.common.localstack import LocalStack
     from services.common.tail import read_topic, to_json
     from services.common.topics import ensure_topics
     from services.ingest.demo import demo_stream
@@ -196,33 +198,14 @@ def demo(customers: int) -> None:
     local = LocalStack(settings)
     local.up()
     asyncio.run(ensure_topics(settings.kafka_bootstrap))
-    port = settings.ingest_port
-    url = f"http://127.0.0.1:{port}"
-    pid_file = local.pid_file("ingest")
-    if not _healthy(url):
-        if pid_file.exists() and pid_alive(int(pid_file.read_text())):
-            raise CrmError(f"ingest (pid {pid_file.read_text().strip()}) runs but does not answer on {url}")
-        log = settings.state_dir / "ingest.log"
-        env = {"CRM_API_KEYS": DEMO_KEY, "CRM_INGEST_PORT": str(port)}
-        with log.open("ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, env={**_env(), **env})
-        pid_file.write_text(f"{proc.pid}\n")
-        deadline = time.monotonic() + 30
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise CrmError(f"ingest service did not start; see {log}")
-            time.sleep(0.3)
-        click.echo(f"ingest service up on {url} (pid {proc.pid})")
-    else:
-        click.echo(f"ingest service already up on {url}")
+    url = _ensure_ingest(settings, local)
 
     from tqdm import tqdm
 
     lines = list(demo_stream(customers, int(time.time() * 1000) - 4 * 3600 * 1000))
     totals: Counter[str] = Counter()
     for i in tqdm(range(0, len(lines), 500), desc="posting demo events", unit="batch", disable=None):
-        reply = _post(f"{url}/v1/events", b"\n".join(lines[i:i + 500]))
+        reply = _post(f"{url}/v1/events", b"\n".join(lines[i : i + 500]))
         for r in reply["results"]:
             totals["accepted" if r["status"] == "accepted" else "rejected: " + r["reason"].split(":")[0]] += 1
             if r["status"] == "accepted":
@@ -241,6 +224,39 @@ def demo(customers: int) -> None:
     click.echo(f"metrics: {url}/metrics   stop everything: .venv/bin/crm stack down")
 
 
+def _ensure_ingest(settings: CommonSettings, local: Any) -> str:
+    """Start the ingest service for the demo unless it already answers; returns its URL."""
+    from services.common.localstack import pid_alive
+
+    port = settings.ingest_port
+    url = f"http://127.0.0.1:{port}"
+    pid_file = local.pid_file("ingest")
+    if not _healthy(url):
+        if pid_file.exists() and pid_alive(int(pid_file.read_text())):
+            raise CrmError(f"ingest (pid {pid_file.read_text().strip()}) runs but does not answer on {url}")
+        log = settings.state_dir / "ingest.log"
+        env = {"CRM_API_KEYS": DEMO_KEY, "CRM_INGEST_PORT": str(port)}
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.ingest"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**_env(), **env},
+            )
+        pid_file.write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + 30
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise CrmError(f"ingest service did not start; see {log}")
+            time.sleep(0.3)
+        click.echo(f"ingest service up on {url} (pid {proc.pid})")
+    else:
+        click.echo(f"ingest service already up on {url}")
+    return url
+
+
 def _env() -> dict[str, str]:
     import os
 
@@ -256,8 +272,9 @@ def _healthy(url: str) -> bool:
 
 
 def _post(url: str, body: bytes) -> dict[str, Any]:
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"X-API-Key": DEMO_KEY, "Content-Type": "application/x-ndjson"})
+    req = urllib.request.Request(
+        url, data=body, method="POST", headers={"X-API-Key": DEMO_KEY, "Content-Type": "application/x-ndjson"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return dict(json.loads(resp.read()))
@@ -272,3 +289,7 @@ def main() -> None:
         cli(standalone_mode=True)
     except CrmError as exc:
         sys.exit(f"crm: {exc}")
+
+
+if __name__ == "__main__":
+    main()

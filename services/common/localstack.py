@@ -103,7 +103,7 @@ def _split(hostport: str) -> tuple[str, int]:
 class LocalStack:
     """Kafka + Redis on loopback, owned by this checkout."""
 
-    settings: CommonSettings = field(default_factory=CommonSettings)
+    settings: CommonSettings = field(default_factory=lambda: CommonSettings())
     jar_dir: Path = REPO_ROOT / ".cache" / "kafka-jars"
     pom: Path = REPO_ROOT / "deploy" / "local" / "pom.xml"
     say: Say = print
@@ -170,7 +170,9 @@ class LocalStack:
                 if time.monotonic() > deadline:
                     raise StackError(f"{name} did not become ready within {timeout:.0f}s")
                 time.sleep(0.5)
-        self.say(f"kafka ready on {self.kafka_host}:{self.kafka_port}, redis ready on {self.redis_host}:{self.redis_port}")
+        self.say(
+            f"kafka ready on {self.kafka_host}:{self.kafka_port}, redis ready on {self.redis_host}:{self.redis_port}"
+        )
 
     # readiness
     def redis_ready(self) -> bool:
@@ -213,7 +215,7 @@ class LocalStack:
         conf = folder / "redis.conf"
         conf.write_text(
             f"bind {self.redis_host}\nport {self.redis_port}\nprotected-mode yes\ndir {folder}\n"
-            "appendonly yes\nappendfsync everysec\nsave \"\"\ndaemonize no\n"
+            'appendonly yes\nappendfsync everysec\nsave ""\ndaemonize no\n'
             f"logfile {folder / 'redis.log'}\n"
         )
         self._spawn("redis", [exe, str(conf)], folder / "redis.stdout")
@@ -227,11 +229,21 @@ class LocalStack:
             return self.jar_dir
         mvn = shutil.which("mvn")
         if mvn is None:
-            raise StackError("Maven (mvn) is not installed; it fetches the Kafka broker jars (Debian: apt-get install maven)")
+            raise StackError(
+                "Maven (mvn) is not installed; it fetches the Kafka broker jars (Debian: apt-get install maven)"
+            )
         self.say("fetching Apache Kafka broker jars from Maven Central (first run only)...")
         self.jar_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [mvn, "-q", "-B", "-f", str(self.pom), "dependency:copy-dependencies",
-               f"-DoutputDirectory={self.jar_dir}", "-DincludeScope=runtime"]
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(self.pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={self.jar_dir}",
+            "-DincludeScope=runtime",
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise StackError(f"mvn failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
@@ -268,12 +280,31 @@ class LocalStack:
         log4j = folder / "log4j2.properties"
         log4j.write_text(_LOG4J2)
         classpath = f"{jars}/*"
-        jvm = [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-               f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
+        jvm = [
+            java,
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            classpath,
+        ]
         if not (data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "--standalone",
-                                  "-t", cluster_id, "-c", str(props)], capture_output=True, text=True)
+            fmt = subprocess.run(
+                [
+                    *jvm,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    f"--cluster-id={cluster_id}",
+                    "-c",
+                    str(props),
+                ],
+                capture_output=True,
+                text=True,
+            )
             if fmt.returncode != 0:
                 raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}\n{fmt.stderr}")
         self._spawn("kafka", [*jvm, "kafka.Kafka", str(props)], folder / "kafka.log")
@@ -286,7 +317,13 @@ class LocalStack:
 
     def _spawn(self, name: str, cmd: list[str], log: Path) -> int:
         with open(log, "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=str(log.parent))
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=str(log.parent),
+            )
         self.pid_file(name).write_text(f"{proc.pid}\n")
         return proc.pid

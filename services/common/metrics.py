@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -10,7 +12,7 @@ __all__ = ["PREFIX", "metrics_handler"]
 PREFIX = "crm_"
 
 
-def metrics_handler(registry: CollectorRegistry) -> web.RequestHandler:  # type: ignore[type-arg]
+def metrics_handler(registry: CollectorRegistry) -> Callable[[web.Request], Awaitable[web.Response]]:
     """aiohttp handler serving `registry` in the Prometheus text format."""
 
     async def handle(_: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -101,51 +101,75 @@ def _check(schema: Any, value: Any, path: str, limits: Limits) -> Any:
     if isinstance(schema, list):  # union: only ["null", T] is used in the contract
         if value is None and "null" in schema:
             return None
-        others = [s for s in schema if s != "null"]
-        return _check(others[0], value, path, limits)
+        return _check(next(s for s in schema if s != "null"), value, path, limits)
     if isinstance(schema, Mapping):
-        kind = schema["type"]
-        if schema.get("logicalType") == "timestamp-millis":
-            return _millis(value, path)
-        if kind == "enum":
-            if not isinstance(value, str) or value not in schema["symbols"]:
-                raise Rejection("bad_enum", f"{path} must be one of {', '.join(schema['symbols'])}")
-            return value
-        if kind == "array":
-            if not isinstance(value, list):
-                raise Rejection("wrong_type", f"{path} must be an array")
-            if len(value) > limits.max_array_items:
-                raise Rejection("too_long", f"{path} has more than {limits.max_array_items} items")
-            return [_check(schema["items"], v, f"{path}[{i}]", limits) for i, v in enumerate(value)]
-        if kind == "map":
-            if not isinstance(value, dict):
-                raise Rejection("wrong_type", f"{path} must be an object")
-            return {str(k): _check(schema["values"], v, f"{path}.{k}", limits) for k, v in value.items()}
-        if kind == "record":
-            return _record(schema, value, path, limits)
-        return _check(kind, value, path, limits)
-    if schema == "string":
-        if not isinstance(value, str):
-            raise Rejection("wrong_type", f"{path} must be a string")
-        if len(value) > limits.max_string_length:
-            raise Rejection("too_long", f"{path} is longer than {limits.max_string_length} characters")
+        return _check_complex(schema, value, path, limits)
+    check = _PRIMITIVES.get(schema)
+    if check is None:
+        raise Rejection("wrong_type", f"{path}: unsupported schema type {schema!r}")
+    return check(schema, value, path, limits)
+
+
+def _check_complex(schema: Mapping[str, Any], value: Any, path: str, limits: Limits) -> Any:
+    kind = schema["type"]
+    if schema.get("logicalType") == "timestamp-millis":
+        return _millis(value, path)
+    if kind == "enum":
+        if not isinstance(value, str) or value not in schema["symbols"]:
+            raise Rejection("bad_enum", f"{path} must be one of {', '.join(schema['symbols'])}")
         return value
-    if schema in ("int", "long"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise Rejection("wrong_type", f"{path} must be an integer")
-        bound = 2**31 if schema == "int" else 2**63
-        if not -bound <= value < bound:
-            raise Rejection("wrong_type", f"{path} is out of range for {schema}")
-        return value
-    if schema in ("double", "float"):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise Rejection("wrong_type", f"{path} must be a finite number")
-        return float(value)
-    if schema == "boolean":
-        if not isinstance(value, bool):
-            raise Rejection("wrong_type", f"{path} must be true or false")
-        return value
-    raise Rejection("wrong_type", f"{path}: unsupported schema type {schema!r}")
+    if kind == "array":
+        if not isinstance(value, list):
+            raise Rejection("wrong_type", f"{path} must be an array")
+        if len(value) > limits.max_array_items:
+            raise Rejection("too_long", f"{path} has more than {limits.max_array_items} items")
+        return [_check(schema["items"], v, f"{path}[{i}]", limits) for i, v in enumerate(value)]
+    if kind == "map":
+        if not isinstance(value, dict):
+            raise Rejection("wrong_type", f"{path} must be an object")
+        return {str(k): _check(schema["values"], v, f"{path}.{k}", limits) for k, v in value.items()}
+    if kind == "record":
+        return _record(schema, value, path, limits)
+    return _check(kind, value, path, limits)
+
+
+def _string(_: str, value: Any, path: str, limits: Limits) -> str:
+    if not isinstance(value, str):
+        raise Rejection("wrong_type", f"{path} must be a string")
+    if len(value) > limits.max_string_length:
+        raise Rejection("too_long", f"{path} is longer than {limits.max_string_length} characters")
+    return value
+
+
+def _integer(kind: str, value: Any, path: str, _: Limits) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Rejection("wrong_type", f"{path} must be an integer")
+    bound = 2**31 if kind == "int" else 2**63
+    if not -bound <= value < bound:
+        raise Rejection("wrong_type", f"{path} is out of range for {kind}")
+    return value
+
+
+def _number(_: str, value: Any, path: str, __: Limits) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise Rejection("wrong_type", f"{path} must be a finite number")
+    return float(value)
+
+
+def _boolean(_: str, value: Any, path: str, __: Limits) -> bool:
+    if not isinstance(value, bool):
+        raise Rejection("wrong_type", f"{path} must be true or false")
+    return value
+
+
+_PRIMITIVES: dict[str, Callable[[str, Any, str, Limits], Any]] = {
+    "string": _string,
+    "int": _integer,
+    "long": _integer,
+    "double": _number,
+    "float": _number,
+    "boolean": _boolean,
+}
 
 
 def _record(schema: Mapping[str, Any], value: Any, path: str, limits: Limits) -> dict[str, Any]:
@@ -155,7 +179,7 @@ def _record(schema: Mapping[str, Any], value: Any, path: str, limits: Limits) ->
     unknown = sorted(k for k in value if k not in names and not (path == "" and k == "type"))
     if unknown:
         raise Rejection("unknown_field", ", ".join(f"{path}{'.' if path else ''}{k}" for k in unknown[:5]))
-    out = {}
+    out: dict[str, Any] = {}
     for field in schema["fields"]:
         name = field["name"]
         sub = f"{path}.{name}" if path else name

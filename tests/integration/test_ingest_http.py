@@ -35,14 +35,26 @@ async def test_mixed_batch_valid_on_topics_bad_in_dlq_and_all_listed(stack, clie
     now = int(time.time() * 1000)
 
     def ev(kind, n, **fields):
-        return {"type": kind, "event_id": f"{run}-{n}", "customer_id": f"{run}-cust-{n % 3}", "tenant": "shop",
-                "event_time": now - 60_000 + n, **fields}
+        return {
+            "type": kind,
+            "event_id": f"{run}-{n}",
+            "customer_id": f"{run}-cust-{n % 3}",
+            "tenant": "shop",
+            "event_time": now - 60_000 + n,
+            **fields,
+        }
 
     valid = [
         ev("browse", 1, product_id="p1", price=19.9, session_id="s1"),
         ev("cart", 2, action="add", product_id="p1", quantity=2, price=19.9),
-        ev("order", 3, order_id="o1", status="paid", amount=39.8, items=[{"product_id": "p1", "quantity": 2,
-                                                                        "price": 19.9}]),
+        ev(
+            "order",
+            3,
+            order_id="o1",
+            status="paid",
+            amount=39.8,
+            items=[{"product_id": "p1", "quantity": 2, "price": 19.9}],
+        ),
         ev("follow", 4, target_type="brand", target_id="shop"),
         ev("profile", 5, city="Hangzhou", timezone="Asia/Shanghai", consent={"sms": False}),
     ]
@@ -56,8 +68,9 @@ async def test_mixed_batch_valid_on_topics_bad_in_dlq_and_all_listed(stack, clie
         (json.dumps(ev("browse", 10, product_id="x" * 1000)).encode(), "too_long"),
         (json.dumps(ev("browse", 11, event_time=now + 3 * 86_400_000)).encode(), "future_timestamp"),
     ]
-    lines = [json.dumps(v).encode() for v in valid[:3]] + [b for b, _ in bad] + [json.dumps(v).encode()
-                                                                                 for v in valid[3:]]
+    lines = (
+        [json.dumps(v).encode() for v in valid[:3]] + [b for b, _ in bad] + [json.dumps(v).encode() for v in valid[3:]]
+    )
     response = await client.post("/v1/events", data=b"\n".join(lines), headers={"X-API-Key": KEY})
     assert response.status == 207
     body = await response.json()
@@ -121,10 +134,26 @@ async def test_oversized_body_is_413(client):
 async def test_health_and_metrics_count_by_type_and_reason(stack, client):
     run = uuid.uuid4().hex[:10]
     now = int(time.time() * 1000)
-    events = [{"type": "cart", "event_id": f"{run}-1", "customer_id": "c", "tenant": "t", "event_time": now,
-               "action": "add", "product_id": "p"},
-              {"type": "cart", "event_id": f"{run}-2", "customer_id": "c", "tenant": "t", "event_time": now,
-               "action": "drop", "product_id": "p"}]
+    events = [
+        {
+            "type": "cart",
+            "event_id": f"{run}-1",
+            "customer_id": "c",
+            "tenant": "t",
+            "event_time": now,
+            "action": "add",
+            "product_id": "p",
+        },
+        {
+            "type": "cart",
+            "event_id": f"{run}-2",
+            "customer_id": "c",
+            "tenant": "t",
+            "event_time": now,
+            "action": "drop",
+            "product_id": "p",
+        },
+    ]
     response = await client.post("/v1/events", json=events, headers={"X-API-Key": KEY})
     assert response.status == 207
     health = await client.get("/healthz")

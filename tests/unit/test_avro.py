@@ -22,9 +22,16 @@ def test_header_is_marker_plus_little_endian_fingerprint(name):
 
 def test_round_trip_keeps_the_record():
     codec = default_codec()
-    record = {"event_id": "e1", "customer_id": "c1", "tenant": "t", "event_time": 1700000000123,
-              "order_id": "o1", "status": "paid", "amount": 12.5,
-              "items": [{"product_id": "p", "quantity": 2, "price": 6.25}]}
+    record = {
+        "event_id": "e1",
+        "customer_id": "c1",
+        "tenant": "t",
+        "event_time": 1700000000123,
+        "order_id": "o1",
+        "status": "paid",
+        "amount": 12.5,
+        "items": [{"product_id": "p", "quantity": 2, "price": 6.25}],
+    }
     data = codec.encode("crm.events.Order", record)
     assert data[:2] == MAGIC
     name, back = codec.decode(data)

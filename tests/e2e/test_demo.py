@@ -1,0 +1,64 @@
+"""`crm demo` end to end, as a newcomer runs it, on a stack of its own (own ports and state folder)."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.common.localstack import pid_alive
+
+ROOT = Path(__file__).resolve().parents[2]
+CRM = [sys.executable, "-m", "services.cli"]
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {
+        **os.environ,
+        "CRM_STATE_DIR": str(tmp_path / "state"),
+        "CRM_KAFKA_BOOTSTRAP": "127.0.0.1:29092",
+        "CRM_REDIS_URL": "redis://127.0.0.1:26379/0",
+        "CRM_INGEST_PORT": "28081",
+    }
+
+
+def crm(env, *args, timeout=300):
+    return subprocess.run(
+        [*CRM, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def listening(port):
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_demo_twice_then_down_leaves_nothing(env, tmp_path):
+    try:
+        first = crm(env, "demo", "--customers", "200")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "ingest service up" in first.stdout
+        accepted = int(first.stdout.split(" accepted")[0].rsplit(":", 1)[1])
+        assert accepted > 500
+        assert "rejected: invalid_json" in first.stdout and "rejected: missing_field" in first.stdout
+        assert "first dead letters" in first.stdout and '"reason": "invalid_json' in first.stdout
+
+        second = crm(env, "demo", "--customers", "200")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "ingest service already up" in second.stdout
+
+        status = crm(env, "stack", "status")
+        assert status.returncode == 0 and "ingest" in status.stdout
+
+        pids = [int(p.read_text()) for p in (tmp_path / "state" / "pids").glob("*.pid")]
+        assert len(pids) == 3  # kafka, redis, ingest
+    finally:
+        down = crm(env, "stack", "down")
+    assert down.returncode == 0, down.stderr
+    assert "kafka" in down.stdout and "redis" in down.stdout and "ingest" in down.stdout
+    assert not any(pid_alive(pid) for pid in pids)
+    assert not any(listening(port) for port in (29092, 29093, 26379, 28081))
+    assert crm(env, "stack", "status").returncode == 1
