@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from services.common.settings import CommonSettings
+from services.common.settings import REPO_ROOT, CommonSettings
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,15 @@ class StackInfo:
     kafka_bootstrap: str
     redis_url: str
     kind: str
+    settings: CommonSettings | None = None
+
+
+# The suite's stack has ports and a state folder of its own, so it never meets `make demo`'s.
+TEST_SETTINGS = CommonSettings(
+    kafka_bootstrap="127.0.0.1:39092",
+    redis_url="redis://127.0.0.1:36379/0",
+    state_dir=REPO_ROOT / ".run" / "test-stack",
+)
 
 
 def _docker_available() -> bool:
@@ -66,11 +75,11 @@ def stack() -> Iterator[StackInfo]:
 
     from services.common.localstack import LocalStack
 
-    settings = CommonSettings()
+    settings = TEST_SETTINGS
     local = LocalStack(settings)
     was_running = local.kafka_ready() and local.redis_ready()
     local.up()
     asyncio.run(ensure_topics(settings.kafka_bootstrap))
-    yield StackInfo(settings.kafka_bootstrap, settings.redis_url, "local")
+    yield StackInfo(settings.kafka_bootstrap, settings.redis_url, "local", settings)
     if not was_running and not os.environ.get("CRM_KEEP_STACK"):
         local.down()

@@ -7,7 +7,6 @@ import redis
 
 from services.common.constants import TOPICS
 from services.common.localstack import LocalStack
-from services.common.settings import CommonSettings
 from services.common.tail import topic_partitions
 from services.common.topics import ensure_topics
 
@@ -15,7 +14,7 @@ from services.common.topics import ensure_topics
 def test_up_twice_keeps_the_same_processes(stack):
     if stack.kind != "local":
         pytest.skip("pid files exist only for the project's own local stack")
-    local = LocalStack(CommonSettings(), say=lambda _: None)
+    local = LocalStack(stack.settings, say=lambda _: None)
     before = local.status()
     local.up()
     assert local.status() == before
@@ -28,7 +27,8 @@ def test_redis_runs_with_aof_every_second_on_its_own_port(stack):
     if stack.kind == "local":
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
-        assert client.config_get("port") == {"port": "16379"}
+        assert client.config_get("port") == {"port": stack.redis_url.rsplit(":", 1)[1].split("/")[0]}
+        assert client.config_get("dir")["dir"].startswith(str(stack.settings.state_dir))
 
 
 def test_every_topic_of_the_table_exists_with_12_partitions(stack):
