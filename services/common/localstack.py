@@ -114,10 +114,7 @@ class LocalStack:
         self.controller_port = self.kafka_port + 1
         redis_hostport = self.settings.redis_url.split("://", 1)[1].split("/")[0]
         self.redis_host, self.redis_port = _split(redis_hostport)
-        if "127.0.0.1" not in (self.kafka_host, self.redis_host) and "localhost" not in (
-            self.kafka_host,
-            self.redis_host,
-        ):
+        if not {self.kafka_host, self.redis_host} <= {"127.0.0.1", "localhost"}:
             raise StackError("the local stack only listens on loopback; CRM_KAFKA_BOOTSTRAP/CRM_REDIS_URL point away")
 
     # paths
