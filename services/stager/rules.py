@@ -1,0 +1,300 @@
+"""The stage rules as pure functions: (state, fact or timer, clock) -> (new state, transitions).
+
+The state holds sufficient statistics that do not depend on arrival order (counts over distinct
+facts, maxima, minima, the most recent events by time, the paid orders of the longest window), so
+any arrival order and any duplication of facts gives the same state; every stage is a function of
+that state and an instant. Time-driven changes come from `next_due`, the earliest instant at
+which some stage may change with no new fact; `advance` applies them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from services.stager.config import StageRules
+
+__all__ = [
+    "MODELS",
+    "CustomerState",
+    "Fact",
+    "Kind",
+    "Transition",
+    "advance",
+    "apply_fact",
+    "next_due",
+    "stages_at",
+]
+
+MODELS: tuple[str, ...] = ("pyramid", "aipl", "lifecycle", "path", "value_grid")
+RECENT = 8  # most recent behaviour events kept: path (current session) and interaction (5 in 30 days)
+
+
+class Kind(IntEnum):
+    BROWSE = 1
+    CART_ADD = 2
+    CART_REMOVE = 3
+    JOIN = 4  # follow of the brand, a store or an official account: membership starts
+    FAVOURITE = 5  # follow of a product
+    UNFOLLOW = 6
+    ORDER_CREATED = 7
+    ORDER_PAID = 8
+    ORDER_CANCELLED = 9
+    ORDER_REFUNDED = 10
+    REFERRAL_CREDIT = 11  # a customer this one referred paid a first order
+
+
+INTEREST = frozenset({Kind.CART_ADD, Kind.JOIN, Kind.FAVOURITE})
+# shopping path step of each kind (0: activity that is no step)
+STEP = {Kind.BROWSE: 1, Kind.CART_ADD: 2, Kind.FAVOURITE: 2, Kind.ORDER_CREATED: 3, Kind.ORDER_PAID: 4}
+PATH_STAGES = {1: "browsing", 2: "selecting", 3: "ordered_unpaid", 4: "paid"}
+PAID, REFUNDED = 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """One event reduced to what the rules read."""
+
+    event_id: str
+    kind: Kind
+    time: int  # event time, epoch ms
+    order_key: int = 0  # stable hash of the order id
+    amount_cents: int = 0
+    referrer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    model: str
+    from_stage: str | None
+    to_stage: str | None
+    at: int
+    cause: str  # event id, or "timer:<ms>"
+
+
+@dataclass(slots=True)
+class CustomerState:
+    events: int = 0  # behaviour events, all time
+    interest: int = 0  # follows, favourites and cart adds, all time
+    paid: int = 0  # distinct paid orders net of refunds, all time
+    referrals: int = 0
+    credited_referrer: bool = False
+    member_since: int = 0  # 0: not a member
+    last_event: int = 0
+    last_paid: int = 0
+    last_browse: int = 0
+    last_interest: int = 0
+    clock: int = 0  # this customer's event-time clock: latest fact or timer applied
+    # (order_key, time, amount_cents, PAID|REFUNDED), newest first, within rules.order_memory_ms
+    orders: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # (time, step), newest first, at most RECENT
+    recent: list[tuple[int, int]] = field(default_factory=list)
+    stages: dict[str, str | None] = field(default_factory=dict)
+
+
+def _in_window(t: int, now: int, window: int) -> bool:
+    """An instant t counts at `now` while now - t < window (it leaves at exactly t + window)."""
+    return t != 0 and t <= now and now - t < window
+
+
+def stages_at(s: CustomerState, now: int, rules: StageRules) -> dict[str, str | None]:
+    """Stage of every model at instant `now` (None: not in the model)."""
+    if s.events == 0 and s.paid == 0 and not s.orders:
+        return dict.fromkeys(MODELS)
+    return {
+        "pyramid": _pyramid(s, rules),
+        "aipl": _aipl(s, now, rules),
+        "lifecycle": _lifecycle(s, now, rules),
+        "path": _path(s, now, rules),
+        "value_grid": _value_grid(s, now, rules),
+    }
+
+
+def _pyramid(s: CustomerState, rules: StageRules) -> str | None:
+    if s.paid >= rules.loyal_min_paid:
+        return "advocate" if s.referrals >= rules.advocate_min_referrals else "loyal"
+    if s.paid == 2:
+        return "repeat"
+    if s.paid == 1:
+        return "first_purchase"
+    if s.interest > 0:
+        return "considering"
+    return "aware" if s.events > 0 else None
+
+
+def _aipl(s: CustomerState, now: int, rules: StageRules) -> str | None:
+    window = rules.aipl_window_ms
+    paid = sum(1 for _, t, _, status in s.orders if status == PAID and _in_window(t, now, window))
+    if paid >= rules.aipl_loyal_min_paid:
+        return "L"
+    if paid >= 1:
+        return "P"
+    if _in_window(s.last_interest, now, window):
+        return "I"
+    if _in_window(s.last_browse, now, window):
+        return "A"
+    return None
+
+
+def _lifecycle(s: CustomerState, now: int, rules: StageRules) -> str | None:
+    if s.member_since == 0 or s.member_since > now:
+        return "prospect" if s.events else None
+    if s.last_event and now - s.last_event >= rules.lifecycle_churn_ms:
+        return "churned"
+    if s.paid >= 1 and s.last_paid and now - s.last_paid >= rules.lifecycle_decline_ms:
+        return "declining"
+    if s.paid >= rules.lifecycle_mature_min_paid:
+        return "mature"
+    if s.paid >= rules.lifecycle_developing_min_paid:
+        return "developing"
+    return "new"
+
+
+def _path(s: CustomerState, now: int, rules: StageRules) -> str | None:
+    if not s.recent:
+        return None
+    newest = s.recent[0][0]
+    if newest > now or now - newest >= rules.session_gap_ms:
+        return None  # the session ended 30 minutes after its last event
+    best, previous = 0, newest
+    for t, step in s.recent:
+        if previous - t >= rules.session_gap_ms:
+            break
+        best, previous = max(best, step), t
+    return PATH_STAGES.get(best)
+
+
+def _value_grid(s: CustomerState, now: int, rules: StageRules) -> str | None:
+    if s.events == 0:
+        return None
+    cents = sum(a for _, t, a, status in s.orders if status == PAID and _in_window(t, now, rules.value_window_ms))
+    high_value = cents >= round(rules.value_high_amount * 100)
+    k = rules.interaction_high_events
+    high_interaction = len(s.recent) >= k and _in_window(s.recent[k - 1][0], now, rules.interaction_window_ms)
+    return f"{'high' if high_value else 'low'}_value_{'high' if high_interaction else 'low'}_interaction"
+
+
+def next_due(s: CustomerState, rules: StageRules) -> int | None:
+    """Earliest instant after `s.clock` at which a stage may change without a new fact."""
+    now = s.clock
+    candidates = [
+        s.last_browse + rules.aipl_window_ms if s.last_browse else 0,
+        s.last_interest + rules.aipl_window_ms if s.last_interest else 0,
+        s.last_event + rules.lifecycle_churn_ms if s.member_since and s.last_event else 0,
+        s.last_paid + rules.lifecycle_decline_ms if s.member_since and s.last_paid and s.paid else 0,
+        s.member_since,
+    ]
+    if s.recent:
+        candidates.append(s.recent[0][0] + rules.session_gap_ms)
+        k = rules.interaction_high_events
+        if len(s.recent) >= k:
+            candidates.append(s.recent[k - 1][0] + rules.interaction_window_ms)
+    for _, t, _, status in s.orders:
+        if status == PAID:
+            candidates += (t + rules.aipl_window_ms, t + rules.value_window_ms)
+    future = [c for c in candidates if c > now]
+    return min(future) if future else None
+
+
+def _diff(s: CustomerState, new: dict[str, str | None], at: int, cause: str) -> list[Transition]:
+    out = []
+    for model in MODELS:
+        old = s.stages.get(model)
+        if new[model] != old:
+            out.append(Transition(model, old, new[model], at, cause))
+    s.stages = new
+    return out
+
+
+def _prune(s: CustomerState, rules: StageRules) -> None:
+    keep = rules.order_memory_ms
+    s.orders = [o for o in s.orders if s.clock - o[1] < keep]
+
+
+def advance(s: CustomerState, until: int, rules: StageRules) -> list[Transition]:
+    """Fire every time-driven change due at or before `until`; the clock moves to `until`."""
+    out: list[Transition] = []
+    due = next_due(s, rules)
+    while due is not None and due <= until:
+        s.clock = due
+        out += _diff(s, stages_at(s, due, rules), due, f"timer:{due}")
+        due = next_due(s, rules)
+    if until > s.clock:
+        s.clock = until
+        _prune(s, rules)
+    return out
+
+
+def apply_fact(s: CustomerState, fact: Fact, rules: StageRules) -> tuple[list[Transition], str | None]:
+    """Apply one (new, distinct) fact; returns the transitions and, when this fact is the
+    customer's first paid order naming a referrer, that referrer (to be credited)."""
+    out = advance(s, fact.time, rules)
+    credit = _update(s, fact, rules)
+    s.clock = max(s.clock, fact.time)
+    _prune(s, rules)
+    out += _diff(s, stages_at(s, s.clock, rules), s.clock, fact.event_id)
+    return out, credit
+
+
+def _update(s: CustomerState, fact: Fact, rules: StageRules) -> str | None:
+    kind, t = fact.kind, fact.time
+    if kind == Kind.REFERRAL_CREDIT:
+        s.referrals += 1
+        return None
+    s.events += 1
+    s.last_event = max(s.last_event, t)
+    if kind in INTEREST:
+        s.interest += 1
+        s.last_interest = max(s.last_interest, t)
+    if kind == Kind.BROWSE:
+        s.last_browse = max(s.last_browse, t)
+    if kind == Kind.JOIN:
+        s.member_since = min(s.member_since, t) if s.member_since else t
+    s.recent = sorted([*s.recent, (t, STEP.get(kind, 0))], reverse=True)[:RECENT]
+    if kind == Kind.ORDER_PAID:
+        return _paid(s, fact, rules)
+    if kind == Kind.ORDER_REFUNDED:
+        _refund(s, fact)
+    return None
+
+
+def _paid(s: CustomerState, fact: Fact, rules: StageRules) -> str | None:
+    t = fact.time
+    s.member_since = min(s.member_since, t) if s.member_since else t
+    s.last_paid = max(s.last_paid, t)
+    for i, (key, _, _, status) in enumerate(s.orders):
+        if key == fact.order_key:
+            if status == REFUNDED:  # the refund arrived first: record the payment, count nothing
+                s.orders[i] = (key, t, fact.amount_cents, REFUNDED)
+            return None  # the same order paid twice counts once
+    s.paid += 1
+    if s.clock - t < rules.order_memory_ms:
+        s.orders = sorted([*s.orders, (fact.order_key, t, fact.amount_cents, PAID)], key=lambda o: -o[1])
+    if fact.referrer and not s.credited_referrer:
+        s.credited_referrer = True
+        return fact.referrer
+    return None
+
+
+def _refund(s: CustomerState, fact: Fact) -> None:
+    for i, (key, t, cents, status) in enumerate(s.orders):
+        if key == fact.order_key:
+            if status == PAID:
+                s.orders[i] = (key, t, cents, REFUNDED)
+                s.paid -= 1
+            return
+    # refund before (or long after) its payment: a tombstone keeps the payment from counting
+    s.orders = sorted([*s.orders, (fact.order_key, fact.time, 0, REFUNDED)], key=lambda o: -o[1])
+
+
+def replay(facts: Iterable[Fact], until: int, rules: StageRules) -> CustomerState:
+    """State of one customer after `facts` (deduplicated by event id) and the clock at `until`."""
+    state, seen = CustomerState(), set()
+    for fact in facts:
+        if fact.event_id in seen:
+            continue
+        seen.add(fact.event_id)
+        apply_fact(state, fact, rules)
+    advance(state, until, rules)
+    return state
