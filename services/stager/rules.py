@@ -220,9 +220,8 @@ def advance(s: CustomerState, until: int, rules: StageRules) -> list[Transition]
         s.clock = due
         out += _diff(s, stages_at(s, due, rules), due, f"timer:{due}")
         due = next_due(s, rules)
-    if until > s.clock:
-        s.clock = until
-        _prune(s, rules)
+    s.clock = max(s.clock, until)
+    _prune(s, rules)
     return out
 
 

@@ -52,12 +52,8 @@ def test_any_arrival_order_within_lateness_and_any_duplication_gives_the_same_fi
     expected = in_time_order(facts, until)
     copies = facts + data.draw(st.lists(st.sampled_from(facts), max_size=10))
     delays = data.draw(st.lists(st.integers(0, LATENESS), min_size=len(copies), max_size=len(copies)))
-    arrival = [
-        f
-        for _, _, f in sorted(
-            zip([f.time + d for f, d in zip(copies, delays, strict=False)], range(len(copies)), copies, strict=False)
-        )
-    ]
+    arrival_times = [f.time + d for f, d in zip(copies, delays, strict=True)]
+    arrival = [f for _, _, f in sorted(zip(arrival_times, range(len(copies)), copies, strict=True))]
     got = replay(arrival, until, R)
     assert got.stages == expected.stages
     assert asdict(got) == asdict(expected)
