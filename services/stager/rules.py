@@ -24,6 +24,7 @@ __all__ = [
     "advance",
     "apply_fact",
     "next_due",
+    "stage_names",
     "stages_at",
 ]
 
@@ -50,6 +51,20 @@ INTEREST = frozenset({Kind.CART_ADD, Kind.JOIN, Kind.FAVOURITE})
 STEP = {Kind.BROWSE: 1, Kind.CART_ADD: 2, Kind.FAVOURITE: 2, Kind.ORDER_CREATED: 3, Kind.ORDER_PAID: 4}
 PATH_STAGES = {1: "browsing", 2: "selecting", 3: "ordered_unpaid", 4: "paid"}
 PAID, REFUNDED = 1, 2
+STAGE_NAMES: dict[str, tuple[str, ...]] = {
+    "pyramid": ("aware", "considering", "first_purchase", "repeat", "loyal", "advocate"),
+    "aipl": ("A", "I", "P", "L"),
+    "lifecycle": ("prospect", "new", "developing", "mature", "declining", "churned"),
+    "path": ("browsing", "selecting", "ordered_unpaid", "paid"),
+    "value_grid": tuple(
+        f"{v}_value_{i}_interaction" for v in ("low", "high") for i in ("low", "high")
+    ),
+}
+
+
+def stage_names(model: str) -> tuple[str, ...]:
+    """Every stage of `model`, lowest first."""
+    return STAGE_NAMES[model]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +101,7 @@ class CustomerState:
     last_browse: int = 0
     last_interest: int = 0
     clock: int = 0  # this customer's event-time clock: latest fact or timer applied
+    seq: int = 0  # transitions emitted so far (orders a customer's transitions at the same instant)
     # (order_key, time, amount_cents, PAID|REFUNDED), newest first, within rules.order_memory_ms
     orders: list[tuple[int, int, int, int]] = field(default_factory=list)
     # (time, step), newest first, at most RECENT
@@ -203,6 +219,7 @@ def _diff(s: CustomerState, new: dict[str, str | None], at: int, cause: str) -> 
         old = s.stages.get(model)
         if new[model] != old:
             out.append(Transition(model, old, new[model], at, cause))
+            s.seq += 1
     s.stages = new
     return out
 
@@ -262,11 +279,14 @@ def _paid(s: CustomerState, fact: Fact, rules: StageRules) -> str | None:
     t = fact.time
     s.member_since = min(s.member_since, t) if s.member_since else t
     s.last_paid = max(s.last_paid, t)
-    for i, (key, _, _, status) in enumerate(s.orders):
+    for i, (key, known, cents, status) in enumerate(s.orders):
         if key == fact.order_key:
-            if status == REFUNDED:  # the refund arrived first: record the payment, count nothing
-                s.orders[i] = (key, t, fact.amount_cents, REFUNDED)
-            return None  # the same order paid twice counts once
+            # The same order paid twice counts once, at its earliest payment (so arrival order does
+            # not matter); a refund that arrived first keeps the payment from counting at all.
+            if status == REFUNDED and cents == 0 and known >= t or known > t:
+                s.orders[i] = (key, t, fact.amount_cents, status)
+                s.orders.sort(key=lambda o: -o[1])
+            return None
     s.paid += 1
     if s.clock - t < rules.order_memory_ms:
         s.orders = sorted([*s.orders, (fact.order_key, t, fact.amount_cents, PAID)], key=lambda o: -o[1])

@@ -1,0 +1,50 @@
+"""Redis key layout, in one place. Per-customer keys carry a `{tenant:customer}` hash tag so a
+customer's keys stay together on a Redis Cluster."""
+
+from __future__ import annotations
+
+from services.common.constants import REDIS_PREFIX
+
+__all__ = [
+    "applied_offsets_key",
+    "clock_key",
+    "counts_key",
+    "customer_key",
+    "log_key",
+    "tenants_key",
+    "timers_key",
+]
+
+
+def customer_key(tenant: str, customer: str) -> str:
+    """Hash holding one customer's packed stage state (field `s`)."""
+    return f"{REDIS_PREFIX}c:{{{tenant}:{customer}}}"
+
+
+def timers_key(tenant: str, shard: int) -> str:
+    """Sorted set of customers by the event time of their next time-driven change."""
+    return f"{REDIS_PREFIX}timers:{tenant}:{shard}"
+
+
+def counts_key(tenant: str, model: str) -> str:
+    """Hash of stage -> number of customers in it now."""
+    return f"{REDIS_PREFIX}counts:{tenant}:{model}"
+
+
+def log_key(tenant: str, model: str) -> str:
+    """Sorted set of every transition of a model, scored by its event time."""
+    return f"{REDIS_PREFIX}log:{tenant}:{model}"
+
+
+def clock_key() -> str:
+    """Hash tenant -> "<latest event time>:<watermark>" of the stager's event-time clock."""
+    return f"{REDIS_PREFIX}clock"
+
+
+def tenants_key() -> str:
+    return f"{REDIS_PREFIX}tenants"
+
+
+def applied_offsets_key(group: str) -> str:
+    """Hash "topic:partition" -> next offset whose effects are not yet in Redis."""
+    return f"{REDIS_PREFIX}applied:{group}"

@@ -1,0 +1,102 @@
+"""Compact binary form of a CustomerState (one Redis hash field per customer).
+
+Unsigned LEB128 varints; times are stored as distances back from the customer's clock, so the
+usual recent times take two to four bytes. Version byte first, so the layout can evolve.
+"""
+
+from __future__ import annotations
+
+from services.stager.rules import MODELS, CustomerState, stage_names
+
+__all__ = ["decode_state", "encode_state"]
+
+VERSION = 1
+_STAGE_CODE = {model: {name: i + 1 for i, name in enumerate(stage_names(model))} for model in MODELS}
+_STAGE_NAME = {model: {i + 1: name for i, name in enumerate(stage_names(model))} for model in MODELS}
+
+
+def _put(out: bytearray, n: int) -> None:
+    if n < 0:
+        raise ValueError(f"negative varint {n}")
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def encode_state(s: CustomerState, seen: list[tuple[int, int]]) -> bytes:
+    """`s` and the recent event fingerprints [(time, fp32)] as bytes."""
+    out = bytearray([VERSION])
+    clock = s.clock
+    _put(out, clock)
+    for n in (s.events, s.interest, s.paid, s.referrals, int(s.credited_referrer), s.seq):
+        _put(out, n)
+    for t in (s.member_since, s.last_event, s.last_paid, s.last_browse, s.last_interest):
+        _put(out, clock - t + 1 if t else 0)
+    _put(out, len(s.orders))
+    for key, t, cents, status in s.orders:
+        _put(out, key)
+        _put(out, clock - t)
+        _put(out, cents)
+        out.append(status)
+    _put(out, len(s.recent))
+    for t, step in s.recent:
+        _put(out, clock - t)
+        out.append(step)
+    for model in MODELS:
+        stage = s.stages.get(model)
+        out.append(_STAGE_CODE[model][stage] if stage else 0)
+    _put(out, len(seen))
+    for t, fp in seen:
+        _put(out, clock - t)
+        _put(out, fp)
+    return bytes(out)
+
+
+def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
+    if not data or data[0] != VERSION:
+        raise ValueError(f"unknown state layout version {data[:1].hex() or 'empty'}")
+    pos = 1
+
+    def get() -> int:
+        nonlocal pos
+        n = shift = 0
+        while True:
+            b = data[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if b < 0x80:
+                return n
+            shift += 7
+
+    clock = get()
+    s = CustomerState(clock=clock)
+    s.events, s.interest, s.paid, s.referrals, credited, s.seq = (get() for _ in range(6))
+    s.credited_referrer = bool(credited)
+    times = [get() for _ in range(5)]
+    s.member_since, s.last_event, s.last_paid, s.last_browse, s.last_interest = (
+        clock - d + 1 if d else 0 for d in times
+    )
+    orders = []
+    for _ in range(get()):
+        key, back, cents = get(), get(), get()
+        orders.append((key, clock - back, cents, data[pos]))
+        pos += 1
+    s.orders = orders
+    recent = []
+    for _ in range(get()):
+        back = get()
+        recent.append((clock - back, data[pos]))
+        pos += 1
+    s.recent = recent
+    stages: dict[str, str | None] = {}
+    for model in MODELS:
+        code = data[pos]
+        pos += 1
+        stages[model] = _STAGE_NAME[model][code] if code else None
+    s.stages = stages if any(stages.values()) or s.events else {}
+    seen = []
+    for _ in range(get()):
+        back = get()
+        seen.append((clock - back, get()))
+    return s, seen
