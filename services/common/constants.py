@@ -14,6 +14,7 @@ __all__ = [
     "TOPICS",
     "TOPIC_ATTRIBUTION",
     "TOPIC_DLQ",
+    "TOPIC_REFERRALS",
     "TOPIC_STAGE_TRANSITIONS",
     "TOPIC_TRIGGERS_COUPONS",
     "TOPIC_TRIGGERS_OUTREACH",
@@ -31,6 +32,7 @@ EVENT_TYPES: tuple[str, ...] = ("browse", "cart", "order", "follow", "profile")
 
 TOPIC_DLQ = "crm.events.dlq"
 TOPIC_STAGE_TRANSITIONS = "crm.stage.transitions"
+TOPIC_REFERRALS = "crm.stage.referrals"
 TOPIC_TRIGGERS_COUPONS = "crm.triggers.coupons"
 TOPIC_TRIGGERS_REMINDERS = "crm.triggers.reminders"
 TOPIC_TRIGGERS_OUTREACH = "crm.triggers.outreach"
@@ -61,6 +63,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(event_topic("profile"), "crm.events.Profile", "attributes and consent"),
     TopicSpec(TOPIC_DLQ, "crm.events.DeadLetter", "rejected input with its reason"),
     TopicSpec(TOPIC_STAGE_TRANSITIONS, "crm.stage.StageTransition", "every stage change of every model"),
+    TopicSpec(TOPIC_REFERRALS, "crm.stage.ReferralCredit", "referral credits, keyed by the referrer (stager input)"),
     TopicSpec(TOPIC_TRIGGERS_COUPONS, "crm.triggers.Trigger", "coupon actions"),
     TopicSpec(TOPIC_TRIGGERS_REMINDERS, "crm.triggers.Trigger", "unpaid-order, cart and repurchase reminders"),
     TopicSpec(TOPIC_TRIGGERS_OUTREACH, "crm.triggers.Trigger", "welcome, VIP, win-back, referral, birthday"),

@@ -56,9 +56,7 @@ STAGE_NAMES: dict[str, tuple[str, ...]] = {
     "aipl": ("A", "I", "P", "L"),
     "lifecycle": ("prospect", "new", "developing", "mature", "declining", "churned"),
     "path": ("browsing", "selecting", "ordered_unpaid", "paid"),
-    "value_grid": tuple(
-        f"{v}_value_{i}_interaction" for v in ("low", "high") for i in ("low", "high")
-    ),
+    "value_grid": tuple(f"{v}_value_{i}_interaction" for v in ("low", "high") for i in ("low", "high")),
 }
 
 

@@ -1,0 +1,28 @@
+"""`python -m services.stager` (or `crm stager worker`): run a stager worker."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from services.common.errors import ConfigError
+from services.common.settings import load_settings
+from services.stager.app import create_app
+from services.stager.config import load_rules
+from services.stager.settings import StagerSettings
+
+
+def main() -> None:
+    try:
+        settings = load_settings(StagerSettings)
+        rules = load_rules(settings.stage_rules_file, dict(os.environ))
+    except ConfigError as exc:
+        sys.exit(f"stager: {exc}")
+    app = create_app(settings, rules)
+    level = "warn" if settings.log_level in ("warn", "warning") else settings.log_level
+    sys.argv = [sys.argv[0], "worker", "--loglevel", level, "--web-port", str(settings.stager_web_port)]
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""Applies batches of events to customer state in Redis and emits stage transitions.
+
+Per batch: skip messages already applied (offset fence), decode, group by customer, read every
+customer's state in one pipeline, run the pure rules, produce transitions (and referral credits),
+then write states, timers, dashboard counts, the transition log, the clock and the applied
+offsets in one MULTI/EXEC. A crash at any point either leaves Redis untouched (the batch is
+redelivered and recomputed to the same deterministic transitions) or fully written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.common import keys
+from services.common.avro import Codec
+from services.common.constants import TOPIC_DLQ, TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS
+from services.common.errors import SchemaError
+from services.stager.config import StageRules
+from services.stager.dedup import fingerprint, is_repeat, remember
+from services.stager.facts import to_fact
+from services.stager.metrics import StagerMetrics
+from services.stager.rules import CustomerState, Fact, Transition, advance, apply_fact, next_due
+from services.stager.settings import StagerSettings
+from services.stager.statecodec import decode_state, encode_state
+
+__all__ = ["Engine", "Message", "transition_id"]
+
+Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
+SEP = "\x1f"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+
+
+def transition_id(tenant: str, customer: str, model: str, cause: str) -> str:
+    """Deterministic id: recomputing a transition after a crash gives the same id."""
+    return hashlib.blake2b(f"{tenant}|{customer}|{model}|{cause}".encode(), digest_size=12).hexdigest()
+
+
+@dataclass
+class _Customer:
+    tenant: str
+    customer: str
+    shard: int
+    state: CustomerState
+    seen: list[tuple[int, int]]
+    before: dict[str, str | None]
+    transitions: list[Transition] = field(default_factory=list)
+
+
+@dataclass
+class _Clock:
+    latest: int = 0  # latest event time seen
+    watermark: int = 0
+    last_arrival: float = field(default_factory=time.monotonic)
+
+
+class Engine:
+    def __init__(
+        self,
+        redis: Redis,  # decode_responses=False: keys and values come back as bytes
+        send: Send,
+        codec: Codec,
+        rules: StageRules,
+        settings: StagerSettings,
+        metrics: StagerMetrics,
+        shards: Callable[[], Iterable[int]] = lambda: range(12),
+    ) -> None:
+        self.redis: Any = redis  # redis-py's annotations do not know the bytes/str mode
+        self.send = send
+        self.codec = codec
+        self.rules = rules
+        self.settings = settings
+        self.metrics = metrics
+        self.shards = shards
+        self.lock = asyncio.Lock()
+        self.applied: dict[str, int] = {}
+        self.clocks: dict[str, _Clock] = {}
+        self._offsets_key = keys.applied_offsets_key(settings.stager_group)
+
+    async def start(self) -> None:
+        """Load the applied-offset fence and the event-time clocks written by earlier runs."""
+        raw = await self.redis.hgetall(self._offsets_key)
+        self.applied = {k.decode(): int(v) for k, v in raw.items()}
+        for tenant, value in (await self.redis.hgetall(keys.clock_key())).items():
+            latest, watermark = (int(x) for x in value.split(b":"))
+            self.clocks[tenant.decode()] = _Clock(latest, watermark)
+
+    # --- events ------------------------------------------------------------------------------
+    async def process(self, messages: Sequence[Message]) -> None:
+        async with self.lock:
+            started = time.perf_counter()
+            await self._process(messages)
+            self.metrics.batch.observe(time.perf_counter() - started)
+
+    async def _process(self, messages: Sequence[Message]) -> None:
+        offsets, facts, dead = self._collect(messages)
+        for tenant, clock in self.clocks.items():
+            clock.watermark = max(clock.watermark, clock.latest - self.settings.lateness_ms)
+            self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
+        customers = await self._load([(t, c, shard) for (t, c), (shard, _) in facts.items()])
+        credits: list[tuple[str, str, Fact]] = []
+        for cust in customers:
+            watermark = self.clocks[cust.tenant].watermark
+            applied = 0
+            for fact in sorted(facts[(cust.tenant, cust.customer)][1], key=lambda f: f.time):
+                fp = fingerprint(fact.event_id)
+                if is_repeat(cust.seen, fact.time, fp):
+                    self.metrics.repeats.inc()
+                    continue
+                if fact.time < watermark:
+                    self.metrics.late.inc()
+                transitions, referrer = apply_fact(cust.state, fact, self.rules)
+                cust.transitions += transitions
+                s = self.settings
+                cust.seen = remember(cust.seen, fact.time, fp, cust.state.clock, s.repeat_horizon_ms, s.repeat_limit)
+                if referrer:
+                    credits.append((cust.tenant, referrer, fact))
+                applied += 1
+            self.metrics.events.labels(cust.tenant).inc(applied)
+            cust.transitions += advance(cust.state, watermark, self.rules)
+        await self._emit(customers, credits, dead)
+        await self._write(customers, offsets)
+        self.applied.update(offsets)
+
+    def _collect(
+        self, messages: Sequence[Message]
+    ) -> tuple[dict[str, int], dict[tuple[str, str], tuple[int, list[Fact]]], list[tuple[bytes, str, str]]]:
+        """New messages (past the applied-offset fence) decoded into facts grouped by customer."""
+        offsets: dict[str, int] = {}
+        facts: dict[tuple[str, str], tuple[int, list[Fact]]] = {}
+        dead: list[tuple[bytes, str, str]] = []
+        now = time.monotonic()
+        for msg in messages:
+            tp = f"{msg.topic}:{msg.partition}"
+            if msg.offset < self.applied.get(tp, 0):
+                self.metrics.redelivered.inc()
+                continue
+            offsets[tp] = max(offsets.get(tp, 0), msg.offset + 1)
+            try:
+                schema, record = self.codec.decode(msg.value)
+                mapped = to_fact(schema, record)
+            except (SchemaError, KeyError, ValueError, TypeError) as exc:
+                dead.append((msg.value, msg.topic, f"undecodable: {exc}"))
+                continue
+            if mapped is None:
+                continue
+            tenant, customer, fact = mapped
+            clock = self.clocks.setdefault(tenant, _Clock())
+            clock.latest = max(clock.latest, fact.time)
+            clock.last_arrival = now
+            facts.setdefault((tenant, customer), (msg.partition, []))[1].append(fact)
+        return offsets, facts, dead
+
+    # --- timers ------------------------------------------------------------------------------
+    async def tick(self) -> int:
+        """Move idle clocks forward and fire every timer due at or before its tenant's watermark."""
+        now = time.monotonic()
+        fired = 0
+        async with self.lock:
+            for tenant, clock in self.clocks.items():
+                if now - clock.last_arrival >= self.settings.idle_flush_seconds:
+                    # No new events for a while: nothing older can still be on its way in
+                    # order, so the clock may stand at the latest event time (never beyond it).
+                    target = clock.latest
+                    if self.settings.wall_clock_advance:
+                        target = max(target, int(time.time() * 1000) - self.settings.lateness_ms)
+                    clock.watermark = max(clock.watermark, target)
+                    self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
+                fired += await self._fire(tenant, clock.watermark)
+            if self.clocks:
+                await self.redis.hset(keys.clock_key(), mapping=self._clock_mapping())
+        return fired
+
+    async def _fire(self, tenant: str, watermark: int) -> int:
+        fired = 0
+        for shard in list(self.shards()):
+            while True:
+                due = await self.redis.zrangebyscore(keys.timers_key(tenant, shard), "-inf", watermark, 0, 500)
+                if not due:
+                    break
+                customers = await self._load([(tenant, c.decode(), shard) for c in due])
+                for cust in customers:
+                    cust.transitions += advance(cust.state, watermark, self.rules)
+                await self._emit(customers, [], [])
+                await self._write(customers, {})
+                fired += len(customers)
+                self.metrics.timers.inc(len(customers))
+        return fired
+
+    # --- redis and kafka ---------------------------------------------------------------------
+    async def _load(self, wanted: list[tuple[str, str, int]]) -> list[_Customer]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tenant, customer, _ in wanted:
+                pipe.hget(keys.customer_key(tenant, customer), "s")
+            raw = await pipe.execute()
+        out = []
+        for (tenant, customer, shard), data in zip(wanted, raw, strict=True):
+            state, seen = decode_state(data) if data else (CustomerState(), [])
+            out.append(_Customer(tenant, customer, shard, state, seen, dict(state.stages)))
+        return out
+
+    async def _emit(
+        self, customers: list[_Customer], credits: list[tuple[str, str, Fact]], dead: list[tuple[bytes, str, str]]
+    ) -> None:
+        pending = []
+        encode = self.codec.encode
+        for cust in customers:
+            key = cust.customer.encode()
+            for tr in cust.transitions:
+                record = {
+                    "transition_id": transition_id(cust.tenant, cust.customer, tr.model, tr.cause),
+                    "tenant": cust.tenant,
+                    "customer_id": cust.customer,
+                    "model": tr.model,
+                    "from_stage": tr.from_stage,
+                    "to_stage": tr.to_stage,
+                    "at": tr.at,
+                    "cause": tr.cause,
+                }
+                pending.append(
+                    await self.send(TOPIC_STAGE_TRANSITIONS, key, encode("crm.stage.StageTransition", record))
+                )
+                self.metrics.transitions.labels(tr.model).inc()
+        for tenant, referrer, fact in credits:
+            record = {
+                "event_id": f"referral:{fact.event_id}",
+                "tenant": tenant,
+                "customer_id": referrer,
+                "referred_customer_id": "",
+                "event_time": fact.time,
+            }
+            pending.append(
+                await self.send(TOPIC_REFERRALS, referrer.encode(), encode("crm.stage.ReferralCredit", record))
+            )
+        for raw, topic, reason in dead:
+            envelope = {
+                "original": raw,
+                "topic": topic,
+                "reason": reason,
+                "received_at": int(time.time() * 1000),
+                "source": f"stager:{self.settings.stager_group}",
+            }
+            pending.append(await self.send(TOPIC_DLQ, b"", encode("crm.events.DeadLetter", envelope)))
+            self.metrics.invalid.inc()
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _write(self, customers: list[_Customer], offsets: dict[str, int]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            tenants = set()
+            for cust in customers:
+                tenants.add(cust.tenant)
+                state = cust.state
+                pipe.hset(keys.customer_key(cust.tenant, cust.customer), "s", encode_state(state, cust.seen))
+                due = next_due(state, self.rules)
+                timers = keys.timers_key(cust.tenant, cust.shard)
+                if due is None:
+                    pipe.zrem(timers, cust.customer)
+                else:
+                    pipe.zadd(timers, {cust.customer: due})
+                seq = state.seq - len(cust.transitions)
+                for tr in cust.transitions:
+                    seq += 1
+                    counts = keys.counts_key(cust.tenant, tr.model)
+                    if tr.from_stage:
+                        pipe.hincrby(counts, tr.from_stage, -1)
+                    if tr.to_stage:
+                        pipe.hincrby(counts, tr.to_stage, 1)
+                    member = SEP.join((cust.customer, f"{seq:010d}", tr.from_stage or "", tr.to_stage or ""))
+                    pipe.zadd(keys.log_key(cust.tenant, tr.model), {member: tr.at})
+            if tenants:
+                pipe.sadd(keys.tenants_key(), *tenants)
+            if self.clocks:
+                pipe.hset(keys.clock_key(), mapping=self._clock_mapping())
+            if offsets:
+                pipe.hset(self._offsets_key, mapping=offsets)
+            await pipe.execute()
+
+    def _clock_mapping(self) -> dict[str, str]:
+        return {tenant: f"{c.latest}:{c.watermark}" for tenant, c in self.clocks.items()}

@@ -1,0 +1,62 @@
+"""Decoded Avro records -> (tenant, customer, Fact): the only place that knows event fields."""
+
+from __future__ import annotations
+
+import zlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from services.stager.rules import Fact, Kind
+
+__all__ = ["to_fact", "to_millis"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_ORDER = {
+    "created": Kind.ORDER_CREATED,
+    "paid": Kind.ORDER_PAID,
+    "cancelled": Kind.ORDER_CANCELLED,
+    "refunded": Kind.ORDER_REFUNDED,
+}
+_JOIN_TARGETS = frozenset({"brand", "store", "official_account"})
+
+
+def to_millis(value: Any) -> int:
+    """Epoch milliseconds of a decoded `timestamp-millis` value (exact, no float rounding)."""
+    if isinstance(value, datetime):
+        return (value - _EPOCH) // _MS
+    return int(value)
+
+
+def _order_key(order_id: str) -> int:
+    return zlib.crc32(order_id.encode())
+
+
+def to_fact(schema: str, record: dict[str, Any]) -> tuple[str, str, Fact] | None:
+    """The fact an event means for the stage rules; None for events no rule reads (profile)."""
+    time = to_millis(record["event_time"])
+    event_id = record["event_id"]
+    if schema == "crm.events.Browse":
+        fact = Fact(event_id, Kind.BROWSE, time)
+    elif schema == "crm.events.Cart":
+        fact = Fact(event_id, Kind.CART_ADD if record["action"] == "add" else Kind.CART_REMOVE, time)
+    elif schema == "crm.events.Follow":
+        if record["action"] == "unfollow":
+            kind = Kind.UNFOLLOW
+        else:
+            kind = Kind.JOIN if record["target_type"] in _JOIN_TARGETS else Kind.FAVOURITE
+        fact = Fact(event_id, kind, time)
+    elif schema == "crm.events.Order":
+        fact = Fact(
+            event_id,
+            _ORDER[record["status"]],
+            time,
+            _order_key(record["order_id"]),
+            round(record["amount"] * 100),
+            record.get("referrer_customer_id"),
+        )
+    elif schema == "crm.stage.ReferralCredit":
+        fact = Fact(event_id, Kind.REFERRAL_CREDIT, time)
+    else:
+        return None
+    return record["tenant"], record["customer_id"], fact
