@@ -180,6 +180,125 @@ def _tally(tally: Counter[str], results: list[Any]) -> None:
             tally["reason " + r.reason.split(":")[0]] += 1
 
 
+# --- stager ------------------------------------------------------------------------------------
+@cli.group()
+def stager() -> None:
+    """The stager service."""
+
+
+@stager.command("worker")
+def stager_worker() -> None:
+    """Run a stager worker (same as `python -m services.stager`)."""
+    from services.stager.__main__ import main as run
+
+    run()
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["taobao", "cdnow", "online-retail", "ndjson"]), required=True)
+@click.option("--tenant", required=True, help="Brand the events belong to.")
+@click.option("--speed", type=float, default=None, help="Replay at N times the original pace.")
+@click.option("--max", "as_fast", is_flag=True, help="As fast as possible (the default).")
+@click.option("--wait/--no-wait", default=True, help="Return only once the stager has applied everything.")
+@click.option("--force", is_flag=True, help="Replay even if this file was already replayed under the tenant.")
+@click.option("--timeout", default=900.0, show_default=True)
+def replay(
+    path: Path, fmt: str, tenant: str, speed: float | None, as_fast: bool, wait: bool, force: bool, timeout: float
+) -> None:
+    """Replay a dataset in event-time order through the ingest path, under TENANT."""
+    from services.stager.replay import replay as run
+    from services.stager.settings import StagerSettings
+
+    settings = load_settings(StagerSettings)
+    report = asyncio.run(run(settings, path, fmt, tenant, None if as_fast else speed, wait, force, timeout, click.echo))
+    if not report.skipped and wait:
+        click.echo(f"the stager has applied all {report.accepted} events; clock at {_iso(report.latest_ms)}")
+
+
+@cli.group()
+def stages() -> None:
+    """Stage counts and flows (the dashboard's answers)."""
+
+
+MODEL = click.Choice(["pyramid", "aipl", "lifecycle", "path", "value_grid"])
+
+
+@stages.command("counts")
+@click.option("--model", type=MODEL, required=True)
+@click.option("--tenant", required=True)
+@click.option("--at", "at", default=None, help="Instant, ISO 8601 (e.g. 1997-10-01T00:00:00Z); default: now.")
+@click.option("--json", "as_json", is_flag=True)
+def stages_counts(model: str, tenant: str, at: str | None, as_json: bool) -> None:
+    """How many customers are in each stage of MODEL (now, or at an instant)."""
+    from services.stager import analytics
+
+    async def run() -> dict[str, int]:
+        redis = _redis()
+        try:
+            if at is None:
+                return await analytics.counts_now(redis, tenant, model)
+            return await analytics.counts_at(redis, tenant, model, _parse_instant(at))
+        finally:
+            await redis.aclose()
+
+    _print_counts(asyncio.run(run()), as_json)
+
+
+@stages.command("flow")
+@click.option("--model", type=MODEL, required=True)
+@click.option("--tenant", required=True)
+@click.option("--from", "from_", required=True, help="Start instant, ISO 8601.")
+@click.option("--to", "to", required=True, help="End instant, ISO 8601.")
+@click.option("--json", "as_json", is_flag=True)
+def stages_flow(model: str, tenant: str, from_: str, to: str, as_json: bool) -> None:
+    """Customers whose stage at --from differs from their stage at --to, by "from->to"."""
+    from services.stager import analytics
+
+    async def run() -> dict[str, int]:
+        redis = _redis()
+        try:
+            return await analytics.flow(redis, tenant, model, _parse_instant(from_), _parse_instant(to))
+        finally:
+            await redis.aclose()
+
+    _print_counts(asyncio.run(run()), as_json)
+
+
+def _redis() -> Any:
+    from redis.asyncio import Redis
+
+    return Redis.from_url(_common().redis_url)
+
+
+def _parse_instant(text: str) -> int:
+    from datetime import datetime
+
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 instant (e.g. 1997-10-01T00:00:00Z)") from None
+    if parsed.tzinfo is None:
+        raise click.BadParameter(f"{text!r} needs a time zone (e.g. Z)")
+    return int(parsed.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _print_counts(counts: dict[str, int], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(counts))
+        return
+    width = max((len(k) for k in counts), default=5)
+    for stage, n in counts.items():
+        click.echo(f"{stage:{width}}  {n:>9}")
+    click.echo(f"{'total':{width}}  {sum(counts.values()):>9}")
+
+
 # --- demo --------------------------------------------------------------------------------------
 DEMO_KEY = "demo-local-key"
 

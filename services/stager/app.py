@@ -64,13 +64,13 @@ def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorR
             started = True
 
     @app.agent(source)
-    async def stage(stream: faust.StreamT[bytes]) -> None:
+    async def stage(stream: Any) -> None:  # faust.Stream: take_events is not on StreamT
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_seconds):
             await ready()
             batch = [Message(e.message.topic, e.message.partition, e.message.offset, e.message.value) for e in events]
             await engine.process(batch)
 
-    @app.timer(interval=settings.timer_interval_seconds)
+    @app.timer(interval=settings.timer_interval_seconds)  # type: ignore[untyped-decorator]
     async def timers() -> None:
         await ready()
         await engine.tick()
