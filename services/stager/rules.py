@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 MODELS: tuple[str, ...] = ("pyramid", "aipl", "lifecycle", "path", "value_grid")
-RECENT = 8  # most recent behaviour events kept: path (current session) and interaction (5 in 30 days)
+RECENT = 8  # most recent behaviour events kept: interaction (5 in 30 days) and late session merges
 
 
 class Kind(IntEnum):
@@ -104,6 +104,10 @@ class CustomerState:
     orders: list[tuple[int, int, int, int]] = field(default_factory=list)
     # (time, step), newest first, at most RECENT
     recent: list[tuple[int, int]] = field(default_factory=list)
+    # the latest session: first and last event time, highest path step reached
+    session_start: int = 0
+    session_end: int = 0
+    session_best: int = 0
     stages: dict[str, str | None] = field(default_factory=dict)
 
 
@@ -166,17 +170,29 @@ def _lifecycle(s: CustomerState, now: int, rules: StageRules) -> str | None:
 
 
 def _path(s: CustomerState, now: int, rules: StageRules) -> str | None:
-    if not s.recent:
-        return None
-    newest = s.recent[0][0]
-    if newest > now or now - newest >= rules.session_gap_ms:
+    if not s.session_end or s.session_end > now or now - s.session_end >= rules.session_gap_ms:
         return None  # the session ended 30 minutes after its last event
-    best, previous = 0, newest
-    for t, step in s.recent:
-        if previous - t >= rules.session_gap_ms:
-            break
-        best, previous = max(best, step), t
-    return PATH_STAGES.get(best)
+    return PATH_STAGES.get(s.session_best)
+
+
+def _session(s: CustomerState, t: int, step: int, gap: int) -> None:
+    """Fold one behaviour event into the latest session (called before `recent` takes it)."""
+    if not s.session_end or t - s.session_end >= gap:  # the first event, or a new session
+        s.session_start, s.session_end, s.session_best = t, t, step
+        return
+    if t < s.session_start:
+        if s.session_start - t >= gap:
+            return  # an event of an earlier, finished session
+        # A late event reaching back before the session start: it may bridge to earlier events.
+        s.session_start = t
+        for rt, rstep in s.recent:
+            if rt < s.session_start:
+                if s.session_start - rt >= gap:
+                    break
+                s.session_start = rt
+                step = max(step, rstep)
+    s.session_end = max(s.session_end, t)
+    s.session_best = max(s.session_best, step)
 
 
 def _value_grid(s: CustomerState, now: int, rules: StageRules) -> str | None:
@@ -199,8 +215,9 @@ def next_due(s: CustomerState, rules: StageRules) -> int | None:
         s.last_paid + rules.lifecycle_decline_ms if s.member_since and s.last_paid and s.paid else 0,
         s.member_since,
     ]
+    if s.session_end:
+        candidates.append(s.session_end + rules.session_gap_ms)
     if s.recent:
-        candidates.append(s.recent[0][0] + rules.session_gap_ms)
         k = rules.interaction_high_events
         if len(s.recent) >= k:
             candidates.append(s.recent[k - 1][0] + rules.interaction_window_ms)
@@ -265,7 +282,9 @@ def _update(s: CustomerState, fact: Fact, rules: StageRules) -> str | None:
         s.last_browse = max(s.last_browse, t)
     if kind == Kind.JOIN:
         s.member_since = min(s.member_since, t) if s.member_since else t
-    s.recent = sorted([*s.recent, (t, STEP.get(kind, 0))], reverse=True)[:RECENT]
+    step = STEP.get(kind, 0)
+    _session(s, t, step, rules.session_gap_ms)
+    s.recent = sorted([*s.recent, (t, step)], reverse=True)[:RECENT]
     if kind == Kind.ORDER_PAID:
         return _paid(s, fact, rules)
     if kind == Kind.ORDER_REFUNDED:

@@ -31,8 +31,17 @@ def encode_state(s: CustomerState, seen: list[tuple[int, int]]) -> bytes:
     _put(out, clock)
     for n in (s.events, s.interest, s.paid, s.referrals, int(s.credited_referrer), s.seq):
         _put(out, n)
-    for t in (s.member_since, s.last_event, s.last_paid, s.last_browse, s.last_interest):
+    for t in (
+        s.member_since,
+        s.last_event,
+        s.last_paid,
+        s.last_browse,
+        s.last_interest,
+        s.session_start,
+        s.session_end,
+    ):
         _put(out, clock - t + 1 if t else 0)
+    out.append(s.session_best)
     _put(out, len(s.orders))
     for key, t, cents, status in s.orders:
         _put(out, key)
@@ -73,10 +82,12 @@ def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
     s = CustomerState(clock=clock)
     s.events, s.interest, s.paid, s.referrals, credited, s.seq = (get() for _ in range(6))
     s.credited_referrer = bool(credited)
-    times = [get() for _ in range(5)]
-    s.member_since, s.last_event, s.last_paid, s.last_browse, s.last_interest = (
+    times = [get() for _ in range(7)]
+    s.member_since, s.last_event, s.last_paid, s.last_browse, s.last_interest, s.session_start, s.session_end = (
         clock - d + 1 if d else 0 for d in times
     )
+    s.session_best = data[pos]
+    pos += 1
     orders = []
     for _ in range(get()):
         key, back, cents = get(), get(), get()
