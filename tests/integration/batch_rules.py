@@ -1,0 +1,83 @@
+"""An independent batch computation of the default stage rules (shared/DOMAIN.md), written
+directly from the text, to check the streaming stager against. It shares no code with it."""
+
+from collections import defaultdict
+
+DAY = 86_400_000
+MIN = 60_000
+
+
+def taobao_events(path):
+    """customer -> [(time_ms, behaviour)] of the Taobao sample."""
+    out = defaultdict(list)
+    with open(path) as fh:
+        for line in fh:
+            user, _item, _cat, behaviour, ts = line.strip().split(",")
+            out[user].append((int(ts) * 1000, behaviour, 0.0))
+    return out
+
+
+def cdnow_events(path):
+    from datetime import UTC, datetime
+
+    out = defaultdict(list)
+    with open(path) as fh:
+        for line in fh:
+            parts = line.split()
+            if not parts or not parts[0].isdigit():
+                continue
+            if len(parts) == 5:  # the sample: orig_id sample_id date cds value
+                parts = [parts[0], *parts[2:]]
+            day = datetime.strptime(parts[1], "%Y%m%d").replace(tzinfo=UTC)
+            out[parts[0].lstrip("0") or "0"].append((int(day.timestamp() * 1000), "buy", float(parts[3])))
+    return out
+
+
+def expected_counts(events_by_customer):
+    """model -> {stage: customers} at the latest event time of the data."""
+    now = max(t for evs in events_by_customer.values() for t, _, _ in evs)
+    counts = defaultdict(lambda: defaultdict(int))
+    for evs in events_by_customer.values():
+        for model, stage in stages(sorted(evs), now).items():
+            if stage is not None:
+                counts[model][stage] += 1
+    return {m: dict(c) for m, c in counts.items()}
+
+
+def stages(evs, now):
+    buys = [t for t, b, _ in evs if b == "buy"]
+    interest = [t for t, b, _ in evs if b in ("fav", "cart")]
+    browses = [t for t, b, _ in evs if b == "pv"]
+    last = max(t for t, _, _ in evs)
+    out = {}
+    n = len(buys)
+    out["pyramid"] = (
+        "loyal" if n >= 3 else "repeat" if n == 2 else "first_purchase" if n == 1 else
+        "considering" if interest else "aware"
+    )
+    in90 = [t for t in buys if now - t < 90 * DAY]
+    out["aipl"] = (
+        "L" if len(in90) >= 2 else "P" if in90 else
+        "I" if any(now - t < 90 * DAY for t in interest) else
+        "A" if any(now - t < 90 * DAY for t in browses) else None
+    )
+    if not buys:  # neither dataset has brand follows: membership starts with the first purchase
+        out["lifecycle"] = "prospect"
+    elif now - last >= 180 * DAY:
+        out["lifecycle"] = "churned"
+    elif now - max(buys) >= 90 * DAY:
+        out["lifecycle"] = "declining"
+    else:
+        out["lifecycle"] = "mature" if n >= 4 else "developing" if n >= 2 else "new"
+    # the last session: walk back from the last event while gaps stay under 30 minutes
+    times = sorted(evs)
+    start = len(times) - 1
+    while start > 0 and times[start][0] - times[start - 1][0] < 30 * MIN:
+        start -= 1
+    step = {"pv": 1, "cart": 2, "fav": 2, "buy": 4}
+    best = max(step[b] for _, b, _ in times[start:])
+    out["path"] = None if now - last >= 30 * MIN else {1: "browsing", 2: "selecting", 4: "paid"}[best]
+    cents = sum(round(a * 100) for t, b, a in evs if b == "buy" and now - t < 365 * DAY)
+    recent = sum(1 for t, _, _ in evs if now - t < 30 * DAY)
+    out["value_grid"] = f"{'high' if cents >= 50000 else 'low'}_value_{'high' if recent >= 5 else 'low'}_interaction"
+    return out

@@ -1,0 +1,56 @@
+"""Start and stop a real stager worker process against the suite's stack."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class StagerProcess:
+    def __init__(self, stack, group, port, log_path):
+        self.env = {
+            **os.environ,
+            "CRM_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+            "CRM_REDIS_URL": stack.redis_url,
+            "CRM_STAGER_GROUP": group,
+            "CRM_STAGER_WEB_PORT": str(port),
+            "CRM_STATE_DIR": str(log_path.parent),
+            "CRM_IDLE_FLUSH_SECONDS": "1",
+            "CRM_LOG_LEVEL": "warn",
+        }
+        self.port = port
+        self.log_path = log_path
+        self.proc = None
+
+    def start(self, timeout=60):
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "services.stager"], env=self.env, cwd=ROOT,
+                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"stager exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("stager did not answer /healthz")
+
+    def kill(self):
+        """As a crash would: no shutdown, no final commit."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

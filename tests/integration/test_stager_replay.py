@@ -1,0 +1,114 @@
+"""Replays of real datasets through Kafka and Redis give the stage counts of an independent
+batch computation; a crash of the stager in the middle changes nothing."""
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from services.common import keys
+from services.stager import analytics
+from services.stager.replay import replay
+from services.stager.rules import MODELS
+from services.stager.settings import StagerSettings
+
+from tests.integration.batch_rules import cdnow_events, expected_counts, taobao_events
+from tests.integration.stager_process import StagerProcess
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+TAOBAO = DATA / "taobao_userbehavior" / "UserBehavior_by_user.csv"
+CDNOW = DATA / "cdnow" / "CDNOW_master.txt"
+
+
+@pytest.fixture(scope="module")
+def group():
+    return f"crm-stager-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def stager(stack, group, tmp_path_factory):
+    proc = StagerProcess(stack, group, 36066, tmp_path_factory.mktemp("stager") / "stager.log").start()
+    yield proc
+    proc.stop()
+
+
+def settings_for(stack, group):
+    return StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url, stager_group=group)
+
+
+async def live_counts(stack, tenant):
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        return {m: await analytics.counts_now(redis, tenant, m) for m in MODELS}
+    finally:
+        await redis.aclose()
+
+
+def assert_same(live, expected):
+    for model in MODELS:
+        assert live[model] == expected.get(model, {}), model
+
+
+@pytest.mark.parametrize(("path", "fmt", "reader"), [(TAOBAO, "taobao", taobao_events), (CDNOW, "cdnow", cdnow_events)])
+def test_replay_matches_an_independent_batch_computation(stack, stager, group, path, fmt, reader):
+    tenant = f"{fmt}-{uuid.uuid4().hex[:6]}"
+    report = asyncio.run(replay(settings_for(stack, group), path, fmt, tenant, timeout=600, say=print))
+    events = reader(path)
+    assert report.accepted == sum(len(v) for v in events.values())
+    assert report.latest_ms == max(t for evs in events.values() for t, _, _ in evs)
+    assert_same(asyncio.run(live_counts(stack, tenant)), expected_counts(events))
+
+
+def test_two_tenants_are_fully_separate(stack, stager, group):
+    sample = DATA / "cdnow" / "CDNOW_sample.txt"
+    a, b = f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+    asyncio.run(replay(settings_for(stack, group), sample, "cdnow", a, timeout=300, say=print))
+    counts_a = asyncio.run(live_counts(stack, a))
+    asyncio.run(replay(settings_for(stack, group), TAOBAO, "taobao", b, timeout=300, say=print))
+    assert asyncio.run(live_counts(stack, a)) == counts_a
+    assert sum(asyncio.run(live_counts(stack, b))["pyramid"].values()) == len(taobao_events(TAOBAO))
+    assert sum(counts_a["pyramid"].values()) == len(cdnow_events(sample))
+
+
+def test_replaying_the_same_file_twice_changes_nothing(stack, stager, group):
+    sample = DATA / "cdnow" / "CDNOW_sample.txt"
+    tenant = f"twice-{uuid.uuid4().hex[:6]}"
+    asyncio.run(replay(settings_for(stack, group), sample, "cdnow", tenant, timeout=300, say=print))
+    first = asyncio.run(live_counts(stack, tenant))
+    again = asyncio.run(replay(settings_for(stack, group), sample, "cdnow", tenant, timeout=300, say=print))
+    assert again.skipped
+    assert asyncio.run(live_counts(stack, tenant)) == first
+    assert_same(first, expected_counts(cdnow_events(sample)))
+
+
+def test_a_crash_in_the_middle_of_a_replay_ends_with_the_same_counts(stack, tmp_path):
+    group = f"crm-stager-crash-{uuid.uuid4().hex[:8]}"
+    tenant = f"crash-{uuid.uuid4().hex[:6]}"
+    settings = settings_for(stack, group)
+    first = StagerProcess(stack, group, 36067, tmp_path / "first.log").start()
+    try:
+        asyncio.run(replay(settings, TAOBAO, "taobao", tenant, wait=False, say=print))
+        asyncio.run(_wait_some_applied(stack, group))
+    finally:
+        first.kill()
+    second = StagerProcess(stack, group, 36067, tmp_path / "second.log").start()
+    try:
+        asyncio.run(replay(settings, TAOBAO, "taobao", tenant, timeout=600, say=print))
+        assert_same(asyncio.run(live_counts(stack, tenant)), expected_counts(taobao_events(TAOBAO)))
+    finally:
+        second.stop()
+
+
+async def _wait_some_applied(stack, group):
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        for _ in range(600):
+            applied = await redis.hgetall(keys.applied_offsets_key(group))
+            if sum(int(v) for v in applied.values()) > 5000:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the first stager applied nothing")
+    finally:
+        await redis.aclose()
