@@ -34,6 +34,9 @@ __all__ = ["Engine", "Message", "transition_id"]
 
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 SEP = "\x1f"
+# One round trip for every state of a batch, instead of one command per customer.
+_HGET_MANY = "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, 's') end return out"
+_HSET_MANY = "for i, key in ipairs(KEYS) do redis.call('HSET', key, 's', ARGV[i]) end return #KEYS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,16 @@ class _Customer:
     seen: list[tuple[int, int]]
     before: dict[str, str | None]
     transitions: list[Transition] = field(default_factory=list)
+
+
+@dataclass
+class _WritePlan:
+    states: list[str] = field(default_factory=list)
+    blobs: list[bytes] = field(default_factory=list)
+    timers_set: dict[str, dict[str, int]] = field(default_factory=dict)
+    timers_del: dict[str, list[str]] = field(default_factory=dict)
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    logs: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -202,10 +215,7 @@ class Engine:
 
     # --- redis and kafka ---------------------------------------------------------------------
     async def _load(self, wanted: list[tuple[str, str, int]]) -> list[_Customer]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for tenant, customer, _ in wanted:
-                pipe.hget(keys.customer_key(tenant, customer), "s")
-            raw = await pipe.execute()
+        raw = await self._hget_many([keys.customer_key(t, c) for t, c, _ in wanted]) if wanted else []
         out = []
         for (tenant, customer, shard), data in zip(wanted, raw, strict=True):
             state, seen = decode_state(data) if data else (CustomerState(), [])
@@ -259,35 +269,62 @@ class Engine:
             await asyncio.gather(*pending)
 
     async def _write(self, customers: list[_Customer], offsets: dict[str, int]) -> None:
+        """Everything of one batch in one MULTI/EXEC, with few commands: one script call for all
+        states, one ZADD per timer set and per transition log, one HINCRBY per changed count."""
+        plan = self._plan(customers)
+        states, blobs, timers_set, timers_del, counts, logs = (
+            plan.states,
+            plan.blobs,
+            plan.timers_set,
+            plan.timers_del,
+            plan.counts,
+            plan.logs,
+        )
         async with self.redis.pipeline(transaction=True) as pipe:
-            tenants = set()
-            for cust in customers:
-                tenants.add(cust.tenant)
-                state = cust.state
-                pipe.hset(keys.customer_key(cust.tenant, cust.customer), "s", encode_state(state, cust.seen))
-                due = next_due(state, self.rules)
-                timers = keys.timers_key(cust.tenant, cust.shard)
-                if due is None:
-                    pipe.zrem(timers, cust.customer)
-                else:
-                    pipe.zadd(timers, {cust.customer: due})
-                seq = state.seq - len(cust.transitions)
-                for tr in cust.transitions:
-                    seq += 1
-                    counts = keys.counts_key(cust.tenant, tr.model)
-                    if tr.from_stage:
-                        pipe.hincrby(counts, tr.from_stage, -1)
-                    if tr.to_stage:
-                        pipe.hincrby(counts, tr.to_stage, 1)
-                    member = SEP.join((cust.customer, f"{seq:010d}", tr.from_stage or "", tr.to_stage or ""))
-                    pipe.zadd(keys.log_key(cust.tenant, tr.model), {member: tr.at})
-            if tenants:
-                pipe.sadd(keys.tenants_key(), *tenants)
+            if states:
+                # EVAL, not EVALSHA: a script missing from the cache must not fail half a MULTI
+                pipe.eval(_HSET_MANY, len(states), *states, *blobs)
+                pipe.sadd(keys.tenants_key(), *{c.tenant for c in customers})
+            for key, members in timers_set.items():
+                pipe.zadd(key, members)
+            for key, gone in timers_del.items():
+                pipe.zrem(key, *gone)
+            for (tenant, model, stage), delta in counts.items():
+                if delta:
+                    pipe.hincrby(keys.counts_key(tenant, model), stage, delta)
+            for key, members in logs.items():
+                pipe.zadd(key, members)
             if self.clocks:
                 pipe.hset(keys.clock_key(), mapping=self._clock_mapping())
             if offsets:
                 pipe.hset(self._offsets_key, mapping=offsets)
             await pipe.execute()
+
+    def _plan(self, customers: list[_Customer]) -> _WritePlan:
+        plan = _WritePlan()
+        for cust in customers:
+            state = cust.state
+            plan.states.append(keys.customer_key(cust.tenant, cust.customer))
+            plan.blobs.append(encode_state(state, cust.seen))
+            due = next_due(state, self.rules)
+            timers = keys.timers_key(cust.tenant, cust.shard)
+            if due is None:
+                plan.timers_del.setdefault(timers, []).append(cust.customer)
+            else:
+                plan.timers_set.setdefault(timers, {})[cust.customer] = due
+            seq = state.seq - len(cust.transitions)
+            for tr in cust.transitions:
+                seq += 1
+                for stage, delta in ((tr.from_stage, -1), (tr.to_stage, 1)):
+                    if stage:
+                        k = (cust.tenant, tr.model, stage)
+                        plan.counts[k] = plan.counts.get(k, 0) + delta
+                member = SEP.join((cust.customer, f"{seq:010d}", tr.from_stage or "", tr.to_stage or ""))
+                plan.logs.setdefault(keys.log_key(cust.tenant, tr.model), {})[member] = tr.at
+        return plan
+
+    async def _hget_many(self, names: list[str]) -> list[bytes | None]:
+        return list(await self.redis.eval(_HGET_MANY, len(names), *names))
 
     def _clock_mapping(self) -> dict[str, str]:
         return {tenant: f"{c.latest}:{c.watermark}" for tenant, c in self.clocks.items()}

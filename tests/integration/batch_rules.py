@@ -52,14 +52,27 @@ def stages(evs, now):
     out = {}
     n = len(buys)
     out["pyramid"] = (
-        "loyal" if n >= 3 else "repeat" if n == 2 else "first_purchase" if n == 1 else
-        "considering" if interest else "aware"
+        "loyal"
+        if n >= 3
+        else "repeat"
+        if n == 2
+        else "first_purchase"
+        if n == 1
+        else "considering"
+        if interest
+        else "aware"
     )
     in90 = [t for t in buys if now - t < 90 * DAY]
     out["aipl"] = (
-        "L" if len(in90) >= 2 else "P" if in90 else
-        "I" if any(now - t < 90 * DAY for t in interest) else
-        "A" if any(now - t < 90 * DAY for t in browses) else None
+        "L"
+        if len(in90) >= 2
+        else "P"
+        if in90
+        else "I"
+        if any(now - t < 90 * DAY for t in interest)
+        else "A"
+        if any(now - t < 90 * DAY for t in browses)
+        else None
     )
     if not buys:  # neither dataset has brand follows: membership starts with the first purchase
         out["lifecycle"] = "prospect"

@@ -1,0 +1,46 @@
+"""Killing the stager in the middle of a replay (no shutdown, no final commit) and starting it
+again ends with the same stage counts as an uninterrupted run."""
+
+import asyncio
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+from services.common import keys
+from services.stager.replay import replay
+from tests.integration.batch_rules import expected_counts, taobao_events
+from tests.integration.stager_process import StagerProcess
+from tests.integration.test_stager_replay import TAOBAO, assert_same, live_counts, settings_for
+
+
+@pytest.mark.timeout(900)
+def test_a_crash_in_the_middle_of_a_replay_ends_with_the_same_counts(stack, tmp_path):
+    group = f"crm-stager-crash-{uuid.uuid4().hex[:8]}"
+    tenant = f"crash-{uuid.uuid4().hex[:6]}"
+    settings = settings_for(stack, group)
+    first = StagerProcess(stack, group, 36067, tmp_path / "first.log").start()
+    try:
+        asyncio.run(replay(settings, TAOBAO, "taobao", tenant, wait=False, say=print))
+        asyncio.run(_wait_some_applied(stack, group))
+    finally:
+        first.kill()
+    second = StagerProcess(stack, group, 36067, tmp_path / "second.log").start()
+    try:
+        asyncio.run(replay(settings, TAOBAO, "taobao", tenant, timeout=600, say=print))
+        assert_same(asyncio.run(live_counts(stack, tenant)), expected_counts(taobao_events(TAOBAO)))
+    finally:
+        second.stop()
+
+
+async def _wait_some_applied(stack, group):
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        for _ in range(600):
+            applied = await redis.hgetall(keys.applied_offsets_key(group))
+            if sum(int(v) for v in applied.values()) > 5000:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the first stager applied nothing")
+    finally:
+        await redis.aclose()
