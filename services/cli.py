@@ -312,23 +312,29 @@ def demo(customers: int) -> None:
     from services.common.tail import read_topic, to_json
     from services.common.topics import ensure_topics
     from services.ingest.demo import demo_stream
+    from services.stager.settings import StagerSettings
 
-    settings = _common()
+    settings = load_settings(StagerSettings)
     local = LocalStack(settings)
     local.up()
     asyncio.run(ensure_topics(settings.kafka_bootstrap))
-    url = _ensure_ingest(settings, local)
+    url = f"http://127.0.0.1:{settings.ingest_port}"
+    _ensure_service("ingest", "services.ingest", url, {"CRM_API_KEYS": DEMO_KEY}, settings, local)
+    stager_url = f"http://127.0.0.1:{settings.stager_web_port}"
+    _ensure_service("stager", "services.stager", stager_url, {"CRM_LOG_LEVEL": "warn"}, settings, local)
 
     from tqdm import tqdm
 
     lines = list(demo_stream(customers, int(time.time() * 1000) - 4 * 3600 * 1000))
     totals: Counter[str] = Counter()
+    latest = 0
     for i in tqdm(range(0, len(lines), 500), desc="posting demo events", unit="batch", disable=None):
         reply = _post(f"{url}/v1/events", b"\n".join(lines[i : i + 500]))
         for r in reply["results"]:
             totals["accepted" if r["status"] == "accepted" else "rejected: " + r["reason"].split(":")[0]] += 1
             if r["status"] == "accepted":
                 totals["topic " + r["topic"]] += 1
+                latest = max(latest, json.loads(lines[i + r["index"]])["event_time"])
     click.echo(f"posted {len(lines)} items: {totals['accepted']} accepted")
     for key in sorted(totals):
         if key != "accepted":
@@ -340,39 +346,53 @@ def demo(customers: int) -> None:
             click.echo("  " + to_json({k: record[k] for k in ("topic", "reason", "source", "original")}))
 
     asyncio.run(show_dlq())
-    click.echo(f"metrics: {url}/metrics   stop everything: .venv/bin/crm stack down")
+    asyncio.run(_show_stages(settings, latest))
+    click.echo(f"metrics: {url}/metrics and {stager_url}/metrics   stop everything: .venv/bin/crm stack down")
 
 
-def _ensure_ingest(settings: CommonSettings, local: Any) -> str:
-    """Start the ingest service for the demo unless it already answers; returns its URL."""
+async def _show_stages(settings: Any, latest: int) -> None:
+    from services.stager import analytics
+    from services.stager.replay import wait_applied
+    from services.stager.rules import MODELS
+
+    redis = _redis()
+    try:
+        await wait_applied(settings, redis, "demo", latest, 120, click.echo)
+        click.echo(f"stages of tenant 'demo' (crm stages counts --tenant demo --model M), clock at {_iso(latest)}:")
+        for model in MODELS:
+            counts = await analytics.counts_now(redis, "demo", model)
+            click.echo(f"  {model:11} " + ", ".join(f"{stage} {n}" for stage, n in counts.items()))
+    finally:
+        await redis.aclose()
+
+
+def _ensure_service(name: str, module: str, url: str, env: dict[str, str], settings: CommonSettings, local: Any) -> str:
+    """Start `python -m module` for the demo unless `url`/healthz answers; returns `url`."""
     from services.common.localstack import pid_alive
 
-    port = settings.ingest_port
-    url = f"http://127.0.0.1:{port}"
-    pid_file = local.pid_file("ingest")
-    if not _healthy(url):
-        if pid_file.exists() and pid_alive(int(pid_file.read_text())):
-            raise CrmError(f"ingest (pid {pid_file.read_text().strip()}) runs but does not answer on {url}")
-        log = settings.state_dir / "ingest.log"
-        env = {"CRM_API_KEYS": DEMO_KEY, "CRM_INGEST_PORT": str(port)}
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "services.ingest"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env={**_env(), **env},
-            )
-        pid_file.write_text(f"{proc.pid}\n")
-        deadline = time.monotonic() + 30
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise CrmError(f"ingest service did not start; see {log}")
-            time.sleep(0.3)
-        click.echo(f"ingest service up on {url} (pid {proc.pid})")
-    else:
-        click.echo(f"ingest service already up on {url}")
+    pid_file = local.pid_file(name)
+    if _healthy(url):
+        click.echo(f"{name} already up on {url}")
+        return url
+    if pid_file.exists() and pid_alive(int(pid_file.read_text())):
+        raise CrmError(f"{name} (pid {pid_file.read_text().strip()}) runs but does not answer on {url}")
+    log = settings.state_dir / f"{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**_env(), **env},
+        )
+    pid_file.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + 60
+    while not _healthy(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise CrmError(f"{name} did not start; see {log}")
+        time.sleep(0.3)
+    click.echo(f"{name} up on {url} (pid {proc.pid})")
     return url
 
 

@@ -16,13 +16,14 @@ __all__ = ["demo_stream"]
 class _Shopper:
     def __init__(self, cid: str, tenant: str, start_ms: int, rng: random.Random) -> None:
         self.cid, self.tenant, self.t, self.rng, self.n = cid, tenant, start_ms, rng, 0
+        self.run = start_ms // 1000  # each demo run sends new events (ids differ), for the same customers
 
     def event(self, kind: str, **fields: Any) -> bytes:
         self.n += 1
         self.t += self.rng.randrange(5_000, 240_000)
         body = {
             "type": kind,
-            "event_id": f"{self.cid}-{self.n}",
+            "event_id": f"{self.cid}-{self.run}-{self.n}",
             "customer_id": self.cid,
             "tenant": self.tenant,
             "event_time": self.t,

@@ -10,7 +10,7 @@ from services.stager.rules import MODELS, CustomerState, stage_names
 
 __all__ = ["decode_state", "encode_state"]
 
-VERSION = 1
+VERSION = 2  # 2: session summary fields
 _STAGE_CODE = {model: {name: i + 1 for i, name in enumerate(stage_names(model))} for model in MODELS}
 _STAGE_NAME = {model: {i + 1: name for i, name in enumerate(stage_names(model))} for model in MODELS}
 

@@ -22,6 +22,8 @@ def env(tmp_path):
         "CRM_KAFKA_BOOTSTRAP": "127.0.0.1:29092",
         "CRM_REDIS_URL": "redis://127.0.0.1:26379/0",
         "CRM_INGEST_PORT": "28081",
+        "CRM_STAGER_WEB_PORT": "28066",
+        "CRM_STAGER_GROUP": "crm-stager-e2e",
     }
 
 
@@ -40,25 +42,31 @@ def test_demo_twice_then_down_leaves_nothing(env, tmp_path):
     try:
         first = crm(env, "demo", "--customers", "200")
         assert first.returncode == 0, first.stdout + first.stderr
-        assert "ingest service up" in first.stdout
+        assert "ingest up" in first.stdout and "stager up" in first.stdout
         accepted = int(first.stdout.split(" accepted")[0].rsplit(":", 1)[1])
         assert accepted > 500
         assert "rejected: invalid_json" in first.stdout and "rejected: missing_field" in first.stdout
         assert "first dead letters" in first.stdout and '"reason": "invalid_json' in first.stdout
+        # the stager placed every demo customer in the pyramid
+        pyramid = first.stdout.split("  pyramid ")[1].splitlines()[0]
+        assert sum(int(part.split()[-1]) for part in pyramid.split(",")) == 200
 
         second = crm(env, "demo", "--customers", "200")
         assert second.returncode == 0, second.stdout + second.stderr
-        assert "ingest service already up" in second.stdout
+        assert "ingest already up" in second.stdout and "stager already up" in second.stdout
+        pyramid = second.stdout.split("  pyramid ")[1].splitlines()[0]
+        assert sum(int(part.split()[-1]) for part in pyramid.split(",")) == 200  # same customers, more events
 
         status = crm(env, "stack", "status")
         assert status.returncode == 0 and "ingest" in status.stdout
 
         pids = [int(p.read_text()) for p in (tmp_path / "state" / "pids").glob("*.pid")]
-        assert len(pids) == 3  # kafka, redis, ingest
+        assert len(pids) == 4  # kafka, redis, ingest, stager
     finally:
         down = crm(env, "stack", "down")
     assert down.returncode == 0, down.stderr
-    assert "kafka" in down.stdout and "redis" in down.stdout and "ingest" in down.stdout
+    for name in ("kafka", "redis", "ingest", "stager"):
+        assert name in down.stdout
     assert not any(pid_alive(pid) for pid in pids)
-    assert not any(listening(port) for port in (29092, 29093, 26379, 28081))
+    assert not any(listening(port) for port in (29092, 29093, 26379, 28081, 28066))
     assert crm(env, "stack", "status").returncode == 1
