@@ -40,7 +40,7 @@ def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorR
         broker_max_poll_records=settings.batch_max,
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
         producer_acks=-1,
-        web_host=settings.ingest_host,
+        web_host=settings.stager_web_host,
         web_port=settings.stager_web_port,
         datadir=str(settings.state_dir / "faust"),
     )

@@ -13,6 +13,7 @@ __all__ = ["StagerSettings"]
 
 class StagerSettings(CommonSettings):
     stager_group: str = Field("crm-stager", min_length=1)
+    stager_web_host: str = "127.0.0.1"
     stager_web_port: int = Field(6066, ge=1, le=65535)
     allowed_lateness_seconds: float = Field(300.0, ge=0)
     repeat_horizon_seconds: float = Field(3600.0, gt=0)
