@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from tqdm import tqdm
 
 from services.common.avro import default_codec
-from services.common.constants import event_topic
+from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.localstack import LocalStack
 from services.common.settings import REPO_ROOT, CommonSettings
 from services.common.topics import ensure_topics
@@ -167,7 +167,7 @@ class Naive:
                         "transition_id": transition_id(tenant, customer, tr.model, tr.cause), "tenant": tenant,
                         "customer_id": customer, "model": tr.model, "from_stage": tr.from_stage,
                         "to_stage": tr.to_stage, "at": tr.at, "cause": tr.cause})
-                    await self.producer.send_and_wait("bench.naive.transitions", value, key=customer.encode())
+                    await self.producer.send_and_wait(TOPIC_STAGE_TRANSITIONS, value, key=customer.encode())
             self.pending_write = (key, encode_state(state, seen))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
@@ -18,7 +19,8 @@ from services.stager.settings import StagerSettings
 __all__ = ["SOURCE_TOPICS", "create_app"]
 
 # Profile events carry attributes and consent, which no stage rule reads.
-SOURCE_TOPICS: tuple[str, ...] = (*(event_topic(t) for t in EVENT_TYPES if t != "profile"), TOPIC_REFERRALS)
+EVENT_SOURCE_TOPICS: tuple[str, ...] = tuple(event_topic(t) for t in EVENT_TYPES if t != "profile")
+SOURCE_TOPICS: tuple[str, ...] = (*EVENT_SOURCE_TOPICS, TOPIC_REFERRALS)
 
 
 def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorRegistry | None = None) -> faust.App:
@@ -48,11 +50,16 @@ def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorR
     source = app.topic(*SOURCE_TOPICS, value_serializer="raw", key_serializer="raw")
     metrics = StagerMetrics(registry)
 
+    direct: dict[str, Any] = {}  # the direct driver's consumer and producer, once started
+
     async def send(topic: str, key: bytes, value: bytes) -> Any:
+        if "producer" in direct:
+            return await direct["producer"].send(topic, value, key=key)
         return await app.producer.send(topic, key, value, None, None, None)
 
     def shards() -> set[int]:
-        return {tp.partition for tp in app.consumer.assignment() if tp.topic in SOURCE_TOPICS}
+        consumer = direct.get("consumer") or app.consumer
+        return {tp.partition for tp in consumer.assignment() if tp.topic in EVENT_SOURCE_TOPICS}
 
     engine = Engine(redis, send, default_codec(), rules, settings, metrics, shards)
     started = False
@@ -63,18 +70,39 @@ def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorR
             await engine.start()
             started = True
 
-    @app.agent(source)
-    async def stage(stream: Any) -> None:  # faust.Stream: take_events is not on StreamT
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_seconds):
-            await ready()
-            batch = [Message(e.message.topic, e.message.partition, e.message.offset, e.message.value) for e in events]
-            await engine.process(batch)
+    _add_consumer(app, source, settings, engine, ready, direct)
 
     @app.timer(interval=settings.timer_interval_seconds)  # type: ignore[untyped-decorator]
     async def timers() -> None:
         await ready()
         await engine.tick()
 
+    _add_pages(app, redis, registry)
+    app.crm_engine = engine  # type: ignore[attr-defined]
+    return app
+
+
+def _add_consumer(
+    app: faust.App, source: Any, settings: StagerSettings, engine: Engine, ready: Any, direct: dict[str, Any]
+) -> None:
+    async def take(stream: Any) -> None:  # faust.Stream: take_events is not on StreamT
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_seconds):
+            await ready()
+            batch = [Message(e.message.topic, e.message.partition, e.message.offset, e.message.value) for e in events]
+            await engine.process(batch)
+
+    if settings.stager_driver == "faust":
+        app.agent(source, name="stage")(take)
+        return
+    # The event topics take the direct path; the (quiet) referral topic stays with a Faust agent.
+    app.agent(app.topic(TOPIC_REFERRALS, value_serializer="raw", key_serializer="raw"), name="referrals")(take)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def consume() -> None:
+        await run_direct(settings, engine, ready, direct)
+
+
+def _add_pages(app: faust.App, redis: Any, registry: CollectorRegistry) -> None:
     @app.page("/healthz")
     async def healthz(self: Any, request: Any) -> Any:
         ok = bool(await redis.ping())
@@ -85,5 +113,57 @@ def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorR
         # aiohttp refuses a charset inside content_type; Prometheus reads the version alone
         return self.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 
-    app.crm_engine = engine  # type: ignore[attr-defined]
-    return app
+
+class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions are handed over only between batches (the engine's lock is free)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.engine.lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
+
+
+async def run_direct(settings: StagerSettings, engine: Engine, ready: Any, holder: dict[str, Any]) -> None:
+    """The hot path without Faust's per-event stream: getmany batches straight into the engine.
+    Offsets are committed after each applied batch; the engine's applied-offset fence makes a
+    batch redelivered after a crash a no-op."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        # Faust's own consumer (referrals) holds the group name with its own assignor protocol.
+        group_id=f"{settings.stager_group}-events",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+    )
+    consumer.subscribe(list(EVENT_SOURCE_TOPICS), listener=_WaitForBatch(engine))
+    await producer.start()
+    await consumer.start()
+    holder.update(consumer=consumer, producer=producer)
+    try:
+        while True:
+            batch = await consumer.getmany(
+                timeout_ms=int(settings.batch_within_seconds * 1000), max_records=settings.batch_max
+            )
+            messages = [Message(m.topic, m.partition, m.offset, m.value) for records in batch.values() for m in records]
+            if messages:
+                await ready()
+                await engine.process(messages)
+                await consumer.commit()
+    finally:
+        holder.clear()
+        await consumer.stop()
+        await producer.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -13,6 +14,9 @@ __all__ = ["StagerSettings"]
 
 class StagerSettings(CommonSettings):
     stager_group: str = Field("crm-stager", min_length=1)
+    # direct: the worker's hot path reads with aiokafka's getmany (see README, "Speed");
+    # faust: a Faust agent with stream.take_events.
+    stager_driver: Literal["direct", "faust"] = "direct"
     stager_web_host: str = "127.0.0.1"
     stager_web_port: int = Field(6066, ge=1, le=65535)
     allowed_lateness_seconds: float = Field(300.0, ge=0)
