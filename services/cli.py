@@ -357,7 +357,7 @@ async def _show_stages(settings: Any, latest: int) -> None:
 
     redis = _redis()
     try:
-        await wait_applied(settings, redis, "demo", latest, 120, click.echo)
+        await wait_applied(settings, redis, "demo", latest, 300, click.echo)
         click.echo(f"stages of tenant 'demo' (crm stages counts --tenant demo --model M), clock at {_iso(latest)}:")
         for model in MODELS:
             counts = await analytics.counts_now(redis, "demo", model)
@@ -387,7 +387,7 @@ def _ensure_service(name: str, module: str, url: str, env: dict[str, str], setti
             env={**_env(), **env},
         )
     pid_file.write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while not _healthy(url):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise CrmError(f"{name} did not start; see {log}")

@@ -20,7 +20,7 @@ class StagerSettings(CommonSettings):
     stager_web_host: str = "127.0.0.1"
     stager_web_port: int = Field(6066, ge=1, le=65535)
     allowed_lateness_seconds: float = Field(300.0, ge=0)
-    repeat_horizon_seconds: float = Field(3600.0, gt=0)
+    repeat_horizon_seconds: float = Field(900.0, gt=0)
     repeat_limit: int = Field(64, ge=1, le=1024)
     idle_flush_seconds: float = Field(2.0, gt=0)
     wall_clock_advance: bool = False

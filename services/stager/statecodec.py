@@ -10,7 +10,7 @@ from services.stager.rules import MODELS, CustomerState, stage_names
 
 __all__ = ["decode_state", "encode_state"]
 
-VERSION = 2  # 2: session summary fields
+VERSION = 3  # 2: session summary fields; 3: lists as deltas from the previous entry, fingerprints fixed-width
 _STAGE_CODE = {model: {name: i + 1 for i, name in enumerate(stage_names(model))} for model in MODELS}
 _STAGE_NAME = {model: {i + 1: name for i, name in enumerate(stage_names(model))} for model in MODELS}
 
@@ -42,23 +42,30 @@ def encode_state(s: CustomerState, seen: list[tuple[int, int]]) -> bytes:
     ):
         _put(out, clock - t + 1 if t else 0)
     out.append(s.session_best)
+    # Lists are newest first: each time is stored as the distance from the previous one.
     _put(out, len(s.orders))
+    previous = clock
     for key, t, cents, status in s.orders:
-        _put(out, key)
-        _put(out, clock - t)
+        out += key.to_bytes(4, "little")
+        _put(out, previous - t)
+        previous = t
         _put(out, cents)
         out.append(status)
     _put(out, len(s.recent))
+    previous = clock
     for t, step in s.recent:
-        _put(out, clock - t)
+        _put(out, previous - t)
+        previous = t
         out.append(step)
     for model in MODELS:
         stage = s.stages.get(model)
         out.append(_STAGE_CODE[model][stage] if stage else 0)
     _put(out, len(seen))
+    previous = clock
     for t, fp in seen:
-        _put(out, clock - t)
-        _put(out, fp)
+        _put(out, previous - t)
+        previous = t
+        out += fp.to_bytes(4, "little")
     return bytes(out)
 
 
@@ -89,15 +96,20 @@ def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
     s.session_best = data[pos]
     pos += 1
     orders = []
+    previous = clock
     for _ in range(get()):
-        key, back, cents = get(), get(), get()
-        orders.append((key, clock - back, cents, data[pos]))
+        key = int.from_bytes(data[pos : pos + 4], "little")
+        pos += 4
+        previous -= get()
+        cents = get()
+        orders.append((key, previous, cents, data[pos]))
         pos += 1
     s.orders = orders
     recent = []
+    previous = clock
     for _ in range(get()):
-        back = get()
-        recent.append((clock - back, data[pos]))
+        previous -= get()
+        recent.append((previous, data[pos]))
         pos += 1
     s.recent = recent
     stages: dict[str, str | None] = {}
@@ -107,7 +119,9 @@ def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
         stages[model] = _STAGE_NAME[model][code] if code else None
     s.stages = stages if any(stages.values()) or s.events else {}
     seen = []
+    previous = clock
     for _ in range(get()):
-        back = get()
-        seen.append((clock - back, get()))
+        previous -= get()
+        seen.append((previous, int.from_bytes(data[pos : pos + 4], "little")))
+        pos += 4
     return s, seen

@@ -33,15 +33,39 @@ def cdnow_events(path):
     return out
 
 
-def expected_counts(events_by_customer):
-    """model -> {stage: customers} at the latest event time of the data."""
-    now = max(t for evs in events_by_customer.values() for t, _, _ in evs)
+def expected_stages(events_by_customer, now):
+    """model -> {customer: stage} at instant `now`, from the events at or before it."""
+    out = defaultdict(dict)
+    for customer, evs in events_by_customer.items():
+        past = sorted(e for e in evs if e[0] <= now)
+        if past:
+            for model, stage in stages(past, now).items():
+                if stage is not None:
+                    out[model][customer] = stage
+    return out
+
+
+def expected_counts(events_by_customer, now=None):
+    """model -> {stage: customers} at `now` (default: the latest event time of the data)."""
+    if now is None:
+        now = max(t for evs in events_by_customer.values() for t, _, _ in evs)
     counts = defaultdict(lambda: defaultdict(int))
-    for evs in events_by_customer.values():
-        for model, stage in stages(sorted(evs), now).items():
-            if stage is not None:
-                counts[model][stage] += 1
+    for model, by_customer in expected_stages(events_by_customer, now).items():
+        for stage in by_customer.values():
+            counts[model][stage] += 1
     return {m: dict(c) for m, c in counts.items()}
+
+
+def expected_flow(events_by_customer, model, t0, t1):
+    """ "from->to" -> customers whose stage at t0 differs from the one at t1 ("none": no stage)."""
+    before = expected_stages(events_by_customer, t0)[model]
+    after = expected_stages(events_by_customer, t1)[model]
+    moves = defaultdict(int)
+    for customer in before.keys() | after.keys():
+        a, b = before.get(customer, "none"), after.get(customer, "none")
+        if a != b:
+            moves[f"{a}->{b}"] += 1
+    return dict(sorted(moves.items()))
 
 
 def stages(evs, now):

@@ -2,17 +2,19 @@
 batch computation; a crash of the stager in the middle changes nothing."""
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
+from services.common import keys
 from services.stager import analytics
 from services.stager.replay import replay
 from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
-from tests.integration.batch_rules import cdnow_events, expected_counts, taobao_events
+from tests.integration.batch_rules import cdnow_events, expected_counts, expected_flow, taobao_events
 from tests.integration.stager_process import StagerProcess
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -58,6 +60,50 @@ def test_replay_matches_an_independent_batch_computation(stack, stager, group, p
     assert report.accepted == sum(len(v) for v in events.values())
     assert report.latest_ms == max(t for evs in events.values() for t, _, _ in evs)
     assert_same(asyncio.run(live_counts(stack, tenant)), expected_counts(events))
+    assert asyncio.run(_clock(stack, tenant)) == (report.latest_ms, report.latest_ms)  # not a moment later
+
+
+async def _clock(stack, tenant):
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        latest, watermark = (await redis.hget(keys.clock_key(), tenant)).split(b":")
+        return int(latest), int(watermark)
+    finally:
+        await redis.aclose()
+
+
+def test_counts_at_an_instant_and_flows_between_two_match_the_batch_computation(stack, stager, group):
+    from click.testing import CliRunner
+
+    from services.cli import cli
+
+    tenant = f"cdnow-at-{uuid.uuid4().hex[:6]}"
+    asyncio.run(replay(settings_for(stack, group), CDNOW, "cdnow", tenant, timeout=600, say=print))
+    events = cdnow_events(CDNOW)
+    t0, t1 = 875664000000, 883612800000  # 1997-10-01T00:00:00Z, 1998-01-01T00:00:00Z
+    env = {"CRM_REDIS_URL": stack.redis_url}
+    runner = CliRunner()
+    for model in MODELS:
+        args = ["stages", "counts", "--model", model, "--tenant", tenant, "--at", "1997-10-01T00:00:00Z", "--json"]
+        result = runner.invoke(cli, args, env=env)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output) == dict(sorted(expected_counts(events, t0).get(model, {}).items())), model
+        args = [
+            "stages",
+            "flow",
+            "--model",
+            model,
+            "--tenant",
+            tenant,
+            "--from",
+            "1997-10-01T00:00:00Z",
+            "--to",
+            "1998-01-01T00:00:00Z",
+            "--json",
+        ]
+        result = runner.invoke(cli, args, env=env)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output) == expected_flow(events, model, t0, t1), model
 
 
 def test_two_tenants_are_fully_separate(stack, stager, group):
