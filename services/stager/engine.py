@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from services.common import keys
 from services.common.avro import Codec
@@ -32,6 +34,7 @@ from services.stager.statecodec import decode_state, encode_state
 
 __all__ = ["Engine", "Message", "transition_id"]
 
+log = logging.getLogger(__name__)
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 SEP = "\x1f"
 # One round trip for every state of a batch, instead of one command per customer.
@@ -105,11 +108,25 @@ class Engine:
 
     async def start(self) -> None:
         """Load the applied-offset fence and the event-time clocks written by earlier runs."""
+        await self._check_redis_config()
         raw = await self.redis.hgetall(self._offsets_key)
         self.applied = {k.decode(): int(v) for k, v in raw.items()}
         for tenant, value in (await self.redis.hgetall(keys.clock_key())).items():
             latest, watermark = (int(x) for x in value.split(b":"))
             self.clocks[tenant.decode()] = _Clock(latest, watermark)
+
+    async def _check_redis_config(self) -> None:
+        try:
+            value = await self.redis.config_get("hash-max-listpack-value")
+        except ResponseError:  # CONFIG may be disabled on a managed Redis
+            return
+        limit = int(next(iter(value.values()), 0) or 0) if value else 0
+        if limit and limit < 256:
+            log.warning(
+                "Redis hash-max-listpack-value is %d: customer states above it take about 200 bytes more "
+                "each; set it to 1024 (the local stack and docker-compose do)",
+                limit,
+            )
 
     # --- events ------------------------------------------------------------------------------
     async def process(self, messages: Sequence[Message]) -> None:

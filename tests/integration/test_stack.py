@@ -27,6 +27,7 @@ def test_redis_runs_with_aof_every_second_on_its_own_port(stack):
     if stack.kind == "local":
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        assert client.config_get("hash-max-listpack-value") == {"hash-max-listpack-value": "1024"}
         assert client.config_get("port") == {"port": stack.redis_url.rsplit(":", 1)[1].split("/")[0]}
         assert client.config_get("dir")["dir"].startswith(str(stack.settings.state_dir))
 
