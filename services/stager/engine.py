@@ -319,10 +319,14 @@ class Engine:
 
     def _plan(self, customers: list[_Customer]) -> _WritePlan:
         plan = _WritePlan()
+        horizon = self.settings.repeat_horizon_ms
         for cust in customers:
             state = cust.state
+            # fingerprints the tenant's watermark has left behind can no longer meet a repeat in time
+            watermark = self.clocks[cust.tenant].watermark if cust.tenant in self.clocks else 0
+            seen = [item for item in cust.seen if watermark - item[0] < horizon]
             plan.states.append(keys.customer_key(cust.tenant, cust.customer))
-            plan.blobs.append(encode_state(state, cust.seen))
+            plan.blobs.append(encode_state(state, seen))
             due = next_due(state, self.rules)
             timers = keys.timers_key(cust.tenant, cust.shard)
             if due is None:

@@ -10,7 +10,7 @@ from services.stager.rules import MODELS, CustomerState, stage_names
 
 __all__ = ["decode_state", "encode_state"]
 
-VERSION = 3  # 2: session summary fields; 3: lists as deltas from the previous entry, fingerprints fixed-width
+VERSION = 4  # 2: session fields; 3: lists as deltas, fixed-width fingerprints; 4: path step inside the delta
 _STAGE_CODE = {model: {name: i + 1 for i, name in enumerate(stage_names(model))} for model in MODELS}
 _STAGE_NAME = {model: {i + 1: name for i, name in enumerate(stage_names(model))} for model in MODELS}
 
@@ -54,9 +54,8 @@ def encode_state(s: CustomerState, seen: list[tuple[int, int]]) -> bytes:
     _put(out, len(s.recent))
     previous = clock
     for t, step in s.recent:
-        _put(out, previous - t)
+        _put(out, (previous - t) << 3 | step)  # steps are 0-4: three bits
         previous = t
-        out.append(step)
     for model in MODELS:
         stage = s.stages.get(model)
         out.append(_STAGE_CODE[model][stage] if stage else 0)
@@ -108,9 +107,9 @@ def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
     recent = []
     previous = clock
     for _ in range(get()):
-        previous -= get()
-        recent.append((previous, data[pos]))
-        pos += 1
+        packed = get()
+        previous -= packed >> 3
+        recent.append((previous, packed & 7))
     s.recent = recent
     stages: dict[str, str | None] = {}
     for model in MODELS:
