@@ -3,6 +3,7 @@ batch computation; a crash of the stager in the middle changes nothing."""
 
 import asyncio
 import json
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -115,6 +116,11 @@ def test_two_tenants_are_fully_separate(stack, stager, group):
     assert asyncio.run(live_counts(stack, a)) == counts_a
     assert sum(asyncio.run(live_counts(stack, b))["pyramid"].values()) == len(taobao_events(TAOBAO))
     assert sum(counts_a["pyramid"].values()) == len(cdnow_events(sample))
+    with urllib.request.urlopen(f"http://127.0.0.1:{stager.port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert f'crm_stager_events_total{{tenant="{a}"}} 6919.0' in text
+    assert 'crm_stager_transitions_total{model="pyramid"}' in text
+    assert f'crm_stager_watermark_seconds{{tenant="{b}"}}' in text
 
 
 def test_replaying_the_same_file_twice_changes_nothing(stack, stager, group):
