@@ -78,6 +78,9 @@ def stack() -> Iterator[StackInfo]:
     settings = TEST_SETTINGS
     local = LocalStack(settings)
     was_running = local.kafka_ready() and local.redis_ready()
+    if not was_running:  # a stack of the suite's own: start from empty topics and Redis
+        local.down()
+        shutil.rmtree(settings.state_dir, ignore_errors=True)
     local.up()
     asyncio.run(ensure_topics(settings.kafka_bootstrap))
     yield StackInfo(settings.kafka_bootstrap, settings.redis_url, "local", settings)

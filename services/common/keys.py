@@ -11,6 +11,7 @@ __all__ = [
     "counts_key",
     "customer_key",
     "log_key",
+    "shard_clock_key",
     "tenants_key",
     "timers_key",
 ]
@@ -39,6 +40,11 @@ def log_key(tenant: str, model: str) -> str:
 def clock_key() -> str:
     """Hash tenant -> "<latest event time>:<watermark>" of the stager's event-time clock."""
     return f"{REDIS_PREFIX}clock"
+
+
+def shard_clock_key() -> str:
+    """Hash "<tenant>|<shard>" -> "<latest event time>:<watermark>" of each partition's clock."""
+    return f"{REDIS_PREFIX}clock:shards"
 
 
 def tenants_key() -> str:

@@ -213,6 +213,8 @@ class LocalStack:
         conf.write_text(
             f"bind {self.redis_host}\nport {self.redis_port}\nprotected-mode yes\ndir {folder}\n"
             'appendonly yes\nappendfsync everysec\nsave ""\ndaemonize no\n'
+            # customer states are ~60-250 bytes: keep their one-field hashes in the compact listpack form
+            "hash-max-listpack-value 1024\n"
             f"logfile {folder / 'redis.log'}\n"
         )
         self._spawn("redis", [exe, str(conf)], folder / "redis.stdout")

@@ -78,9 +78,20 @@ class _WritePlan:
 
 @dataclass
 class _Clock:
-    latest: int = 0  # latest event time seen
-    watermark: int = 0
+    """A tenant's event-time clock. Each partition (shard) has its own watermark, so a partition
+    that is read behind the others does not see its events judged late."""
+
+    latest: int = 0  # latest event time seen in any shard
+    shards: dict[int, list[int]] = field(default_factory=dict)  # shard -> [latest, watermark]
     last_arrival: float = field(default_factory=time.monotonic)
+
+    @property
+    def watermark(self) -> int:
+        """What every shard of the tenant has passed."""
+        return min((wm for _, wm in self.shards.values()), default=0)
+
+    def shard(self, shard: int) -> list[int]:
+        return self.shards.setdefault(shard, [0, 0])
 
 
 class Engine:
@@ -112,8 +123,11 @@ class Engine:
         raw = await self.redis.hgetall(self._offsets_key)
         self.applied = {k.decode(): int(v) for k, v in raw.items()}
         for tenant, value in (await self.redis.hgetall(keys.clock_key())).items():
+            self.clocks[tenant.decode()] = _Clock(int(value.split(b":")[0]))
+        for name, value in (await self.redis.hgetall(keys.shard_clock_key())).items():
+            tenant, shard = name.decode().rsplit("|", 1)
             latest, watermark = (int(x) for x in value.split(b":"))
-            self.clocks[tenant.decode()] = _Clock(latest, watermark)
+            self.clocks.setdefault(tenant, _Clock(latest)).shards[int(shard)] = [latest, watermark]
 
     async def _check_redis_config(self) -> None:
         try:
@@ -138,12 +152,13 @@ class Engine:
     async def _process(self, messages: Sequence[Message]) -> None:
         offsets, facts, dead = self._collect(messages)
         for tenant, clock in self.clocks.items():
-            clock.watermark = max(clock.watermark, clock.latest - self.settings.lateness_ms)
+            for shard in clock.shards.values():
+                shard[1] = max(shard[1], shard[0] - self.settings.lateness_ms)
             self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
         customers = await self._load([(t, c, shard) for (t, c), (shard, _) in facts.items()])
         credits: list[tuple[str, str, Fact]] = []
         for cust in customers:
-            watermark = self.clocks[cust.tenant].watermark
+            watermark = self.clocks[cust.tenant].shard(cust.shard)[1]
             applied = 0
             for fact in sorted(facts[(cust.tenant, cust.customer)][1], key=lambda f: f.time):
                 fp = fingerprint(fact.event_id)
@@ -190,45 +205,52 @@ class Engine:
             tenant, customer, fact = mapped
             clock = self.clocks.setdefault(tenant, _Clock())
             clock.latest = max(clock.latest, fact.time)
+            shard = clock.shard(msg.partition)
+            shard[0] = max(shard[0], fact.time)
             clock.last_arrival = now
             facts.setdefault((tenant, customer), (msg.partition, []))[1].append(fact)
         return offsets, facts, dead
 
     # --- timers ------------------------------------------------------------------------------
     async def tick(self) -> int:
-        """Move idle clocks forward and fire every timer due at or before its tenant's watermark."""
+        """Move idle clocks forward and fire every timer due at or before its shard's watermark."""
         now = time.monotonic()
         fired = 0
         async with self.lock:
+            owned = set(self.shards())
             for tenant, clock in self.clocks.items():
                 if now - clock.last_arrival >= self.settings.idle_flush_seconds:
                     # No new events for a while: nothing older can still be on its way in
-                    # order, so the clock may stand at the latest event time (never beyond it).
+                    # order, so every shard may stand at the latest event time (never beyond it).
                     target = clock.latest
                     if self.settings.wall_clock_advance:
                         target = max(target, int(time.time() * 1000) - self.settings.lateness_ms)
-                    clock.watermark = max(clock.watermark, target)
+                    for shard in owned | set(clock.shards):
+                        state = clock.shard(shard)
+                        state[1] = max(state[1], target)
                     self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
-                fired += await self._fire(tenant, clock.watermark)
+                for shard in owned:
+                    if shard in clock.shards:
+                        fired += await self._fire(tenant, shard, clock.shards[shard][1])
             if self.clocks:
-                await self.redis.hset(keys.clock_key(), mapping=self._clock_mapping())
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    self._write_clocks(pipe)
+                    await pipe.execute()
         return fired
 
-    async def _fire(self, tenant: str, watermark: int) -> int:
+    async def _fire(self, tenant: str, shard: int, watermark: int) -> int:
         fired = 0
-        for shard in list(self.shards()):
-            while True:
-                due = await self.redis.zrangebyscore(keys.timers_key(tenant, shard), "-inf", watermark, 0, 500)
-                if not due:
-                    break
-                customers = await self._load([(tenant, c.decode(), shard) for c in due])
-                for cust in customers:
-                    cust.transitions += advance(cust.state, watermark, self.rules)
-                await self._emit(customers, [], [])
-                await self._write(customers, {})
-                fired += len(customers)
-                self.metrics.timers.inc(len(customers))
-        return fired
+        while True:
+            due = await self.redis.zrangebyscore(keys.timers_key(tenant, shard), "-inf", watermark, 0, 500)
+            if not due:
+                return fired
+            customers = await self._load([(tenant, c.decode(), shard) for c in due])
+            for cust in customers:
+                cust.transitions += advance(cust.state, watermark, self.rules)
+            await self._emit(customers, [], [])
+            await self._write(customers, {})
+            fired += len(customers)
+            self.metrics.timers.inc(len(customers))
 
     # --- redis and kafka ---------------------------------------------------------------------
     async def _load(self, wanted: list[tuple[str, str, int]]) -> list[_Customer]:
@@ -312,7 +334,7 @@ class Engine:
             for key, members in logs.items():
                 pipe.zadd(key, members)
             if self.clocks:
-                pipe.hset(keys.clock_key(), mapping=self._clock_mapping())
+                self._write_clocks(pipe)
             if offsets:
                 pipe.hset(self._offsets_key, mapping=offsets)
             await pipe.execute()
@@ -323,7 +345,7 @@ class Engine:
         for cust in customers:
             state = cust.state
             # fingerprints the tenant's watermark has left behind can no longer meet a repeat in time
-            watermark = self.clocks[cust.tenant].watermark if cust.tenant in self.clocks else 0
+            watermark = self.clocks[cust.tenant].shard(cust.shard)[1] if cust.tenant in self.clocks else 0
             seen = [item for item in cust.seen if watermark - item[0] < horizon]
             plan.states.append(keys.customer_key(cust.tenant, cust.customer))
             plan.blobs.append(encode_state(state, seen))
@@ -347,5 +369,8 @@ class Engine:
     async def _hget_many(self, names: list[str]) -> list[bytes | None]:
         return list(await self.redis.eval(_HGET_MANY, len(names), *names))
 
-    def _clock_mapping(self) -> dict[str, str]:
-        return {tenant: f"{c.latest}:{c.watermark}" for tenant, c in self.clocks.items()}
+    def _write_clocks(self, pipe: Any) -> None:
+        pipe.hset(keys.clock_key(), mapping={t: f"{c.latest}:{c.watermark}" for t, c in self.clocks.items()})
+        shards = {f"{t}|{p}": f"{v[0]}:{v[1]}" for t, c in self.clocks.items() for p, v in c.shards.items()}
+        if shards:
+            pipe.hset(keys.shard_clock_key(), mapping=shards)

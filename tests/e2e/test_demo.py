@@ -46,7 +46,7 @@ def test_demo_twice_then_down_leaves_nothing(env, tmp_path):
         accepted = int(first.stdout.split(" accepted")[0].rsplit(":", 1)[1])
         assert accepted > 500
         assert "rejected: invalid_json" in first.stdout and "rejected: missing_field" in first.stdout
-        assert "first dead letters" in first.stdout and '"reason": "invalid_json' in first.stdout
+        assert "first dead letters" in first.stdout and '"reason": "' in first.stdout.split("first dead letters")[1]
         # the stager placed every demo customer in the pyramid
         pyramid = first.stdout.split("  pyramid ")[1].splitlines()[0]
         assert sum(int(part.split()[-1]) for part in pyramid.split(",")) == 200

@@ -47,3 +47,10 @@ def test_file_load_produces_valid_lines_and_dead_letters_bad_ones(stack, tmp_pat
     assert sorted(int(r["event_id"].split("-")[1]) for r in follows) == list(range(2500))
     dead = asyncio.run(_collect(stack.kafka_bootstrap, "crm.events.dlq", run))
     assert len(dead) == 1 and dead[0]["source"] == "file:events.ndjson"
+
+    # crm tail decodes a topic to JSON lines, times in ISO 8601
+    tailed = CliRunner().invoke(cli, ["tail", "crm.events.follow"])
+    assert tailed.exit_code == 0, tailed.output
+    mine = [json.loads(line) for line in tailed.output.splitlines() if run in line]
+    assert len(mine) == 2500
+    assert mine[0]["event_time"].endswith("Z") and mine[0]["target_type"] == "product"
