@@ -62,7 +62,6 @@ class _Customer:
     shard: int
     state: CustomerState
     seen: list[tuple[int, int]]
-    before: dict[str, str | None]
     transitions: list[Transition] = field(default_factory=list)
 
 
@@ -258,13 +257,14 @@ class Engine:
         out = []
         for (tenant, customer, shard), data in zip(wanted, raw, strict=True):
             state, seen = decode_state(data) if data else (CustomerState(), [])
-            out.append(_Customer(tenant, customer, shard, state, seen, dict(state.stages)))
+            out.append(_Customer(tenant, customer, shard, state, seen))
         return out
 
     async def _emit(
         self, customers: list[_Customer], credits: list[tuple[str, str, Fact]], dead: list[tuple[bytes, str, str]]
     ) -> None:
         pending = []
+        per_model: dict[str, int] = {}  # metric increments once per batch, not per transition
         encode = self.codec.encode
         for cust in customers:
             key = cust.customer.encode()
@@ -282,7 +282,7 @@ class Engine:
                 pending.append(
                     await self.send(TOPIC_STAGE_TRANSITIONS, key, encode("crm.stage.StageTransition", record))
                 )
-                self.metrics.transitions.labels(tr.model).inc()
+                per_model[tr.model] = per_model.get(tr.model, 0) + 1
         for tenant, referrer, fact in credits:
             record = {
                 "event_id": f"referral:{fact.event_id}",
@@ -304,6 +304,8 @@ class Engine:
             }
             pending.append(await self.send(TOPIC_DLQ, b"", encode("crm.events.DeadLetter", envelope)))
             self.metrics.invalid.inc()
+        for model, n in per_model.items():
+            self.metrics.transitions.labels(model).inc(n)
         if pending:
             await asyncio.gather(*pending)
 

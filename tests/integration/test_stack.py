@@ -2,23 +2,31 @@
 
 import asyncio
 
-import pytest
 import redis
 
 from services.common.constants import TOPICS
 from services.common.localstack import LocalStack
+from services.common.settings import CommonSettings
 from services.common.tail import topic_partitions
 from services.common.topics import ensure_topics
 
 
-def test_up_twice_keeps_the_same_processes(stack):
-    if stack.kind != "local":
-        pytest.skip("pid files exist only for the project's own local stack")
-    local = LocalStack(stack.settings, say=lambda _: None)
-    before = local.status()
-    local.up()
-    assert local.status() == before
-    assert before["kafka"].startswith("running") and before["redis"].startswith("running")
+def test_up_twice_keeps_the_same_processes_and_down_stops_them(tmp_path):
+    """On a stack of its own (own ports and folder), whatever stack the session uses."""
+    settings = CommonSettings(
+        kafka_bootstrap="127.0.0.1:38092", redis_url="redis://127.0.0.1:38379/0", state_dir=tmp_path / "state"
+    )
+    local = LocalStack(settings, say=lambda _: None)
+    try:
+        local.up()
+        before = local.status()
+        assert before["kafka"].startswith("running") and before["redis"].startswith("running")
+        local.up()
+        assert local.status() == before
+    finally:
+        stopped = local.down()
+    assert set(stopped) == {"kafka", "redis"}
+    assert not local.kafka_ready() and not local.redis_ready()
 
 
 def test_redis_runs_with_aof_every_second_on_its_own_port(stack):
