@@ -194,6 +194,39 @@ def stager_worker() -> None:
     run()
 
 
+# --- triggers ----------------------------------------------------------------------------------
+@cli.group()
+def triggers() -> None:
+    """The triggers service."""
+
+
+@triggers.command("worker")
+def triggers_worker() -> None:
+    """Run a triggers worker (same as `python -m services.triggers`)."""
+    from services.triggers.__main__ import main as run
+
+    run()
+
+
+@triggers.command("rules")
+def triggers_rules() -> None:
+    """Print the rule table and guardrails in effect (defaults plus CRM_TRIGGER_RULES_FILE)."""
+    from services.triggers.config import load_trigger_config
+    from services.triggers.settings import TriggerSettings
+
+    settings = load_settings(TriggerSettings)
+    config = load_trigger_config(settings.trigger_rules_file)
+    for r in config.rules:
+        when = f"{r.model} -> {r.to}" if r.on == "transition" else r.on
+        offer = f"{r.offer.kind} {r.offer.value:g}" if r.offer else "-"
+        state = "" if r.enabled else "  (disabled)"
+        click.echo(
+            f"{r.name:24} {when:28} {r.action:24} {r.channel:6} {r.topic:9} {offer:10} "
+            f"delay {r.delay_seconds:g}s quiet {r.quiet_hours}{state}"
+        )
+    click.echo(json.dumps(config.guardrails.model_dump(mode="json")))
+
+
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["taobao", "cdnow", "online-retail", "ndjson"]), required=True)

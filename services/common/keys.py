@@ -14,6 +14,10 @@ __all__ = [
     "shard_clock_key",
     "tenants_key",
     "timers_key",
+    "trigger_clock_key",
+    "trigger_outbox_key",
+    "trigger_state_key",
+    "trigger_timers_key",
 ]
 
 
@@ -54,3 +58,23 @@ def tenants_key() -> str:
 def applied_offsets_key(group: str) -> str:
     """Hash "topic:partition" -> next offset whose effects are not yet in Redis."""
     return f"{REDIS_PREFIX}applied:{group}"
+
+
+def trigger_state_key(tenant: str, customer: str) -> str:
+    """Hash holding one customer's trigger state (field `s`): consent, timers, caps, decisions."""
+    return f"{REDIS_PREFIX}t:{{{tenant}:{customer}}}"
+
+
+def trigger_timers_key(tenant: str, shard: int) -> str:
+    """Sorted set of customers by the due time of their next trigger timer."""
+    return f"{REDIS_PREFIX}trg:timers:{tenant}:{shard}"
+
+
+def trigger_outbox_key(shard: int) -> str:
+    """Hash trigger id -> decided record not yet confirmed on Kafka."""
+    return f"{REDIS_PREFIX}trg:outbox:{shard}"
+
+
+def trigger_clock_key() -> str:
+    """Hash "<tenant>|<shard>" -> "<latest event time>:<watermark>" of the trigger engine's clock."""
+    return f"{REDIS_PREFIX}trg:clock"

@@ -22,8 +22,11 @@ from redis.exceptions import ResponseError
 
 from services.common import keys
 from services.common.avro import Codec
+from services.common.clock import EventClock
 from services.common.constants import TOPIC_DLQ, TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS
 from services.common.errors import SchemaError
+from services.common.messages import Message
+from services.common.redisbatch import HGET_MANY, HSET_MANY
 from services.stager.config import StageRules
 from services.stager.dedup import fingerprint, is_repeat, remember
 from services.stager.facts import to_fact
@@ -37,17 +40,6 @@ __all__ = ["Engine", "Message", "transition_id"]
 log = logging.getLogger(__name__)
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 SEP = "\x1f"
-# One round trip for every state of a batch, instead of one command per customer.
-_HGET_MANY = "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, 's') end return out"
-_HSET_MANY = "for i, key in ipairs(KEYS) do redis.call('HSET', key, 's', ARGV[i]) end return #KEYS"
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    topic: str
-    partition: int
-    offset: int
-    value: bytes
 
 
 def transition_id(tenant: str, customer: str, model: str, cause: str) -> str:
@@ -75,24 +67,6 @@ class _WritePlan:
     logs: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-@dataclass
-class _Clock:
-    """A tenant's event-time clock. Each partition (shard) has its own watermark, so a partition
-    that is read behind the others does not see its events judged late."""
-
-    latest: int = 0  # latest event time seen in any shard
-    shards: dict[int, list[int]] = field(default_factory=dict)  # shard -> [latest, watermark]
-    last_arrival: float = field(default_factory=time.monotonic)
-
-    @property
-    def watermark(self) -> int:
-        """What every shard of the tenant has passed."""
-        return min((wm for _, wm in self.shards.values()), default=0)
-
-    def shard(self, shard: int) -> list[int]:
-        return self.shards.setdefault(shard, [0, 0])
-
-
 class Engine:
     def __init__(
         self,
@@ -113,7 +87,7 @@ class Engine:
         self.shards = shards
         self.lock = asyncio.Lock()
         self.applied: dict[str, int] = {}
-        self.clocks: dict[str, _Clock] = {}
+        self.clocks: dict[str, EventClock] = {}
         self._offsets_key = keys.applied_offsets_key(settings.stager_group)
 
     async def start(self) -> None:
@@ -122,11 +96,11 @@ class Engine:
         raw = await self.redis.hgetall(self._offsets_key)
         self.applied = {k.decode(): int(v) for k, v in raw.items()}
         for tenant, value in (await self.redis.hgetall(keys.clock_key())).items():
-            self.clocks[tenant.decode()] = _Clock(int(value.split(b":")[0]))
+            self.clocks[tenant.decode()] = EventClock(int(value.split(b":")[0]))
         for name, value in (await self.redis.hgetall(keys.shard_clock_key())).items():
             tenant, shard = name.decode().rsplit("|", 1)
             latest, watermark = (int(x) for x in value.split(b":"))
-            self.clocks.setdefault(tenant, _Clock(latest)).shards[int(shard)] = [latest, watermark]
+            self.clocks.setdefault(tenant, EventClock(latest)).shards[int(shard)] = [latest, watermark]
 
     async def _check_redis_config(self) -> None:
         try:
@@ -151,8 +125,7 @@ class Engine:
     async def _process(self, messages: Sequence[Message]) -> None:
         offsets, facts, dead = self._collect(messages)
         for tenant, clock in self.clocks.items():
-            for shard in clock.shards.values():
-                shard[1] = max(shard[1], shard[0] - self.settings.lateness_ms)
+            clock.settle(self.settings.lateness_ms)
             self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
         customers = await self._load([(t, c, shard) for (t, c), (shard, _) in facts.items()])
         credits: list[tuple[str, str, Fact]] = []
@@ -202,11 +175,7 @@ class Engine:
             if mapped is None:
                 continue
             tenant, customer, fact = mapped
-            clock = self.clocks.setdefault(tenant, _Clock())
-            clock.latest = max(clock.latest, fact.time)
-            shard = clock.shard(msg.partition)
-            shard[0] = max(shard[0], fact.time)
-            clock.last_arrival = now
+            self.clocks.setdefault(tenant, EventClock()).saw(msg.partition, fact.time, now)
             facts.setdefault((tenant, customer), (msg.partition, []))[1].append(fact)
         return offsets, facts, dead
 
@@ -218,15 +187,9 @@ class Engine:
         async with self.lock:
             owned = set(self.shards())
             for tenant, clock in self.clocks.items():
-                if now - clock.last_arrival >= self.settings.idle_flush_seconds:
-                    # No new events for a while: nothing older can still be on its way in
-                    # order, so every shard may stand at the latest event time (never beyond it).
-                    target = clock.latest
-                    if self.settings.wall_clock_advance:
-                        target = max(target, int(time.time() * 1000) - self.settings.lateness_ms)
-                    for shard in owned | set(clock.shards):
-                        state = clock.shard(shard)
-                        state[1] = max(state[1], target)
+                # No new events for a while: nothing older can still be on its way in order.
+                wall = self.settings.lateness_ms if self.settings.wall_clock_advance else None
+                if clock.flush_idle(owned, now, self.settings.idle_flush_seconds, wall):
                     self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
                 for shard in owned:
                     if shard in clock.shards:
@@ -324,7 +287,7 @@ class Engine:
         async with self.redis.pipeline(transaction=True) as pipe:
             if states:
                 # EVAL, not EVALSHA: a script missing from the cache must not fail half a MULTI
-                pipe.eval(_HSET_MANY, len(states), *states, *blobs)
+                pipe.eval(HSET_MANY, len(states), *states, *blobs)
                 pipe.sadd(keys.tenants_key(), *{c.tenant for c in customers})
             for key, members in timers_set.items():
                 pipe.zadd(key, members)
@@ -369,7 +332,7 @@ class Engine:
         return plan
 
     async def _hget_many(self, names: list[str]) -> list[bytes | None]:
-        return list(await self.redis.eval(_HGET_MANY, len(names), *names))
+        return list(await self.redis.eval(HGET_MANY, len(names), *names))
 
     def _write_clocks(self, pipe: Any) -> None:
         pipe.hset(keys.clock_key(), mapping={t: f"{c.latest}:{c.watermark}" for t, c in self.clocks.items()})

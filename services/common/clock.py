@@ -1,0 +1,56 @@
+"""The event-time clock every stateful service keeps: a watermark per partition (shard).
+
+Each shard's watermark trails the latest event time read from that partition by the allowed
+lateness, so a partition read behind the others does not see its events judged late. When a
+tenant has been idle for a while, every shard may stand at the tenant's latest event time (never
+beyond it, unless wall-clock advance is on for live use), which fires the timers due by then.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+__all__ = ["EventClock"]
+
+
+@dataclass
+class EventClock:
+    """One tenant's clock."""
+
+    latest: int = 0  # latest event time seen in any shard
+    shards: dict[int, list[int]] = field(default_factory=dict)  # shard -> [latest, watermark]
+    last_arrival: float = field(default_factory=time.monotonic)
+
+    @property
+    def watermark(self) -> int:
+        """What every shard of the tenant has passed."""
+        return min((wm for _, wm in self.shards.values()), default=0)
+
+    def shard(self, shard: int) -> list[int]:
+        return self.shards.setdefault(shard, [0, 0])
+
+    def saw(self, shard: int, event_time: int, now: float) -> None:
+        """An event of `event_time` was read from `shard` at monotonic time `now`."""
+        self.latest = max(self.latest, event_time)
+        state = self.shard(shard)
+        state[0] = max(state[0], event_time)
+        self.last_arrival = now
+
+    def settle(self, lateness_ms: int) -> None:
+        """Every shard's watermark follows its latest event time, `lateness_ms` behind."""
+        for state in self.shards.values():
+            state[1] = max(state[1], state[0] - lateness_ms)
+
+    def flush_idle(self, owned: set[int], now: float, idle_seconds: float, wall_clock_lateness_ms: int | None) -> bool:
+        """After `idle_seconds` without events, move every shard up to the latest event time
+        (or to the wall clock less the lateness when that is given and later). True if moved."""
+        if now - self.last_arrival < idle_seconds:
+            return False
+        target = self.latest
+        if wall_clock_lateness_ms is not None:
+            target = max(target, int(time.time() * 1000) - wall_clock_lateness_ms)
+        for shard in owned | set(self.shards):
+            state = self.shard(shard)
+            state[1] = max(state[1], target)
+        return True

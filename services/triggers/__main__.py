@@ -1,0 +1,30 @@
+"""`python -m services.triggers` (or `crm triggers worker`): run a triggers worker."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from services.common.errors import ConfigError
+from services.common.settings import load_settings
+from services.common.topics import ensure_topics
+from services.triggers.app import create_app
+from services.triggers.config import load_trigger_config
+from services.triggers.settings import TriggerSettings
+
+
+def main() -> None:
+    try:
+        settings = load_settings(TriggerSettings)
+        config = load_trigger_config(settings.trigger_rules_file)
+    except ConfigError as exc:
+        sys.exit(f"triggers: {exc}")
+    asyncio.run(ensure_topics(settings.kafka_bootstrap))
+    app = create_app(settings, config)
+    level = "warn" if settings.log_level in ("warn", "warning") else settings.log_level
+    sys.argv = [sys.argv[0], "worker", "--loglevel", level, "--web-port", str(settings.triggers_web_port)]
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""Trigger decisions as pure functions: (customer state, input or clock, config) -> decisions.
+
+Inputs are stage transitions and the events that start or cancel per-entity timers (orders,
+cart adds, profiles). A rule whose cause is a transition decides at once (or after its delay);
+the others register a timer that fires when the event-time watermark reaches it. Every
+decision passes the guardrails in this order, the first that holds suppressing it with its
+reason: consent for the channel ("consent"), the global control group ("holdout:global"),
+the campaign's control group ("holdout"), quiet hours in the customer's zone ("quiet_hours"
+when the rule drops, otherwise delivery is deferred to the end of the quiet hours) and the
+channel's frequency caps at the delivery time ("frequency_cap"). Held-out customers come before
+caps and quiet hours so the control group is drawn from the same reachable customers as the
+treated group. A decision is made at most once per (rule, customer, cause).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from services.triggers.config import Guardrails, OfferConfig, TriggerConfig, TriggerRule
+from services.triggers.state import CLOSED_LIMIT, DECIDED_LIMIT, SEEN_LIMIT, Timer, TriggerState
+
+__all__ = [
+    "CartIn",
+    "Decision",
+    "OrderIn",
+    "ProfileIn",
+    "TransitionIn",
+    "apply",
+    "fire",
+    "holdout_unit",
+    "next_birthday",
+    "quiet_until",
+    "trigger_id",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionIn:
+    transition_id: str
+    model: str
+    from_stage: str | None
+    to_stage: str | None
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderIn:
+    event_id: str
+    order_id: str
+    status: str  # created, paid, cancelled, refunded
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class CartIn:
+    event_id: str
+    action: str  # add, remove
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileIn:
+    event_id: str
+    time: int
+    consent: dict[str, bool]
+    timezone: str | None = None
+    birthday: str | None = None  # "YYYY-MM-DD"
+
+
+Input = TransitionIn | OrderIn | CartIn | ProfileIn
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    trigger_id: str
+    rule: TriggerRule
+    cause: str
+    decided_at: int
+    deliver_after: int
+    suppressed: str | None
+
+    @property
+    def offer(self) -> OfferConfig | None:
+        return self.rule.offer
+
+
+def trigger_id(rule: str, tenant: str, customer: str, cause: str) -> str:
+    """Deterministic: the same rule, customer and cause always give the same id."""
+    return hashlib.blake2b(f"{rule}|{tenant}|{customer}|{cause}".encode(), digest_size=16).hexdigest()
+
+
+def holdout_unit(tenant: str, customer: str, salt: str) -> float:
+    """A number in [0, 1) fixed by (tenant, customer, salt): below the share = held out."""
+    digest = hashlib.blake2b(f"{tenant}|{customer}|{salt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _zone(name: str | None, default: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name or default)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo(default)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def quiet_until(at: int, zone: ZoneInfo, start: clock_time, end: clock_time) -> int | None:
+    """None if `at` (epoch ms) is outside the quiet hours [start, end) in `zone`; otherwise the
+    epoch ms when they end. A window with start after end runs across midnight."""
+    if start == end:
+        return None
+    local = datetime.fromtimestamp(at / 1000, zone)
+    now = local.time()
+    quiet = (now >= start or now < end) if start > end else (start <= now < end)
+    if not quiet:
+        return None
+    day = local.date() if now < end else local.date() + timedelta(days=1)
+    return _ms(datetime.combine(day, end, tzinfo=zone))
+
+
+def next_birthday(month_day: str, after: int, zone: ZoneInfo) -> tuple[int, int]:
+    """(epoch ms of the first local midnight of the birthday at or after `after`, its year).
+    29 February is celebrated on 28 February in other years."""
+    month, day = (int(x) for x in month_day.split("-"))
+    year = datetime.fromtimestamp(after / 1000, zone).year
+    for y in (year, year + 1, year + 2):
+        d = day if (month, day) != (2, 29) or _leap(y) else 28
+        moment = _ms(datetime(y, month, d, tzinfo=zone))
+        if moment >= after:
+            return moment, y
+    raise AssertionError("a birthday falls within two years")
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def _month_day(birthday: str) -> str | None:
+    try:
+        return date.fromisoformat(birthday).strftime("%m-%d")
+    except ValueError:
+        return None
+
+
+def _fingerprint(event_id: str) -> int:
+    return zlib.crc32(event_id.encode())
+
+
+# --- inputs ----------------------------------------------------------------------------------
+def apply(state: TriggerState, item: Input, config: TriggerConfig, tenant: str, customer: str) -> list[Decision]:
+    """Apply one input to `state` (in place); the decisions it makes at once."""
+    if isinstance(item, TransitionIn):
+        return _on_transition(state, item, config, tenant, customer)
+    fp = _fingerprint(item.event_id)
+    if fp in state.seen:
+        return []
+    state.seen = [fp, *state.seen][:SEEN_LIMIT]
+    if isinstance(item, OrderIn):
+        _on_order(state, item, config)
+    elif isinstance(item, CartIn):
+        _on_cart(state, item, config)
+    else:
+        _on_profile(state, item, config)
+    return []
+
+
+def _on_transition(
+    state: TriggerState, tr: TransitionIn, config: TriggerConfig, tenant: str, customer: str
+) -> list[Decision]:
+    out: list[Decision] = []
+    for rule in config.active("transition"):
+        if rule.model != tr.model or rule.to != tr.to_stage:
+            continue
+        if rule.from_stages is not None and tr.from_stage not in rule.from_stages:
+            continue
+        cause = f"transition:{tr.transition_id}"
+        if rule.delay_seconds > 0:
+            _set(state, Timer(rule.name, f"t:{tr.transition_id}", tr.time + _delay(rule), cause, tr.time))
+            continue
+        decision = decide(state, rule, cause, tr.time, config, tenant, customer)
+        if decision:
+            out.append(decision)
+    return out
+
+
+def _on_order(state: TriggerState, order: OrderIn, config: TriggerConfig) -> None:
+    if order.status == "created":
+        if order.order_id not in state.closed:
+            for rule in config.active("order_unpaid"):
+                due = order.time + _delay(rule)
+                _set(state, Timer(rule.name, order.order_id, due, f"order:{order.order_id}", order.time))
+        _order_placed(state, order.time)
+        return
+    if order.status in ("paid", "cancelled", "refunded"):
+        state.closed[order.order_id] = order.time
+        if len(state.closed) > CLOSED_LIMIT:
+            oldest = min(state.closed, key=lambda k: state.closed[k])
+            del state.closed[oldest]
+        for rule in config.active("order_unpaid"):
+            state.timers.pop(f"{rule.name}|{order.order_id}", None)
+    if order.status == "paid":
+        _order_placed(state, order.time)
+        _on_paid(state, order, config)
+
+
+def _order_placed(state: TriggerState, time: int) -> None:
+    """An order placed after a cart add cancels its abandoned-cart reminder."""
+    state.last_order = max(state.last_order, time)
+    for timer in [t for t in state.timers.values() if t.entity == "cart" and t.at <= time]:
+        del state.timers[timer.key]
+
+
+def _on_paid(state: TriggerState, order: OrderIn, config: TriggerConfig) -> None:
+    state.paid_count += 1
+    state.first_paid = min(state.first_paid, order.time) if state.first_paid else order.time
+    newest = order.time >= state.last_paid
+    state.last_paid = max(state.last_paid, order.time)
+    if state.paid_count < 2 or not newest:
+        return
+    # the customer's usual interval between paid orders, and at least the rule's delay
+    usual = (state.last_paid - state.first_paid) // (state.paid_count - 1)
+    for rule in config.active("repurchase"):
+        interval = max(usual, _delay(rule))
+        _set(state, Timer(rule.name, "repurchase", order.time + interval, f"repurchase:{order.event_id}", order.time))
+
+
+def _on_cart(state: TriggerState, cart: CartIn, config: TriggerConfig) -> None:
+    if cart.action != "add" or cart.time <= state.last_order:
+        return
+    for rule in config.active("cart_abandoned"):
+        current = state.timers.get(f"{rule.name}|cart")
+        if current is None or current.at <= cart.time:
+            _set(state, Timer(rule.name, "cart", cart.time + _delay(rule), f"cart:{cart.event_id}", cart.time))
+
+
+def _on_profile(state: TriggerState, profile: ProfileIn, config: TriggerConfig) -> None:
+    state.consent.update(profile.consent)
+    if profile.timezone:
+        state.timezone = profile.timezone
+    if profile.birthday and (month_day := _month_day(profile.birthday)):
+        state.birthday = month_day
+    if state.birthday:
+        zone = _zone(state.timezone, config.guardrails.default_timezone)
+        for rule in config.active("birthday"):
+            due, year = next_birthday(state.birthday, profile.time, zone)
+            _set(state, Timer(rule.name, "birthday", due, f"birthday:{year}", profile.time))
+
+
+def _set(state: TriggerState, timer: Timer) -> None:
+    state.timers[timer.key] = timer
+
+
+def _delay(rule: TriggerRule) -> int:
+    return int(rule.delay_seconds * 1000)
+
+
+# --- timers ----------------------------------------------------------------------------------
+def fire(state: TriggerState, watermark: int, config: TriggerConfig, tenant: str, customer: str) -> list[Decision]:
+    """Fire every timer due at or before `watermark`, in due order; the decisions they make."""
+    out: list[Decision] = []
+    while True:
+        due = sorted((t for t in state.timers.values() if t.due <= watermark), key=lambda t: (t.due, t.key))
+        if not due:
+            return out
+        for timer in due:
+            del state.timers[timer.key]
+            rule = config.rule(timer.rule)
+            if rule is None or not rule.enabled:
+                continue
+            decision = decide(state, rule, timer.cause, timer.due, config, tenant, customer)
+            if decision:
+                out.append(decision)
+            if rule.on == "birthday" and state.birthday:
+                zone = _zone(state.timezone, config.guardrails.default_timezone)
+                nxt, year = next_birthday(state.birthday, timer.due + 1, zone)
+                _set(state, Timer(rule.name, "birthday", nxt, f"birthday:{year}", timer.due))
+
+
+# --- guardrails ------------------------------------------------------------------------------
+def decide(
+    state: TriggerState, rule: TriggerRule, cause: str, at: int, config: TriggerConfig, tenant: str, customer: str
+) -> Decision | None:
+    """The decision of `rule` for `cause` at event time `at`, through the guardrails; None if
+    this cause was decided before."""
+    tid = trigger_id(rule.name, tenant, customer, cause)
+    short = tid[:16]
+    if short in state.decided:
+        return None
+    state.decided = [short, *state.decided][:DECIDED_LIMIT]
+    g = config.guardrails
+    reason, deliver = _guard(state, rule, at, g, tenant, customer)
+    if reason is None and rule.capped:
+        sends = [t for t in state.sends.get(rule.channel, []) if abs(t - deliver) < _longest(g)]
+        state.sends[rule.channel] = sorted([*sends, deliver])
+    return Decision(tid, rule, cause, at, deliver, reason)
+
+
+def _guard(
+    state: TriggerState, rule: TriggerRule, at: int, g: Guardrails, tenant: str, customer: str
+) -> tuple[str | None, int]:
+    if not state.consent.get(rule.channel, g.consent_default):
+        return "consent", at
+    if holdout_unit(tenant, customer, "global") < g.global_holdout_share:
+        return "holdout:global", at
+    if holdout_unit(tenant, customer, f"campaign:{rule.campaign}") < g.holdout_share:
+        return "holdout", at
+    deliver = at
+    if rule.quiet_hours != "ignore":
+        zone = _zone(state.timezone, g.default_timezone)
+        until = quiet_until(at, zone, g.quiet_start, g.quiet_end)
+        if until is not None:
+            if rule.quiet_hours == "drop":
+                return "quiet_hours", at
+            deliver = until
+    if rule.capped:
+        sent = state.sends.get(rule.channel, [])
+        for cap in g.caps:
+            window = int(cap.window_seconds * 1000)
+            if sum(1 for t in sent if abs(t - deliver) < window) >= cap.max:
+                return "frequency_cap", deliver
+    return None, deliver
+
+
+def _longest(g: Guardrails) -> int:
+    return int(max((c.window_seconds for c in g.caps), default=0) * 1000)
+
+
+def utc_ms(moment: datetime) -> int:
+    """Epoch ms of an aware datetime (helper for callers and tests)."""
+    return _ms(moment.astimezone(UTC))

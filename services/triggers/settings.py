@@ -1,0 +1,28 @@
+"""Trigger worker settings (environment prefix `CRM_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from services.common.settings import CommonSettings
+
+__all__ = ["TriggerSettings"]
+
+
+class TriggerSettings(CommonSettings):
+    triggers_group: str = Field("crm-triggers", min_length=1)
+    triggers_web_host: str = "127.0.0.1"
+    triggers_web_port: int = Field(6067, ge=1, le=65535)
+    trigger_rules_file: Path | None = None
+    allowed_lateness_seconds: float = Field(300.0, ge=0)
+    idle_flush_seconds: float = Field(2.0, gt=0)
+    wall_clock_advance: bool = False
+    batch_max: int = Field(1000, ge=1)
+    batch_within_seconds: float = Field(0.2, gt=0)
+    timer_interval_seconds: float = Field(0.5, gt=0)
+
+    @property
+    def lateness_ms(self) -> int:
+        return int(self.allowed_lateness_seconds * 1000)

@@ -1,0 +1,85 @@
+"""What the trigger engine remembers of one customer, and its compact JSON form in Redis.
+
+Every part is bounded: timers (a few per customer: one per open order, cart, repurchase,
+birthday and delayed rule), sends within the longest cap window, the last decisions and event
+fingerprints, the last closed orders.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+__all__ = ["DECIDED_LIMIT", "SEEN_LIMIT", "Timer", "TriggerState", "decode_state", "encode_state"]
+
+DECIDED_LIMIT = 64  # trigger ids remembered against repeated causes (e.g. a transition re-sent)
+SEEN_LIMIT = 64  # event fingerprints remembered against repeated events
+CLOSED_LIMIT = 16  # paid or cancelled orders remembered against their `created` arriving late
+
+
+@dataclass(slots=True)
+class Timer:
+    rule: str
+    entity: str  # order id, "cart", "repurchase", "birthday", or "t:<transition id>"
+    due: int  # event time (ms) at which it fires
+    cause: str
+    at: int  # event time of what set it
+
+    @property
+    def key(self) -> str:
+        return f"{self.rule}|{self.entity}"
+
+
+@dataclass(slots=True)
+class TriggerState:
+    consent: dict[str, bool] = field(default_factory=dict)
+    timezone: str | None = None
+    birthday: str | None = None  # "MM-DD"
+    timers: dict[str, Timer] = field(default_factory=dict)
+    sends: dict[str, list[int]] = field(default_factory=dict)  # channel -> delivery times
+    decided: list[str] = field(default_factory=list)  # newest first
+    seen: list[int] = field(default_factory=list)  # event fingerprints, newest first
+    closed: dict[str, int] = field(default_factory=dict)  # order id -> time paid or cancelled
+    last_order: int = 0  # latest time an order was created (or paid)
+    paid_count: int = 0
+    first_paid: int = 0
+    last_paid: int = 0
+
+    def next_due(self) -> int | None:
+        return min((t.due for t in self.timers.values()), default=None)
+
+
+def encode_state(state: TriggerState) -> bytes:
+    data = {
+        "c": state.consent,
+        "z": state.timezone,
+        "b": state.birthday,
+        "t": [[t.rule, t.entity, t.due, t.cause, t.at] for t in state.timers.values()],
+        "s": state.sends,
+        "d": state.decided,
+        "e": state.seen,
+        "o": state.closed,
+        "l": state.last_order,
+        "p": [state.paid_count, state.first_paid, state.last_paid],
+    }
+    return json.dumps({k: v for k, v in data.items() if v}, separators=(",", ":")).encode()
+
+
+def decode_state(raw: bytes) -> TriggerState:
+    data = json.loads(raw)
+    timers = [Timer(*t) for t in data.get("t", [])]
+    count, first, last = data.get("p", [0, 0, 0])
+    return TriggerState(
+        consent=data.get("c", {}),
+        timezone=data.get("z"),
+        birthday=data.get("b"),
+        timers={t.key: t for t in timers},
+        sends=data.get("s", {}),
+        decided=data.get("d", []),
+        seen=data.get("e", []),
+        closed=data.get("o", {}),
+        last_order=data.get("l", 0),
+        paid_count=count,
+        first_paid=first,
+        last_paid=last,
+    )

@@ -1,0 +1,356 @@
+"""Trigger rules and guardrails, as pure functions (services/triggers/domain.py)."""
+
+from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.common.errors import ConfigError
+from services.triggers.config import Cap, Guardrails, TriggerConfig, load_trigger_config
+from services.triggers.domain import (
+    CartIn,
+    OrderIn,
+    ProfileIn,
+    TransitionIn,
+    apply,
+    fire,
+    holdout_unit,
+    next_birthday,
+    quiet_until,
+    trigger_id,
+)
+from services.triggers.state import TriggerState, decode_state, encode_state
+
+MIN = 60_000
+HOUR = 60 * MIN
+DAY = 24 * HOUR
+T, C = "shop", "c1"
+# 2024-03-05 10:00 Asia/Shanghai: daytime in the default zone
+NOON = int(datetime(2024, 3, 5, 2, 0, tzinfo=UTC).timestamp() * 1000)
+
+
+def cfg(**guard):
+    base = {"holdout_share": 0.0, "global_holdout_share": 0.0}
+    return TriggerConfig(guardrails=Guardrails(**{**base, **guard}))
+
+
+def tr(to, model="pyramid", frm=None, at=NOON, tid="tr1"):
+    return TransitionIn(tid, model, frm, to, at)
+
+
+def run(state, items, config, watermark=None):
+    out = []
+    for item in items:
+        out += apply(state, item, config, T, C)
+    if watermark is not None:
+        out += fire(state, watermark, config, T, C)
+    return out
+
+
+def rules_of(decisions):
+    return [d.rule.name for d in decisions]
+
+
+# --- rules -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("model", "frm", "to", "rule"),
+    [
+        ("pyramid", "aware", "considering", "considering_coupon"),
+        ("pyramid", "considering", "first_purchase", "first_purchase_gift"),
+        ("pyramid", "repeat", "loyal", "vip_rights"),
+        ("pyramid", "loyal", "advocate", "referral_incentive"),
+        ("lifecycle", "new", "declining", "winback_declining"),
+        ("lifecycle", "declining", "churned", "winback_churned"),
+        ("lifecycle", "prospect", "new", "welcome"),
+        ("lifecycle", None, "new", "welcome"),
+    ],
+)
+def test_each_transition_rule_decides_its_action(model, frm, to, rule):
+    out = run(TriggerState(), [tr(to, model, frm)], cfg())
+    assert rules_of(out) == [rule]
+    d = out[0]
+    assert d.suppressed is None and d.decided_at == NOON and d.deliver_after == NOON
+    assert d.trigger_id == trigger_id(rule, T, C, "transition:tr1")
+
+
+def test_welcome_is_not_repeated_for_a_churned_customer_coming_back():
+    assert run(TriggerState(), [tr("new", "lifecycle", "churned")], cfg()) == []
+
+
+def test_a_transition_sent_twice_is_decided_once():
+    state = TriggerState()
+    assert len(run(state, [tr("considering"), tr("considering")], cfg())) == 1
+    # also after the state went through Redis
+    state = decode_state(encode_state(state))
+    assert run(state, [tr("considering")], cfg()) == []
+
+
+def test_delayed_transition_rule_fires_on_its_timer():
+    config = load_trigger_config_from({"rules": [{"name": "vip_rights", "delay_seconds": 3600}]})
+    state = TriggerState()
+    assert run(state, [tr("loyal")], config) == []
+    assert fire(state, NOON + HOUR - 1, config, T, C) == []
+    out = fire(state, NOON + HOUR, config, T, C)
+    assert rules_of(out) == ["vip_rights"] and out[0].decided_at == NOON + HOUR
+
+
+def test_unpaid_order_reminder_fires_30_minutes_after_created():
+    state = TriggerState()
+    run(state, [OrderIn("e1", "o1", "created", NOON)], cfg())
+    assert fire(state, NOON + 30 * MIN - 1, cfg(), T, C) == []
+    out = fire(state, NOON + 30 * MIN, cfg(), T, C)
+    assert rules_of(out) == ["unpaid_order_reminder"]
+    assert out[0].cause == "order:o1" and out[0].rule.channel == "sms" and out[0].rule.topic == "reminders"
+    assert fire(state, NOON + DAY, cfg(), T, C) == []  # once
+
+
+@pytest.mark.parametrize("status", ["paid", "cancelled"])
+def test_unpaid_order_reminder_is_cancelled_by_paid_or_cancelled(status):
+    state = TriggerState()
+    run(state, [OrderIn("e1", "o1", "created", NOON), OrderIn("e2", "o1", status, NOON + 10 * MIN)], cfg())
+    assert "unpaid_order_reminder" not in rules_of(fire(state, NOON + DAY, cfg(), T, C))
+
+
+def test_paid_arriving_before_its_created_sets_no_reminder():
+    state = TriggerState()
+    run(state, [OrderIn("e2", "o1", "paid", NOON + 10 * MIN), OrderIn("e1", "o1", "created", NOON)], cfg())
+    assert "unpaid_order_reminder" not in rules_of(fire(state, NOON + DAY, cfg(), T, C))
+
+
+def test_paying_one_order_leaves_the_reminder_of_another():
+    state = TriggerState()
+    items = [OrderIn("e1", "o1", "created", NOON), OrderIn("e2", "o2", "created", NOON), OrderIn("e3", "o1", "paid", NOON)]
+    out = run(state, items, cfg(), watermark=NOON + HOUR)
+    assert [d.cause for d in out if d.rule.name == "unpaid_order_reminder"] == ["order:o2"]
+
+
+def test_abandoned_cart_reminder_fires_24_hours_after_the_last_add():
+    state = TriggerState()
+    run(state, [CartIn("e1", "add", NOON), CartIn("e2", "add", NOON + HOUR)], cfg())
+    assert fire(state, NOON + DAY + HOUR - 1, cfg(), T, C) == []
+    out = fire(state, NOON + DAY + HOUR, cfg(), T, C)
+    assert rules_of(out) == ["abandoned_cart_reminder"] and out[0].cause == "cart:e2"
+
+
+@pytest.mark.parametrize("status", ["created", "paid"])
+def test_an_order_after_the_cart_cancels_the_cart_reminder(status):
+    state = TriggerState()
+    run(state, [CartIn("e1", "add", NOON), OrderIn("e2", "o1", status, NOON + HOUR)], cfg())
+    assert "abandoned_cart_reminder" not in rules_of(fire(state, NOON + 3 * DAY, cfg(), T, C))
+
+
+def test_an_order_before_a_late_cart_add_does_not_cancel_it():
+    state = TriggerState()
+    run(state, [OrderIn("e2", "o1", "created", NOON), CartIn("e1", "add", NOON + HOUR)], cfg())
+    assert "abandoned_cart_reminder" in rules_of(fire(state, NOON + 3 * DAY, cfg(), T, C))
+
+
+def test_repurchase_reminder_at_the_customers_usual_interval():
+    state = TriggerState()
+    paid = [OrderIn(f"p{i}", f"o{i}", "paid", NOON + i * 10 * DAY) for i in range(3)]  # every 10 days
+    run(state, paid, cfg())
+    last = NOON + 20 * DAY
+    assert fire(state, last + 10 * DAY - 1, cfg(), T, C) == []
+    out = fire(state, last + 10 * DAY, cfg(), T, C)
+    assert rules_of(out) == ["repurchase_reminder"] and out[0].cause == "repurchase:p2"
+
+
+def test_a_new_paid_order_moves_the_repurchase_reminder():
+    state = TriggerState()
+    run(state, [OrderIn("p0", "o0", "paid", NOON), OrderIn("p1", "o1", "paid", NOON + 10 * DAY)], cfg())
+    run(state, [OrderIn("p2", "o2", "paid", NOON + 15 * DAY)], cfg())
+    assert fire(state, NOON + 20 * DAY, cfg(), T, C) == []  # the reminder after p1 is gone
+    # usual interval is now 7.5 days: from p2 at day 15 to day 22.5
+    assert rules_of(fire(state, NOON + 22 * DAY + 12 * HOUR, cfg(), T, C)) == ["repurchase_reminder"]
+
+
+def test_repeated_paid_event_counts_once():
+    state = TriggerState()
+    run(state, [OrderIn("p0", "o0", "paid", NOON)] * 2, cfg())
+    assert state.paid_count == 1 and not state.timers
+
+
+def test_birthday_gift_at_local_midnight_deferred_past_quiet_hours():
+    state = TriggerState()
+    run(state, [ProfileIn("e1", NOON, {}, "Asia/Shanghai", "1990-03-20")], cfg())
+    midnight = int(datetime(2024, 3, 20, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp() * 1000)
+    assert fire(state, midnight - 1, cfg(), T, C) == []
+    out = fire(state, midnight, cfg(), T, C)
+    assert rules_of(out) == ["birthday_gift"] and out[0].cause == "birthday:2024"
+    assert out[0].decided_at == midnight and out[0].deliver_after == midnight + 9 * HOUR
+    # and next year's is waiting
+    assert state.timers["birthday_gift|birthday"].cause == "birthday:2025"
+
+
+def test_birthday_on_29_february_in_a_common_year():
+    zone = ZoneInfo("UTC")
+    at, year = next_birthday("02-29", int(datetime(2025, 1, 1, tzinfo=UTC).timestamp() * 1000), zone)
+    assert year == 2025 and datetime.fromtimestamp(at / 1000, UTC).date().isoformat() == "2025-02-28"
+
+
+# --- guardrails ------------------------------------------------------------------------------
+def test_opt_out_suppresses_with_reason_consent():
+    state = TriggerState()
+    out = run(state, [ProfileIn("p", NOON - 1, {"push": False}), tr("considering")], cfg())
+    assert [(d.rule.name, d.suppressed) for d in out] == [("considering_coupon", "consent")]
+
+
+def test_opt_out_between_registration_and_firing_suppresses_the_reminder():
+    state = TriggerState()
+    run(state, [OrderIn("e1", "o1", "created", NOON)], cfg())
+    run(state, [ProfileIn("p", NOON + 5 * MIN, {"sms": False})], cfg())
+    out = fire(state, NOON + HOUR, cfg(), T, C)
+    assert [(d.rule.name, d.suppressed) for d in out] == [("unpaid_order_reminder", "consent")]
+
+
+def test_opt_in_required_when_consent_default_is_false():
+    out = run(TriggerState(), [tr("considering")], cfg(consent_default=False))
+    assert out[0].suppressed == "consent"
+    out = run(TriggerState(), [ProfileIn("p", NOON, {"push": True}), tr("considering")], cfg(consent_default=False))
+    assert out[0].suppressed is None
+
+
+def test_frequency_cap_per_day_and_per_week():
+    state = TriggerState()
+    config = cfg()  # push: 1 per day, 3 per week
+    first = run(state, [tr("considering", tid="a", at=NOON)], config)
+    second = run(state, [tr("first_purchase", tid="b", at=NOON + HOUR)], config)
+    assert first[0].suppressed is None and second[0].suppressed == "frequency_cap"
+    # days 2 and 3 pass the daily cap; day 4 is the 4th in a week
+    later = [tr("considering", tid=f"d{i}", at=NOON + i * DAY) for i in (1, 2, 3)]
+    assert [d.suppressed for d in run(state, later, config)] == [None, None, "frequency_cap"]
+    # a suppressed decision takes no slot: the week after, one per day again
+    assert run(state, [tr("considering", tid="w", at=NOON + 8 * DAY)], config)[0].suppressed is None
+
+
+def test_caps_are_per_channel():
+    state = TriggerState()
+    out = run(state, [tr("considering", tid="a"), tr("loyal", tid="b")], cfg())  # push, then email
+    assert [d.suppressed for d in out] == [None, None]
+
+
+def test_uncapped_rule_neither_counts_nor_is_held():
+    state = TriggerState()
+    config = cfg(caps=(Cap(window_seconds=86400, max=1),))
+    run(state, [OrderIn("e1", "o1", "created", NOON), OrderIn("e2", "o2", "created", NOON)], config)
+    out = fire(state, NOON + HOUR, config, T, C)
+    assert [d.suppressed for d in out] == [None, None] and "sms" not in state.sends
+
+
+def test_quiet_hours_deferral_across_midnight_in_new_york():
+    ny = ZoneInfo("America/New_York")
+    g = Guardrails()
+    late = int(datetime(2024, 11, 4, 23, 30, tzinfo=ny).timestamp() * 1000)  # 04:30 UTC next day
+    until = quiet_until(late, ny, g.quiet_start, g.quiet_end)
+    assert datetime.fromtimestamp(until / 1000, ny) == datetime(2024, 11, 5, 9, 0, tzinfo=ny)
+    early = int(datetime(2024, 11, 5, 2, 0, tzinfo=ny).timestamp() * 1000)
+    assert quiet_until(early, ny, g.quiet_start, g.quiet_end) == until
+    day = int(datetime(2024, 11, 5, 12, 0, tzinfo=ny).timestamp() * 1000)
+    assert quiet_until(day, ny, g.quiet_start, g.quiet_end) is None
+    # through a rule, for a customer in New York
+    state = TriggerState()
+    out = run(state, [ProfileIn("p", late - 1, {}, "America/New_York"), tr("considering", at=late)], cfg())
+    assert out[0].suppressed is None and out[0].decided_at == late and out[0].deliver_after == until
+
+
+def test_quiet_hours_across_a_daylight_saving_change():
+    ny = ZoneInfo("America/New_York")
+    at = int(datetime(2024, 11, 2, 22, 0, tzinfo=ny).timestamp() * 1000)  # clocks go back at 02:00 on 3 Nov
+    until = quiet_until(at, ny, clock_time(21), clock_time(9))
+    assert until - at == 12 * HOUR  # 11 local hours plus the repeated hour
+
+
+def test_quiet_hours_drop_policy():
+    state = TriggerState()
+    night = NOON + 12 * HOUR  # 22:00 in Shanghai
+    run(state, [OrderIn("e1", "o1", "created", night - 30 * MIN)], cfg())
+    out = fire(state, night, cfg(), T, C)
+    assert [(d.rule.name, d.suppressed) for d in out] == [("unpaid_order_reminder", "quiet_hours")]
+
+
+def test_holdout_share_within_one_point_over_100k_customers():
+    share = 0.10
+    held = sum(holdout_unit(T, f"c{i}", "campaign:x") < share for i in range(100_000))
+    assert abs(held / 100_000 - share) <= 0.01
+    # independent per campaign: a different campaign holds out different customers
+    other = {i for i in range(10_000) if holdout_unit(T, f"c{i}", "campaign:y") < share}
+    same = {i for i in range(10_000) if holdout_unit(T, f"c{i}", "campaign:x") < share}
+    assert other != same and len(other & same) < len(same) / 2
+
+
+def test_held_out_customers_get_a_holdout_record_and_use_no_cap():
+    config = cfg(holdout_share=1.0)
+    state = TriggerState()
+    out = run(state, [tr("considering")], config)
+    assert out[0].suppressed == "holdout" and not state.sends
+    out = run(TriggerState(), [tr("considering")], cfg(global_holdout_share=1.0, holdout_share=1.0))
+    assert out[0].suppressed == "holdout:global"
+
+
+def test_guardrail_order_consent_before_holdout():
+    state = TriggerState()
+    out = run(state, [ProfileIn("p", NOON, {"push": False}), tr("considering")], cfg(holdout_share=1.0))
+    assert out[0].suppressed == "consent"
+
+
+def test_holdout_is_deterministic():
+    a = run(TriggerState(), [tr("considering")], TriggerConfig())
+    b = run(TriggerState(), [tr("considering")], TriggerConfig())
+    assert a == b
+
+
+# --- state and config ------------------------------------------------------------------------
+def test_state_round_trips_through_its_encoding():
+    state = TriggerState()
+    run(state, [ProfileIn("p", NOON, {"sms": False}, "Europe/Paris", "1990-01-02"), CartIn("c", "add", NOON)], cfg())
+    run(state, [OrderIn("e1", "o1", "created", NOON), tr("considering")], cfg())
+    again = decode_state(encode_state(state))
+    assert again == state
+    assert len(encode_state(state)) < 600
+
+
+def load_trigger_config_from(data, tmp=None):
+    import json
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "rules.json"
+    path.write_text(json.dumps(data))
+    return load_trigger_config(path)
+
+
+def test_config_file_changes_a_rule_and_guardrails():
+    config = load_trigger_config_from(
+        {"rules": [{"name": "welcome", "channel": "sms"}], "guardrails": {"quiet_start": "22:00", "holdout_share": 0.2}}
+    )
+    assert config.rule("welcome").channel == "sms" and config.rule("welcome").to == "new"
+    assert config.guardrails.quiet_start == clock_time(22) and config.guardrails.holdout_share == 0.2
+
+
+def test_config_file_can_disable_a_rule():
+    config = load_trigger_config_from({"rules": [{"name": "welcome", "enabled": False}]})
+    assert run(TriggerState(), [tr("new", "lifecycle", "prospect")], config) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({"rules": [{"name": "welcome", "channel": "fax"}]}, "rules.welcome.channel"),
+        ({"guardrails": {"holdout_share": 2}}, "guardrails.holdout_share"),
+        ({"guardrails": {"default_timezone": "Mars/Olympus"}}, "guardrails.default_timezone"),
+        ({"rules": [{"name": "new_one", "on": "transition", "action": "a", "campaign": "c", "channel": "sms",
+                     "topic": "outreach"}]}, "rules.new_one"),
+    ],
+)  # fmt: skip
+def test_bad_config_names_the_key(data, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_trigger_config_from(data)
+
+
+def test_every_default_rule_has_campaign_channel_and_topic():
+    for rule in TriggerConfig().rules:
+        assert rule.campaign and rule.channel in ("sms", "email", "push", "in_app")
+        assert rule.topic in ("coupons", "reminders", "outreach")
+    assert timedelta(seconds=TriggerConfig().rule("unpaid_order_reminder").delay_seconds) == timedelta(minutes=30)
+    assert timedelta(seconds=TriggerConfig().rule("abandoned_cart_reminder").delay_seconds) == timedelta(hours=24)
