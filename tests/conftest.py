@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -34,6 +35,13 @@ TEST_SETTINGS = CommonSettings(
 )
 
 
+QUIET_SETTINGS = CommonSettings(
+    kafka_bootstrap="127.0.0.1:37092",
+    redis_url="redis://127.0.0.1:37379/0",
+    state_dir=REPO_ROOT / ".run" / "test-quiet-stack",
+)
+
+
 def _docker_available() -> bool:
     if shutil.which("docker") is None:
         return False
@@ -51,9 +59,10 @@ def _choose() -> str:
     return "local"  # fails with a message naming what is missing: never a silent skip
 
 
-@pytest.fixture(scope="session")
-def stack() -> Iterator[StackInfo]:
-    """Kafka + Redis for the whole session, with every topic of the table created."""
+@contextmanager
+def _stack(settings: CommonSettings) -> Iterator[StackInfo]:
+    """Kafka + Redis with every topic of the table created: the project's local stack on the
+    ports of `settings`, or testcontainers where only a Docker engine is available."""
     import asyncio
 
     from services.common.topics import ensure_topics
@@ -75,7 +84,6 @@ def stack() -> Iterator[StackInfo]:
 
     from services.common.localstack import LocalStack
 
-    settings = TEST_SETTINGS
     local = LocalStack(settings)
     was_running = local.kafka_ready() and local.redis_ready()
     if not was_running:  # a stack of the suite's own: start from empty topics and Redis
@@ -83,6 +91,23 @@ def stack() -> Iterator[StackInfo]:
         shutil.rmtree(settings.state_dir, ignore_errors=True)
     local.up()
     asyncio.run(ensure_topics(settings.kafka_bootstrap))
-    yield StackInfo(settings.kafka_bootstrap, settings.redis_url, "local", settings)
-    if not was_running and not os.environ.get("CRM_KEEP_STACK"):
-        local.down()
+    try:
+        yield StackInfo(settings.kafka_bootstrap, settings.redis_url, "local", settings)
+    finally:
+        if not was_running and not os.environ.get("CRM_KEEP_STACK"):
+            local.down()
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[StackInfo]:
+    """Kafka + Redis for the whole session, with every topic of the table created."""
+    with _stack(TEST_SETTINGS) as info:
+        yield info
+
+
+@pytest.fixture(scope="module")
+def quiet_stack() -> Iterator[StackInfo]:
+    """A second Kafka + Redis, empty, for tests whose workers must not first read everything the
+    session's other tests produced (a new consumer group starts at the earliest offsets)."""
+    with _stack(QUIET_SETTINGS) as info:
+        yield info

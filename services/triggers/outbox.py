@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.common.avro import Codec
+from services.common.tail import topic_partitions
 
 __all__ = ["SentSince", "kafka_sent_since", "pack", "unpack"]
 
@@ -40,8 +41,7 @@ def kafka_sent_since(bootstrap: str, codec: Codec) -> SentSince:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
         await consumer.start()
         try:
-            await consumer.topics()  # metadata for partitions_for_topic
-            tps = [TopicPartition(t, p) for t in sorted(set(topics)) for p in consumer.partitions_for_topic(t) or ()]
+            tps = [TopicPartition(t, p) for t in sorted(set(topics)) for p in await topic_partitions(bootstrap, t)]
             consumer.assign(tps)
             starts = await consumer.offsets_for_times({tp: max(0, since_ms - MARGIN_MS) for tp in tps})
             ends = await consumer.end_offsets(tps)

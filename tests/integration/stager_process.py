@@ -1,4 +1,4 @@
-"""Start and stop a real stager worker process against the suite's stack."""
+"""Start and stop real worker processes (stager, triggers) against a test stack."""
 
 import os
 import subprocess
@@ -10,17 +10,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class StagerProcess:
-    def __init__(self, stack, group, port, log_path):
+class WorkerProcess:
+    def __init__(self, module, stack, port, log_path, env):
+        self.module = module
         self.env = {
             **os.environ,
             "CRM_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
             "CRM_REDIS_URL": stack.redis_url,
-            "CRM_STAGER_GROUP": group,
-            "CRM_STAGER_WEB_PORT": str(port),
             "CRM_STATE_DIR": str(log_path.parent),
             "CRM_IDLE_FLUSH_SECONDS": "1",
             "CRM_LOG_LEVEL": "warn",
+            **env,
         }
         self.port = port
         self.log_path = log_path
@@ -29,7 +29,7 @@ class StagerProcess:
     def start(self, timeout=60):
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.stager"],
+                [sys.executable, "-m", self.module],
                 env=self.env,
                 cwd=ROOT,
                 stdout=log,
@@ -39,13 +39,17 @@ class StagerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"stager exited: {self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"{self.module} exited: {self.log_path.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
                     return self
             except OSError:
                 time.sleep(0.3)
-        raise RuntimeError("stager did not answer /healthz")
+        raise RuntimeError(f"{self.module} did not answer /healthz")
+
+    def metrics(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as reply:
+            return reply.read().decode()
 
     def kill(self):
         """As a crash would: no shutdown, no final commit."""
@@ -60,3 +64,15 @@ class StagerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class StagerProcess(WorkerProcess):
+    def __init__(self, stack, group, port, log_path, env=None):
+        env = {"CRM_STAGER_GROUP": group, "CRM_STAGER_WEB_PORT": str(port), **(env or {})}
+        super().__init__("services.stager", stack, port, log_path, env)
+
+
+class TriggersProcess(WorkerProcess):
+    def __init__(self, stack, group, port, log_path, env=None):
+        env = {"CRM_TRIGGERS_GROUP": group, "CRM_TRIGGERS_WEB_PORT": str(port), **(env or {})}
+        super().__init__("services.triggers", stack, port, log_path, env)

@@ -120,7 +120,8 @@ def test_paid_arriving_before_its_created_sets_no_reminder():
 
 def test_paying_one_order_leaves_the_reminder_of_another():
     state = TriggerState()
-    items = [OrderIn("e1", "o1", "created", NOON), OrderIn("e2", "o2", "created", NOON), OrderIn("e3", "o1", "paid", NOON)]
+    items = [OrderIn("e1", "o1", "created", NOON), OrderIn("e2", "o2", "created", NOON)]
+    items.append(OrderIn("e3", "o1", "paid", NOON))
     out = run(state, items, cfg(), watermark=NOON + HOUR)
     assert [d.cause for d in out if d.rule.name == "unpaid_order_reminder"] == ["order:o2"]
 

@@ -1,0 +1,298 @@
+"""Triggers through real Kafka + Redis: a scripted stream gives exactly the reminders, cart
+reminders and win-back it should; a kill between a timer's registration and its firing still
+gives one reminder; a crash while sending leaves no duplicate and loses nothing.
+
+These run on a second, empty stack so the new consumer groups do not first read everything the
+other tests produced."""
+
+import asyncio
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from services.common import keys
+from services.common.avro import default_codec
+from services.common.constants import (
+    TOPIC_TRIGGERS_COUPONS,
+    TOPIC_TRIGGERS_OUTREACH,
+    TOPIC_TRIGGERS_REMINDERS,
+    TOPIC_TRIGGERS_SUPPRESSED,
+    event_topic,
+)
+from services.common.messages import Message
+from services.common.tail import read_topic
+from services.triggers.config import Guardrails, TriggerConfig
+from services.triggers.engine import TriggerEngine
+from services.triggers.metrics import TriggerMetrics
+from services.triggers.outbox import kafka_sent_since
+from services.triggers.settings import TriggerSettings
+from tests.integration.stager_process import StagerProcess, TriggersProcess
+
+MIN = 60_000
+HOUR = 60 * MIN
+DAY = 24 * HOUR
+T0 = int(datetime(2024, 3, 5, 2, 0, tzinfo=UTC).timestamp() * 1000)  # 10:00 in Shanghai
+OUTPUTS = (TOPIC_TRIGGERS_COUPONS, TOPIC_TRIGGERS_REMINDERS, TOPIC_TRIGGERS_OUTREACH, TOPIC_TRIGGERS_SUPPRESSED)
+SCHEMA = {"order": "crm.events.Order", "cart": "crm.events.Cart", "browse": "crm.events.Browse",
+          "profile": "crm.events.Profile"}  # fmt: skip
+
+
+@pytest.fixture
+def no_holdout(tmp_path):
+    """Rules file with no control groups, so every decision in these tests is a delivery."""
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps({"guardrails": {"holdout_share": 0, "global_holdout_share": 0}}))
+    return path
+
+
+def event(kind, tenant, customer, at, **fields):
+    base = {"event_id": f"{tenant}-{customer}-{kind}-{at}-{uuid.uuid4().hex[:6]}", "customer_id": customer,
+            "tenant": tenant, "event_time": at}  # fmt: skip
+    return kind, {**base, **fields}
+
+
+def order(tenant, customer, at, order_id, status, amount=100.0):
+    return event("order", tenant, customer, at, order_id=order_id, status=status, amount=amount)
+
+
+def cart(tenant, customer, at):
+    return event("cart", tenant, customer, at, action="add", product_id="p1")
+
+
+def browse(tenant, customer, at):
+    return event("browse", tenant, customer, at, page_type="product", product_id="p1")
+
+
+async def produce(stack, events):
+    codec = default_codec()
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for kind, record in events:
+            value = codec.encode(SCHEMA[kind], record)
+            await producer.send_and_wait(event_topic(kind), value, key=record["customer_id"].encode())
+    finally:
+        await producer.stop()
+
+
+async def outputs(stack, tenant):
+    codec = default_codec()
+    out = []
+    for topic in OUTPUTS:
+        async for record in read_topic(stack.kafka_bootstrap, topic, codec, idle_timeout=1.0):
+            if record.get("tenant") == tenant:
+                out.append({**record, "_topic": topic})
+    return out
+
+
+async def wait_for(check, timeout=120.0, every=0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out waiting for {check.__name__}")
+
+
+async def timer_registered(stack, tenant, customer):
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        for shard in range(12):
+            if await redis.zscore(keys.trigger_timers_key(tenant, shard), customer) is not None:
+                return True
+        return False
+    finally:
+        await redis.aclose()
+
+
+def of(records, customer, rule=None):
+    return [r for r in records if r["customer_id"] == customer and (rule is None or r["rule"] == rule)]
+
+
+def millis(value):
+    return int(value.timestamp() * 1000) if isinstance(value, datetime) else value
+
+
+@pytest.mark.timeout(600)
+def test_scripted_stream_gives_exactly_the_expected_triggers(quiet_stack, tmp_path, no_holdout):
+    stack = quiet_stack
+    tenant = f"shop-{uuid.uuid4().hex[:6]}"
+    env = {"CRM_TRIGGER_RULES_FILE": str(no_holdout)}
+    stager = StagerProcess(stack, f"stager-{tenant}", 37166, tmp_path / "stager.log").start()
+    triggers = TriggersProcess(stack, f"triggers-{tenant}", 37167, tmp_path / "triggers.log", env).start()
+    try:
+        asyncio.run(
+            produce(
+                stack,
+                [
+                    order(tenant, "paid-in-time", T0, "o-a", "created"),
+                    order(tenant, "paid-in-time", T0 + 10 * MIN, "o-a", "paid"),
+                    order(tenant, "never-paid", T0, "o-b", "created"),
+                    cart(tenant, "cart-only", T0),
+                    order(tenant, "lapsing", T0, "o-d", "paid"),
+                ],
+            )
+        )
+
+        async def registered():
+            return await timer_registered(stack, tenant, "never-paid") and await timer_registered(
+                stack, tenant, "cart-only"
+            )
+
+        asyncio.run(wait_for(registered))
+        # Three months on, another customer's visit moves the clock past every timer and past
+        # the lapsing customer's 90 days without a paid order.
+        asyncio.run(produce(stack, [browse(tenant, "later", T0 + 91 * DAY)]))
+
+        async def winback_seen():
+            records = await outputs(stack, tenant)
+            return records if of(records, "lapsing", "winback_declining") else None
+
+        records = asyncio.run(wait_for(winback_seen, timeout=180))
+        time.sleep(3)  # anything that would come twice has had time to
+        records = asyncio.run(outputs(stack, tenant))
+        metrics = triggers.metrics()
+    finally:
+        triggers.stop()
+        stager.stop()
+
+    assert of(records, "paid-in-time", "unpaid_order_reminder") == []
+    unpaid = of(records, "never-paid", "unpaid_order_reminder")
+    assert len(unpaid) == 1
+    assert unpaid[0]["_topic"] == TOPIC_TRIGGERS_REMINDERS and unpaid[0]["channel"] == "sms"
+    assert millis(unpaid[0]["decided_at"]) == T0 + 30 * MIN and unpaid[0]["cause"] == "order:o-b"
+    assert unpaid[0]["suppressed"] is None
+    carts = of(records, "cart-only", "abandoned_cart_reminder")
+    assert len(carts) == 1 and millis(carts[0]["decided_at"]) == T0 + DAY
+    assert carts[0]["_topic"] == TOPIC_TRIGGERS_REMINDERS
+    winback = of(records, "lapsing", "winback_declining")
+    assert len(winback) == 1 and winback[0]["_topic"] == TOPIC_TRIGGERS_OUTREACH
+    assert millis(winback[0]["decided_at"]) == T0 + 90 * DAY
+    assert winback[0]["offer"]["kind"] == "coupon"
+    # the transitions behind the other default rules came through the stager too
+    assert len(of(records, "cart-only", "considering_coupon")) == 1
+    assert len(of(records, "lapsing", "first_purchase_gift")) == 1
+    # only customers with a paid order are members who can decline (the one who paid in time too)
+    assert sorted(r["customer_id"] for r in records if r["rule"] == "winback_declining") == ["lapsing", "paid-in-time"]
+    ids = [r["trigger_id"] for r in records]
+    assert len(ids) == len(set(ids))
+    assert 'crm_triggers_decided_total{action="unpaid_order_reminder",channel="sms"}' in metrics
+    assert "crm_triggers_timer_backlog" in metrics and "crm_triggers_decision_latency_seconds_count" in metrics
+
+
+@pytest.mark.timeout(600)
+def test_kill_between_timer_registration_and_firing_gives_one_reminder(quiet_stack, tmp_path, no_holdout):
+    stack = quiet_stack
+    tenant = f"kill-{uuid.uuid4().hex[:6]}"
+    group = f"triggers-{tenant}"
+    env = {"CRM_TRIGGER_RULES_FILE": str(no_holdout)}
+    first = TriggersProcess(stack, group, 37168, tmp_path / "first.log", env).start()
+    try:
+        asyncio.run(produce(stack, [order(tenant, "buyer", T0, "o-1", "created")]))
+        asyncio.run(wait_for(lambda: timer_registered(stack, tenant, "buyer")))
+    finally:
+        first.kill()
+    assert asyncio.run(outputs(stack, tenant)) == []
+    second = TriggersProcess(stack, group, 37168, tmp_path / "second.log", env).start()
+    try:
+        asyncio.run(produce(stack, [cart(tenant, "someone-else", T0 + 2 * HOUR)]))
+
+        async def reminded():
+            return of(await outputs(stack, tenant), "buyer", "unpaid_order_reminder")
+
+        asyncio.run(wait_for(reminded))
+        time.sleep(3)
+        records = asyncio.run(outputs(stack, tenant))
+    finally:
+        second.stop()
+    reminders = of(records, "buyer", "unpaid_order_reminder")
+    assert len(reminders) == 1 and millis(reminders[0]["decided_at"]) == T0 + 30 * MIN
+
+
+async def _engine(stack, group, send):
+    codec = default_codec()
+    settings = TriggerSettings(
+        kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url, triggers_group=group, idle_flush_seconds=0.01
+    )
+    config = TriggerConfig(guardrails=Guardrails(holdout_share=0, global_holdout_share=0))
+    redis = Redis.from_url(stack.redis_url)
+    engine = TriggerEngine(
+        redis, send, codec, config, settings, TriggerMetrics(CollectorRegistry()),
+        kafka_sent_since(stack.kafka_bootstrap, codec), lambda: range(12),
+    )  # fmt: skip
+    await engine.start()
+    return engine, redis
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.timeout(300)
+async def test_a_crash_while_sending_neither_duplicates_nor_loses_a_decision(quiet_stack):
+    stack = quiet_stack
+    tenant = f"outbox-{uuid.uuid4().hex[:6]}"
+    group = f"triggers-{tenant}"
+    codec = default_codec()
+    customers = [f"c{i}" for i in range(40)]
+    messages = []
+    for i, customer in enumerate(customers):
+        _, record = order(tenant, customer, T0, f"o-{i}", "created")
+        # all in one partition (shard), so the crash falls inside one shard's batch of decisions
+        messages.append(Message(event_topic("order"), 0, i, codec.encode("crm.events.Order", record)))
+    _, late = cart(tenant, "clock", T0 + 2 * HOUR)
+    messages.append(Message(event_topic("cart"), 0, 0, codec.encode("crm.events.Cart", late)))
+
+    dying = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all", enable_idempotence=True)
+    await dying.start()
+    await producer.start()
+    sent = 0
+
+    async def send_then_crash(topic, key, value):
+        nonlocal sent
+        if sent == 15:
+            raise Crash("the worker dies with part of the decisions sent")
+        sent += 1
+        return await dying.send(topic, value, key=key)
+
+    async def send(topic, key, value):
+        return await producer.send(topic, value, key=key)
+
+    try:
+        first, redis1 = await _engine(stack, group, send_then_crash)
+        with pytest.raises(Crash):
+            # 40 unpaid-order timers, which the last event's time passes: 40 reminders decided,
+            # 15 sent, then the crash
+            await first.process(messages)
+        await dying.stop()  # what it had handed to the network reaches the broker
+        await redis1.aclose()
+        left = await _outbox_size(stack)
+        assert left == 40  # none confirmed: the whole batch is still in the outbox
+
+        second, redis2 = await _engine(stack, group, send)
+        await second.tick()  # takes over the shards: sends only what is not on Kafka yet
+        await second.tick()
+        await redis2.aclose()
+        assert await _outbox_size(stack) == 0
+        assert second.metrics.recovered.labels("already_sent")._value.get() == 15
+        assert second.metrics.recovered.labels("sent")._value.get() == 25
+    finally:
+        await producer.stop()
+    records = [r for r in await outputs(stack, tenant) if r["rule"] == "unpaid_order_reminder"]
+    assert sorted(r["customer_id"] for r in records) == sorted(customers)
+
+
+async def _outbox_size(stack):
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        return sum([await redis.hlen(keys.trigger_outbox_key(shard)) for shard in range(12)])
+    finally:
+        await redis.aclose()
