@@ -208,6 +208,29 @@ def triggers_worker() -> None:
     run()
 
 
+@triggers.command("summary")
+@click.option("--tenant", required=True)
+@click.option("--json", "as_json", is_flag=True, help="An object of rule -> outcome -> count.")
+def triggers_summary(tenant: str, as_json: bool) -> None:
+    """Decisions of every rule for a tenant: sent, or suppressed and why."""
+    from services.triggers.report import decision_counts
+
+    settings = load_settings(CommonSettings)
+    counts = asyncio.run(decision_counts(settings.kafka_bootstrap, tenant))
+    _print_decisions(counts, as_json)
+
+
+def _print_decisions(counts: Counter[tuple[str, str]], as_json: bool, indent: str = "") -> None:
+    table: dict[str, dict[str, int]] = {}
+    for (rule, outcome), n in sorted(counts.items()):
+        table.setdefault(rule, {})[outcome] = n
+    if as_json:
+        click.echo(json.dumps(table))
+        return
+    for rule, outcomes in table.items():
+        click.echo(f"{indent}{rule:24} " + ", ".join(f"{o} {n}" for o, n in outcomes.items()))
+
+
 @triggers.command("rules")
 def triggers_rules() -> None:
     """Print the rule table and guardrails in effect (defaults plus CRM_TRIGGER_RULES_FILE)."""
@@ -346,6 +369,7 @@ def demo(customers: int) -> None:
     from services.common.topics import ensure_topics
     from services.ingest.demo import demo_stream
     from services.stager.settings import StagerSettings
+    from services.triggers.settings import TriggerSettings
 
     settings = load_settings(StagerSettings)
     local = LocalStack(settings)
@@ -355,6 +379,9 @@ def demo(customers: int) -> None:
     _ensure_service("ingest", "services.ingest", url, {"CRM_API_KEYS": DEMO_KEY}, settings, local)
     stager_url = f"http://127.0.0.1:{settings.stager_web_port}"
     _ensure_service("stager", "services.stager", stager_url, {"CRM_LOG_LEVEL": "warn"}, settings, local)
+    triggers_port = load_settings(TriggerSettings).triggers_web_port
+    triggers_url = f"http://127.0.0.1:{triggers_port}"
+    _ensure_service("triggers", "services.triggers", triggers_url, {"CRM_LOG_LEVEL": "warn"}, settings, local)
 
     from tqdm import tqdm
 
@@ -380,7 +407,27 @@ def demo(customers: int) -> None:
 
     asyncio.run(show_dlq())
     asyncio.run(_show_stages(settings, latest))
-    click.echo(f"metrics: {url}/metrics and {stager_url}/metrics   stop everything: .venv/bin/crm stack down")
+    asyncio.run(_show_triggers(settings))
+    click.echo(f"metrics: {url}/metrics, {stager_url}/metrics and {triggers_url}/metrics")
+    click.echo("stop everything: .venv/bin/crm stack down")
+
+
+async def _show_triggers(settings: Any, settle_seconds: float = 4.0, timeout: float = 120.0) -> None:
+    """Print the demo tenant's trigger decisions once they stop changing."""
+    from services.triggers.report import decision_counts
+
+    deadline = time.monotonic() + timeout
+    last: Counter[tuple[str, str]] = Counter()
+    steady_since = time.monotonic()
+    while time.monotonic() < deadline:
+        counts = await decision_counts(settings.kafka_bootstrap, "demo")
+        if counts != last or not counts:
+            last, steady_since = counts, time.monotonic()
+        elif time.monotonic() - steady_since >= settle_seconds:
+            break
+        await asyncio.sleep(1.0)
+    click.echo("trigger decisions for tenant 'demo' (crm triggers summary --tenant demo):")
+    _print_decisions(last, False, "  ")
 
 
 async def _show_stages(settings: Any, latest: int) -> None:

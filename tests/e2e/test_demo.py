@@ -1,6 +1,7 @@
 """`crm demo` end to end, as a newcomer runs it, on a stack of its own (own ports and state folder)."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +25,8 @@ def env(tmp_path):
         "CRM_INGEST_PORT": "28081",
         "CRM_STAGER_WEB_PORT": "28066",
         "CRM_STAGER_GROUP": "crm-stager-e2e",
+        "CRM_TRIGGERS_WEB_PORT": "28067",
+        "CRM_TRIGGERS_GROUP": "crm-triggers-e2e",
     }
 
 
@@ -50,10 +53,17 @@ def test_demo_twice_then_down_leaves_nothing(env, tmp_path):
         # the stager placed every demo customer in the pyramid
         pyramid = first.stdout.split("  pyramid ")[1].splitlines()[0]
         assert sum(int(part.split()[-1]) for part in pyramid.split(",")) == 200
+        # the triggers worker decided on the stager's transitions and the orders
+        assert "triggers up" in first.stdout
+        decisions = first.stdout.split("trigger decisions for tenant 'demo'")[1]
+        for rule in ("considering_coupon", "first_purchase_gift", "welcome"):
+            assert f"  {rule} " in decisions
+        assert int(re.search(r"  welcome +sent (\d+)", decisions).group(1)) > 0
 
         second = crm(env, "demo", "--customers", "200")
         assert second.returncode == 0, second.stdout + second.stderr
         assert "ingest already up" in second.stdout and "stager already up" in second.stdout
+        assert "triggers already up" in second.stdout
         pyramid = second.stdout.split("  pyramid ")[1].splitlines()[0]
         assert sum(int(part.split()[-1]) for part in pyramid.split(",")) == 200  # same customers, more events
 
@@ -61,12 +71,12 @@ def test_demo_twice_then_down_leaves_nothing(env, tmp_path):
         assert status.returncode == 0 and "ingest" in status.stdout
 
         pids = [int(p.read_text()) for p in (tmp_path / "state" / "pids").glob("*.pid")]
-        assert len(pids) == 4  # kafka, redis, ingest, stager
+        assert len(pids) == 5  # kafka, redis, ingest, stager, triggers
     finally:
         down = crm(env, "stack", "down")
     assert down.returncode == 0, down.stderr
-    for name in ("kafka", "redis", "ingest", "stager"):
+    for name in ("kafka", "redis", "ingest", "stager", "triggers"):
         assert name in down.stdout
     assert not any(pid_alive(pid) for pid in pids)
-    assert not any(listening(port) for port in (29092, 29093, 26379, 28081, 28066))
+    assert not any(listening(port) for port in (29092, 29093, 26379, 28081, 28066, 28067))
     assert crm(env, "stack", "status").returncode == 1
