@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from services.common import keys
 from services.common.avro import Codec
@@ -129,23 +130,29 @@ class TriggerEngine:
     # --- messages ----------------------------------------------------------------------------
     async def process(self, messages: Sequence[Message]) -> None:
         async with self.lock:
+            # another worker may have applied these partitions before a rebalance gave them here
+            raw = await self.redis.hgetall(self._offsets_key)
+            self.applied = {k.decode(): int(v) for k, v in raw.items()}
             offsets, inputs, dead = self._collect(messages)
             for tenant, clock in self.clocks.items():
                 clock.settle(self.settings.lateness_ms)
                 self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
             await self._recover({shard for shard, _ in inputs.values()})
-            customers = await self._load([(t, c, shard) for (t, c), (shard, _) in inputs.items()])
-            for cust in customers:
+
+            def decide(cust: _Customer) -> None:
                 for arrived, item in sorted(inputs[(cust.tenant, cust.customer)][1], key=lambda x: x[1].time):
                     made = apply(cust.state, item, self.config, cust.tenant, cust.customer)
                     if made:
                         cust.decisions += made
                         cust.arrived = max(cust.arrived, arrived)
-                    self.metrics.inputs.labels(type(item).__name__.removesuffix("In").lower()).inc()
                 watermark = self.clocks[cust.tenant].shard(cust.shard)[1]
                 cust.decisions += fire(cust.state, watermark, self.config, cust.tenant, cust.customer)
+
             await self._dead_letters(dead)
-            await self._commit(customers, offsets)
+            await self._transact([(t, c, shard) for (t, c), (shard, _) in inputs.items()], decide, offsets)
+            for _, items in inputs.values():
+                for _, item in items:
+                    self.metrics.inputs.labels(type(item).__name__.removesuffix("In").lower()).inc()
             self.applied.update(offsets)
 
     def _collect(
@@ -183,6 +190,7 @@ class TriggerEngine:
         async with self.lock:
             owned = set(self.shards())
             await self._recover(owned)
+            await self._sync_clocks(owned)
             wall = self.settings.lateness_ms if self.settings.wall_clock_advance else None
             backlog = 0
             for tenant, clock in self.clocks.items():
@@ -205,24 +213,15 @@ class TriggerEngine:
             due = await self.redis.zrangebyscore(keys.trigger_timers_key(tenant, shard), "-inf", watermark, 0, 500)
             if not due:
                 return fired
-            customers = await self._load([(tenant, c.decode(), shard) for c in due])
-            for cust in customers:
+
+            def decide(cust: _Customer) -> None:
                 cust.decisions += fire(cust.state, watermark, self.config, tenant, cust.customer)
-            await self._commit(customers, {})
-            fired += len(customers)
-            self.metrics.timers_fired.inc(len(customers))
+
+            await self._transact([(tenant, c.decode(), shard) for c in due], decide, {})
+            fired += len(due)
+            self.metrics.timers_fired.inc(len(due))
 
     # --- redis and kafka ---------------------------------------------------------------------
-    async def _load(self, wanted: list[tuple[str, str, int]]) -> list[_Customer]:
-        if not wanted:
-            return []
-        names = [keys.trigger_state_key(t, c) for t, c, _ in wanted]
-        raw = await self.redis.eval(HGET_MANY, len(names), *names)
-        return [
-            _Customer(t, c, shard, decode_state(data) if data else TriggerState())
-            for (t, c, shard), data in zip(wanted, raw, strict=True)
-        ]
-
     def _record(self, cust: _Customer, d: Decision) -> tuple[str, bytes]:
         offer = d.rule.offer
         record = {
@@ -242,27 +241,56 @@ class TriggerEngine:
         topic = TOPIC_TRIGGERS_SUPPRESSED if d.suppressed else OUTPUT_TOPICS[d.rule.topic]
         return topic, self.codec.encode("crm.triggers.Trigger", record)
 
-    async def _commit(self, customers: list[_Customer], offsets: dict[str, int]) -> None:
-        """State, timers, outbox, clock and offsets in one MULTI/EXEC; then the decisions go out."""
-        outbox, timers_set, timers_del = self._plan(customers)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if customers:
-                names = [keys.trigger_state_key(c.tenant, c.customer) for c in customers]
-                pipe.eval(HSET_MANY, len(names), *names, *[encode_state(c.state) for c in customers])
-            for key, members in timers_set.items():
-                pipe.zadd(key, members)
-            for key, gone in timers_del.items():
-                pipe.zrem(key, *gone)
-            for shard, entries in outbox.items():
-                pipe.hset(keys.trigger_outbox_key(shard), mapping=entries)
-            if self.clocks:
-                self._write_clocks(pipe)
-            if offsets:
-                pipe.hset(self._offsets_key, mapping=offsets)
-            await pipe.execute()
+    async def _transact(
+        self, wanted: list[tuple[str, str, int]], decide: Callable[[_Customer], None], offsets: dict[str, int]
+    ) -> None:
+        """Load the customers of `wanted`, let `decide` change each, then write states, timers,
+        outbox, clock and offsets in one MULTI/EXEC, and send the decisions. The states are
+        WATCHed: if another worker (during a rebalance) wrote one in between, all is undone and
+        decided again on the new state, so two workers never decide the same cause twice."""
+        names = [keys.trigger_state_key(t, c) for t, c, _ in wanted]
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    if names:
+                        await pipe.watch(*names)
+                        raw = await pipe.eval(HGET_MANY, len(names), *names)
+                    else:
+                        raw = []
+                    customers = [
+                        _Customer(t, c, shard, decode_state(data) if data else TriggerState())
+                        for (t, c, shard), data in zip(wanted, raw, strict=True)
+                    ]
+                    for cust in customers:
+                        decide(cust)
+                    outbox = self._queue(pipe, customers, offsets)
+                    await pipe.execute()
+                except WatchError:
+                    self.metrics.conflicts.inc()
+                    continue
+            break
         if outbox:
             await self._send(outbox)
             self._count(customers)
+
+    def _queue(self, pipe: Any, customers: list[_Customer], offsets: dict[str, int]) -> dict[int, dict[str, bytes]]:
+        """Queue every write of a batch on `pipe` (then in MULTI); returns the outbox entries."""
+        outbox, timers_set, timers_del = self._plan(customers)
+        pipe.multi()
+        if customers:
+            names = [keys.trigger_state_key(c.tenant, c.customer) for c in customers]
+            pipe.eval(HSET_MANY, len(names), *names, *[encode_state(c.state) for c in customers])
+        for key, members in timers_set.items():
+            pipe.zadd(key, members)
+        for key, gone in timers_del.items():
+            pipe.zrem(key, *gone)
+        for shard, entries in outbox.items():
+            pipe.hset(keys.trigger_outbox_key(shard), mapping=entries)
+        if self.clocks:
+            self._write_clocks(pipe)
+        if offsets:
+            pipe.hset(self._offsets_key, mapping=offsets)
+        return outbox
 
     def _plan(
         self, customers: list[_Customer]
@@ -308,11 +336,14 @@ class TriggerEngine:
                 self.metrics.latency.observe(max(0.0, (now - cust.arrived) / 1000))
 
     async def _recover(self, shards: set[int]) -> None:
-        """Send what a crash left in the outboxes of `shards` (once per shard per worker), except
-        what is already on Kafka."""
+        """Send what a crash left in the outboxes of `shards`, except what is already on Kafka.
+        Entries younger than the grace period may belong to a live worker that is sending them
+        (it held the shard before a rebalance); they are looked at again on a later tick."""
         for shard in sorted(shards - self.recovered):
             key = keys.trigger_outbox_key(shard)
-            left = {k.decode(): unpack(v) for k, v in (await self.redis.hgetall(key)).items()}
+            entries = {k.decode(): unpack(v) for k, v in (await self.redis.hgetall(key)).items()}
+            cutoff = int((time.time() - self.settings.outbox_grace_seconds) * 1000)
+            left = {tid: entry for tid, entry in entries.items() if entry[0] <= cutoff}
             if left:
                 since = min(entry[0] for entry in left.values())
                 found = await self.sent_since({entry[1] for entry in left.values()}, since, set(left))
@@ -325,7 +356,8 @@ class TriggerEngine:
                 self.metrics.recovered.labels("already_sent").inc(len(found))
                 self.metrics.recovered.labels("sent").inc(len(left) - len(found))
                 log.warning("outbox of shard %d: %d already on Kafka, %d sent now", shard, len(found), len(pending))
-            self.recovered.add(shard)
+            if len(left) == len(entries):
+                self.recovered.add(shard)
 
     async def _dead_letters(self, dead: list[tuple[Message, str]]) -> None:
         pending = []
@@ -342,7 +374,23 @@ class TriggerEngine:
         if pending:
             await asyncio.gather(*pending)
 
+    async def _sync_clocks(self, owned: set[int]) -> None:
+        """Take in what other workers wrote: the tenant's latest event time over every shard (so
+        an idle worker's timers follow the tenant's time), and the clock of shards newly owned."""
+        for name, value in (await self.redis.hgetall(keys.trigger_clock_key())).items():
+            tenant, shard_name = name.decode().rsplit("|", 1)
+            latest, watermark = (int(x) for x in value.split(b":"))
+            clock = self.clocks.setdefault(tenant, EventClock())
+            clock.latest = max(clock.latest, latest)
+            shard = int(shard_name)
+            if shard in owned:
+                state = clock.shard(shard)
+                state[0], state[1] = max(state[0], latest), max(state[1], watermark)
+
     def _write_clocks(self, pipe: Any) -> None:
-        shards = {f"{t}|{p}": f"{v[0]}:{v[1]}" for t, c in self.clocks.items() for p, v in c.shards.items()}
+        owned = set(self.shards())  # a shard another worker now owns is that worker's to write
+        shards = {
+            f"{t}|{p}": f"{v[0]}:{v[1]}" for t, c in self.clocks.items() for p, v in c.shards.items() if p in owned
+        }
         if shards:
             pipe.hset(keys.trigger_clock_key(), mapping=shards)

@@ -37,6 +37,11 @@ class TriggerMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.conflicts = Counter(
+            f"{PREFIX}triggers_write_conflicts",
+            "Batches decided again because another worker wrote one of their customers first",
+            registry=registry,
+        )
         self.watermark = Gauge(
             f"{PREFIX}triggers_watermark_seconds", "Event-time watermark", ["tenant"], registry=registry
         )

@@ -22,6 +22,8 @@ class TriggerSettings(CommonSettings):
     batch_max: int = Field(1000, ge=1)
     batch_within_seconds: float = Field(0.2, gt=0)
     timer_interval_seconds: float = Field(0.5, gt=0)
+    # how old an outbox entry must be before a worker taking over its shard treats it as left by a crash
+    outbox_grace_seconds: float = Field(10.0, ge=0)
 
     @property
     def lateness_ms(self) -> int:

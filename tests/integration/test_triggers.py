@@ -219,7 +219,11 @@ def test_kill_between_timer_registration_and_firing_gives_one_reminder(quiet_sta
 async def _engine(stack, group, send):
     codec = default_codec()
     settings = TriggerSettings(
-        kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url, triggers_group=group, idle_flush_seconds=0.01
+        kafka_bootstrap=stack.kafka_bootstrap,
+        redis_url=stack.redis_url,
+        triggers_group=group,
+        idle_flush_seconds=0.01,
+        outbox_grace_seconds=0,
     )
     config = TriggerConfig(guardrails=Guardrails(holdout_share=0, global_holdout_share=0))
     redis = Redis.from_url(stack.redis_url)
@@ -296,3 +300,42 @@ async def _outbox_size(stack):
         return sum([await redis.hlen(keys.trigger_outbox_key(shard)) for shard in range(12)])
     finally:
         await redis.aclose()
+
+
+@pytest.mark.timeout(600)
+def test_two_workers_share_the_timers_and_fire_each_once(quiet_stack, tmp_path, no_holdout):
+    stack = quiet_stack
+    tenant = f"pair-{uuid.uuid4().hex[:6]}"
+    group = f"triggers-{tenant}"
+    env = {"CRM_TRIGGER_RULES_FILE": str(no_holdout)}
+    buyers = [f"buyer-{i:02d}" for i in range(24)]
+    one = TriggersProcess(stack, group, 37171, tmp_path / "one.log", env).start()
+    two = TriggersProcess(stack, group, 37172, tmp_path / "two.log", env).start()
+    try:
+        asyncio.run(produce(stack, [order(tenant, b, T0, f"o-{b}", "created") for b in buyers]))
+
+        async def all_registered():
+            return all([await timer_registered(stack, tenant, b) for b in buyers])
+
+        asyncio.run(wait_for(all_registered))
+        # one customer's later event moves the tenant's time past every reminder
+        asyncio.run(produce(stack, [cart(tenant, "clock", T0 + 2 * HOUR)]))
+
+        async def reminded():
+            records = await outputs(stack, tenant)
+            return len({r["customer_id"] for r in records if r["rule"] == "unpaid_order_reminder"}) == len(buyers)
+
+        asyncio.run(wait_for(reminded, timeout=180))
+        time.sleep(3)
+        records = asyncio.run(outputs(stack, tenant))
+        fired = [_counter(worker.metrics(), "crm_triggers_timer_customers_total") for worker in (one, two)]
+    finally:
+        one.stop()
+        two.stop()
+    reminders = [r["customer_id"] for r in records if r["rule"] == "unpaid_order_reminder"]
+    assert sorted(reminders) == buyers
+    assert all(n > 0 for n in fired), fired  # each worker fired the timers of its own partitions
+
+
+def _counter(text, name):
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
