@@ -339,3 +339,53 @@ def test_two_workers_share_the_timers_and_fire_each_once(quiet_stack, tmp_path, 
 
 def _counter(text, name):
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.mark.timeout(300)
+async def test_a_customer_written_by_another_worker_meanwhile_is_decided_again(quiet_stack):
+    """Two workers briefly holding the same partition (a rebalance) cannot both decide a cause:
+    the second write finds the state changed, and decides again on what the first wrote."""
+    stack = quiet_stack
+    tenant = f"race-{uuid.uuid4().hex[:6]}"
+    codec = default_codec()
+    record = {"transition_id": "tr-race", "tenant": tenant, "customer_id": "c", "model": "pyramid",
+              "from_stage": "aware", "to_stage": "considering", "at": T0, "cause": "e1"}  # fmt: skip
+    message = Message("crm.stage.transitions", 3, 0, codec.encode("crm.stage.StageTransition", record))
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    await producer.start()
+
+    async def send(topic, key, value):
+        return await producer.send(topic, value, key=key)
+
+    try:
+        first, redis1 = await _engine(stack, f"first-{tenant}", send)
+        second, redis2 = await _engine(stack, f"second-{tenant}", send)
+        original_pipeline = redis1.pipeline
+        interleaved = []
+
+        def pipeline(*args, **kwargs):
+            pipe = original_pipeline(*args, **kwargs)
+            read = pipe.eval
+
+            async def read_then_interleave(*a, **kw):
+                pipe.eval = read  # only the first read (of the WATCHed state) is interleaved
+                result = await read(*a, **kw)
+                if not interleaved:
+                    interleaved.append(True)
+                    await second.process([message])  # the other worker decides and writes first
+                return result
+
+            pipe.eval = read_then_interleave
+            return pipe
+
+        redis1.pipeline = pipeline
+        await first.process([message])
+        assert interleaved and first.metrics.conflicts._value.get() == 1
+        state = await redis1.hget(keys.trigger_state_key(tenant, "c"), "s")
+        assert state is not None
+    finally:
+        await producer.stop()
+        await redis1.aclose()
+        await redis2.aclose()
+    coupons = [r for r in await outputs(stack, tenant) if r["rule"] == "considering_coupon"]
+    assert len(coupons) == 1

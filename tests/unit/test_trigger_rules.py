@@ -5,6 +5,8 @@ from datetime import time as clock_time
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.common.errors import ConfigError
 from services.triggers.config import Cap, Guardrails, TriggerConfig, load_trigger_config
@@ -355,3 +357,58 @@ def test_every_default_rule_has_campaign_channel_and_topic():
         assert rule.topic in ("coupons", "reminders", "outreach")
     assert timedelta(seconds=TriggerConfig().rule("unpaid_order_reminder").delay_seconds) == timedelta(minutes=30)
     assert timedelta(seconds=TriggerConfig().rule("abandoned_cart_reminder").delay_seconds) == timedelta(hours=24)
+
+
+# --- properties ------------------------------------------------------------------------------
+
+_INPUTS = [
+    tr("considering", tid="t1", at=NOON),
+    tr("first_purchase", tid="t2", at=NOON + HOUR),
+    tr("declining", "lifecycle", "new", tid="t3", at=NOON + 2 * DAY),
+    OrderIn("e1", "o1", "created", NOON),
+    OrderIn("e2", "o2", "created", NOON + MIN),
+    OrderIn("e3", "o1", "paid", NOON + 10 * MIN),
+    CartIn("e4", "add", NOON + 5 * MIN),
+    ProfileIn("e5", NOON - HOUR, {"email": False}, "Europe/Berlin", "1990-03-07"),
+    OrderIn("e6", "o3", "paid", NOON + 3 * DAY),
+]
+
+
+def _decisions(items):
+    state = TriggerState()
+    out = [(d.trigger_id, d.suppressed, d.deliver_after) for d in run(state, items, cfg())]
+    out += [(d.trigger_id, d.suppressed, d.deliver_after) for d in fire(state, NOON + 30 * DAY, cfg(), T, C)]
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, len(_INPUTS) - 1), max_size=8))
+def test_any_duplication_of_inputs_gives_the_same_decisions(extra):
+    items = list(_INPUTS)
+    for i in extra:  # a repeat arrives right after the original
+        items.insert(items.index(_INPUTS[i]) + 1, _INPUTS[i])
+    assert _decisions(items) == _decisions(_INPUTS)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 40))
+def test_timers_fired_along_the_way_change_nothing(split_hours):
+    """Firing at an intermediate watermark, then at the end, decides what firing once at the end does."""
+    a, b = TriggerState(), TriggerState()
+    run(a, _INPUTS, cfg())
+    run(b, _INPUTS, cfg())
+    once = fire(a, NOON + 30 * DAY, cfg(), T, C)
+    twice = fire(b, NOON + split_hours * HOUR, cfg(), T, C) + fire(b, NOON + 30 * DAY, cfg(), T, C)
+    assert [d.trigger_id for d in once] == [d.trigger_id for d in twice]
+
+
+def test_bad_rules_file_stops_the_worker_naming_the_key(tmp_path, monkeypatch):
+    import json
+
+    from services.triggers.__main__ import main
+
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps({"rules": [{"name": "welcome", "channel": "fax"}]}))
+    monkeypatch.setenv("CRM_TRIGGER_RULES_FILE", str(path))
+    with pytest.raises(SystemExit, match=r"rules\.welcome\.channel"):
+        main()
