@@ -123,6 +123,7 @@ class Engine:
             self.metrics.batch.observe(time.perf_counter() - started)
 
     async def _process(self, messages: Sequence[Message]) -> None:
+        await self._refresh_fence(messages)
         offsets, facts, dead = self._collect(messages)
         for tenant, clock in self.clocks.items():
             clock.settle(self.settings.lateness_ms)
@@ -151,6 +152,15 @@ class Engine:
         await self._emit(customers, credits, dead)
         await self._write(customers, offsets)
         self.applied.update(offsets)
+
+    async def _refresh_fence(self, messages: Sequence[Message]) -> None:
+        """Re-read the fence of the batch's partitions: another worker may have applied some of
+        them before a rebalance handed them here."""
+        tps = sorted({f"{m.topic}:{m.partition}" for m in messages})
+        if tps:
+            for tp, value in zip(tps, await self.redis.hmget(self._offsets_key, tps), strict=True):
+                if value is not None:
+                    self.applied[tp] = int(value)
 
     def _collect(
         self, messages: Sequence[Message]
