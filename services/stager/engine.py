@@ -29,7 +29,7 @@ from services.common.messages import Message
 from services.common.redisbatch import HGET_MANY, HSET_MANY
 from services.stager.config import StageRules
 from services.stager.dedup import fingerprint, is_repeat, remember
-from services.stager.facts import to_fact
+from services.stager.facts import FIELDS, to_fact
 from services.stager.metrics import StagerMetrics
 from services.stager.rules import CustomerState, Fact, Transition, advance, apply_fact, next_due
 from services.stager.settings import StagerSettings
@@ -81,6 +81,7 @@ class Engine:
         self.redis: Any = redis  # redis-py's annotations do not know the bytes/str mode
         self.send = send
         self.codec = codec
+        self.read = codec.reader(FIELDS)
         self.rules = rules
         self.settings = settings
         self.metrics = metrics
@@ -177,7 +178,7 @@ class Engine:
                 continue
             offsets[tp] = max(offsets.get(tp, 0), msg.offset + 1)
             try:
-                schema, record = self.codec.decode(msg.value)
+                schema, record = self.read(msg.value)
                 mapped = to_fact(schema, record)
             except (SchemaError, KeyError, ValueError, TypeError) as exc:
                 dead.append((msg.value, msg.topic, f"undecodable: {exc}"))

@@ -8,7 +8,7 @@ from typing import Any
 
 from services.stager.rules import Fact, Kind
 
-__all__ = ["to_fact", "to_millis"]
+__all__ = ["FIELDS", "to_fact", "to_millis"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -19,6 +19,15 @@ _ORDER = {
     "refunded": Kind.ORDER_REFUNDED,
 }
 _JOIN_TARGETS = frozenset({"brand", "store", "official_account"})
+_COMMON = ("event_id", "customer_id", "tenant", "event_time")
+# The fields `to_fact` reads, per schema: the engine's reader decodes nothing else.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "crm.events.Browse": _COMMON,
+    "crm.events.Cart": (*_COMMON, "action"),
+    "crm.events.Follow": (*_COMMON, "target_type", "action"),
+    "crm.events.Order": (*_COMMON, "order_id", "status", "amount", "referrer_customer_id"),
+    "crm.stage.ReferralCredit": _COMMON,
+}
 
 
 def to_millis(value: Any) -> int:

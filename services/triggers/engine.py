@@ -53,6 +53,14 @@ OUTPUT_TOPICS = {
 }
 
 
+_COMMON = ("event_id", "customer_id", "tenant", "event_time")
+# The fields `to_input` reads of the high-volume events; transitions and profiles are read whole.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "crm.events.Order": (*_COMMON, "order_id", "status"),
+    "crm.events.Cart": (*_COMMON, "action"),
+}
+
+
 def _millis(value: Any) -> int:
     return int(value.timestamp() * 1000) if isinstance(value, datetime) else int(value)
 
@@ -105,6 +113,7 @@ class TriggerEngine:
         self.redis: Any = redis
         self.send = send
         self.codec = codec
+        self.read = codec.reader(FIELDS)
         self.config = config
         self.settings = settings
         self.metrics = metrics
@@ -169,7 +178,7 @@ class TriggerEngine:
                 continue
             offsets[tp] = max(offsets.get(tp, 0), msg.offset + 1)
             try:
-                schema, record = self.codec.decode(msg.value)
+                schema, record = self.read(msg.value)
                 mapped = to_input(schema, record)
             except (SchemaError, KeyError, ValueError, TypeError) as exc:
                 dead.append((msg, f"undecodable: {exc}"))
