@@ -28,6 +28,7 @@ from tqdm import tqdm
 from services.common.avro import default_codec
 from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.localstack import LocalStack
+from services.common.produce import send_many
 from services.common.settings import REPO_ROOT, CommonSettings
 from services.common.topics import ensure_topics
 from services.stager.config import StageRules
@@ -71,8 +72,7 @@ def generate(n_events: int, customers: int, seed: int = 1) -> list[tuple[str, by
             elif roll < 0.84:
                 raw.append((t, "cart", {**base, "action": "add", "product_id": f"p{rng.randrange(5000)}"}))
             elif roll < 0.88:
-                raw.append((t, "follow", {**base, "target_type": rng.choice(["product", "brand"]),
-                                          "target_id": "x"}))
+                raw.append((t, "follow", {**base, "target_type": rng.choice(["product", "brand"]), "target_id": "x"}))
             else:
                 orders += 1
                 order = f"{cid}-{n}"
@@ -81,8 +81,14 @@ def generate(n_events: int, customers: int, seed: int = 1) -> list[tuple[str, by
                 if rng.random() < 0.8:
                     n += 1
                     t += rng.randrange(10_000, 600_000)
-                    paid = {**base, "event_id": f"bench-{n}", "event_time": t, "order_id": order,
-                            "status": "paid", "amount": amount}
+                    paid = {
+                        **base,
+                        "event_id": f"bench-{n}",
+                        "event_time": t,
+                        "order_id": order,
+                        "status": "paid",
+                        "amount": amount,
+                    }
                     raw.append((t, "order", paid))
                     if rng.random() < 0.03:
                         n += 1
@@ -90,13 +96,16 @@ def generate(n_events: int, customers: int, seed: int = 1) -> list[tuple[str, by
                         raw.append((t + DAY, "order", refund))
     raw.sort(key=lambda r: r[0])
     names = {t: f"crm.events.{t.capitalize()}" for t in ("browse", "cart", "order", "follow")}
-    return [(event_topic(kind), rec["customer_id"].encode(), codec.encode(names[kind], rec))
-            for _, kind, rec in raw[:n_events]]
+    return [
+        (event_topic(kind), rec["customer_id"].encode(), codec.encode(names[kind], rec))
+        for _, kind, rec in raw[:n_events]
+    ]
 
 
 async def produce(messages: list[tuple[str, bytes, bytes]]) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=SETTINGS.kafka_bootstrap, linger_ms=20,
-                                max_batch_size=512 * 1024, acks=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=SETTINGS.kafka_bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks=1
+    )
     await producer.start()
     started = time.perf_counter()
     try:
@@ -115,9 +124,15 @@ async def produce(messages: list[tuple[str, bytes, bytes]]) -> float:
 # --- readers -----------------------------------------------------------------------------------
 async def consume(total: int, handle: Any, limit: int | None = None) -> float:
     """Read the event topics from the beginning with a fresh consumer; `handle(batch)` per poll."""
-    consumer = AIOKafkaConsumer(*TOPICS, bootstrap_servers=SETTINGS.kafka_bootstrap, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        *TOPICS,
+        bootstrap_servers=SETTINGS.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
     await consumer.start()
     want = limit or total
     seen = 0
@@ -163,10 +178,19 @@ class Naive:
                 seen = remember(seen, fact.time, fp, state.clock, 3_600_000, 64)
                 next_due(state, self.rules)
                 for tr in transitions:
-                    value = self.codec.encode("crm.stage.StageTransition", {
-                        "transition_id": transition_id(tenant, customer, tr.model, tr.cause), "tenant": tenant,
-                        "customer_id": customer, "model": tr.model, "from_stage": tr.from_stage,
-                        "to_stage": tr.to_stage, "at": tr.at, "cause": tr.cause})
+                    value = self.codec.encode(
+                        "crm.stage.StageTransition",
+                        {
+                            "transition_id": transition_id(tenant, customer, tr.model, tr.cause),
+                            "tenant": tenant,
+                            "customer_id": customer,
+                            "model": tr.model,
+                            "from_stage": tr.from_stage,
+                            "to_stage": tr.to_stage,
+                            "at": tr.at,
+                            "cause": tr.cause,
+                        },
+                    )
                     await self.producer.send_and_wait(TOPIC_STAGE_TRANSITIONS, value, key=customer.encode())
             self.pending_write = (key, encode_state(state, seen))
 
@@ -185,15 +209,25 @@ async def run_naive(total: int, limit: int) -> float:
 async def run_engine(total: int) -> float:
     """Our engine, fed by a plain aiokafka consumer (no Faust), transitions produced for real."""
     redis = Redis.from_url(SETTINGS.redis_url)
-    producer = AIOKafkaProducer(bootstrap_servers=SETTINGS.kafka_bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=5, max_batch_size=512 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=SETTINGS.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+    )
     await producer.start()
     settings = StagerSettings(**_stager_env(), stager_group="bench-engine")
 
     async def send(topic: str, key: bytes, value: bytes) -> Any:
         return await producer.send(topic, value, key=key)
 
-    engine = Engine(redis, send, default_codec(), StageRules(), settings, StagerMetrics(CollectorRegistry()))
+    async def many(topic: str, items: list[tuple[bytes, bytes]]) -> None:
+        await send_many(producer, topic, items)
+
+    engine = Engine(
+        redis, send, default_codec(), StageRules(), settings, StagerMetrics(CollectorRegistry()), send_many=many
+    )
     await engine.start()
 
     async def handle(msgs: list[Any]) -> None:
@@ -207,20 +241,34 @@ async def run_engine(total: int) -> float:
 
 
 def _stager_env() -> dict[str, Any]:
-    return {"kafka_bootstrap": SETTINGS.kafka_bootstrap, "redis_url": SETTINGS.redis_url,
-            "state_dir": SETTINGS.state_dir}
+    return {
+        "kafka_bootstrap": SETTINGS.kafka_bootstrap,
+        "redis_url": SETTINGS.redis_url,
+        "state_dir": SETTINGS.state_dir,
+    }
 
 
 async def run_worker(total: int, log: Path) -> float:
     """The deployed stager: a worker process (Faust app; the event topics on its direct aiokafka
     path); rate measured from its first applied batch, so start-up and group join are left out."""
-    env = {**os.environ, "CRM_KAFKA_BOOTSTRAP": SETTINGS.kafka_bootstrap, "CRM_REDIS_URL": SETTINGS.redis_url,
-           "CRM_STATE_DIR": str(SETTINGS.state_dir), "CRM_STAGER_GROUP": "bench-worker",
-           "CRM_STAGER_WEB_PORT": "46066", "CRM_LOG_LEVEL": "warn"}
+    env = {
+        **os.environ,
+        "CRM_KAFKA_BOOTSTRAP": SETTINGS.kafka_bootstrap,
+        "CRM_REDIS_URL": SETTINGS.redis_url,
+        "CRM_STATE_DIR": str(SETTINGS.state_dir),
+        "CRM_STAGER_GROUP": "bench-worker",
+        "CRM_STAGER_WEB_PORT": "46066",
+        "CRM_LOG_LEVEL": "warn",
+    }
     redis = Redis.from_url(SETTINGS.redis_url)
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services.stager"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.stager"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         first: tuple[float, int] | None = None
         with tqdm(total=total, desc="faust worker", unit="ev", mininterval=2) as bar:
@@ -267,9 +315,12 @@ async def redis_bytes(customers_prefix: str) -> dict[str, float]:
             async for key in redis.scan_iter(match=family):
                 total += await redis.memory_usage(key, samples=0) or 0
             per_family[family.split(":")[1]] = total / max(customers, 1)
-        return {"customers": customers, "state_bytes_per_customer": sum(usage) / max(len(usage), 1),
-                "timer_bytes_per_customer": per_family["timers"],
-                "transition_log_bytes_per_customer": per_family["log"]}
+        return {
+            "customers": customers,
+            "state_bytes_per_customer": sum(usage) / max(len(usage), 1),
+            "timer_bytes_per_customer": per_family["timers"],
+            "transition_log_bytes_per_customer": per_family["log"],
+        }
     finally:
         await redis.aclose()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
@@ -11,6 +12,7 @@ from redis.asyncio import Redis
 
 from services.common.avro import default_codec
 from services.common.constants import DEFAULT_PARTITIONS, EVENT_TYPES, TOPIC_REFERRALS, event_topic
+from services.common.produce import send_many as produce_many
 from services.stager.config import StageRules
 from services.stager.engine import Engine, Message
 from services.stager.metrics import StagerMetrics
@@ -57,11 +59,17 @@ def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorR
             return await direct["producer"].send(topic, value, key=key)
         return await app.producer.send(topic, key, value, None, None, None)
 
+    async def send_many(topic: str, items: list[tuple[bytes, bytes]]) -> None:
+        if "producer" in direct:
+            await produce_many(direct["producer"], topic, items)
+            return
+        await asyncio.gather(*[await send(topic, key, value) for key, value in items])
+
     def shards() -> set[int]:
         consumer = direct.get("consumer") or app.consumer
         return {tp.partition for tp in consumer.assignment() if tp.topic in EVENT_SOURCE_TOPICS}
 
-    engine = Engine(redis, send, default_codec(), rules, settings, metrics, shards)
+    engine = Engine(redis, send, default_codec(), rules, settings, metrics, shards, send_many)
     started = False
 
     async def ready() -> None:

@@ -39,6 +39,8 @@ __all__ = ["Engine", "Message", "transition_id"]
 
 log = logging.getLogger(__name__)
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
+# produce every (key, value) to a topic and wait for the acknowledgements
+SendMany = Callable[[str, list[tuple[bytes, bytes]]], Awaitable[None]]
 SEP = "\x1f"
 
 
@@ -77,9 +79,11 @@ class Engine:
         settings: StagerSettings,
         metrics: StagerMetrics,
         shards: Callable[[], Iterable[int]] = lambda: range(12),
+        send_many: SendMany | None = None,
     ) -> None:
         self.redis: Any = redis  # redis-py's annotations do not know the bytes/str mode
         self.send = send
+        self.send_many = send_many
         self.codec = codec
         self.read = codec.reader(FIELDS)
         self.rules = rules
@@ -240,6 +244,7 @@ class Engine:
         pending = []
         per_model: dict[str, int] = {}  # metric increments once per batch, not per transition
         encode = self.codec.encode
+        transitions: list[tuple[bytes, bytes]] = []
         for cust in customers:
             key = cust.customer.encode()
             for tr in cust.transitions:
@@ -253,9 +258,7 @@ class Engine:
                     "at": tr.at,
                     "cause": tr.cause,
                 }
-                pending.append(
-                    await self.send(TOPIC_STAGE_TRANSITIONS, key, encode("crm.stage.StageTransition", record))
-                )
+                transitions.append((key, encode("crm.stage.StageTransition", record)))
                 per_model[tr.model] = per_model.get(tr.model, 0) + 1
         for tenant, referrer, fact in credits:
             record = {
@@ -280,6 +283,10 @@ class Engine:
             self.metrics.invalid.inc()
         for model, n in per_model.items():
             self.metrics.transitions.labels(model).inc(n)
+        if self.send_many is not None:
+            pending.append(self.send_many(TOPIC_STAGE_TRANSITIONS, transitions))
+        else:
+            pending += [await self.send(TOPIC_STAGE_TRANSITIONS, k, v) for k, v in transitions]
         if pending:
             await asyncio.gather(*pending)
 
