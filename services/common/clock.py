@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["EventClock"]
+__all__ = ["EventClock", "merge_shard_clocks", "tenant_clock"]
 
 
 @dataclass
@@ -54,3 +54,34 @@ class EventClock:
             state = self.shard(shard)
             state[1] = max(state[1], target)
         return True
+
+
+def _parse(stored: dict[bytes, bytes]) -> list[tuple[str, int, int, int]]:
+    out = []
+    for name, value in stored.items():
+        tenant, shard = name.decode().rsplit("|", 1)
+        latest, watermark = (int(x) for x in value.split(b":"))
+        out.append((tenant, int(shard), latest, watermark))
+    return out
+
+
+def merge_shard_clocks(clocks: dict[str, EventClock], stored: dict[bytes, bytes], owned: set[int]) -> None:
+    """Take in the shard clocks every worker wrote (a Redis hash "<tenant>|<shard>" ->
+    "<latest>:<watermark>"): each tenant's latest event time over all shards, so an idle worker's
+    timers follow the tenant's time, and the whole clock of the shards in `owned` (a shard a
+    rebalance just handed over carries its previous owner's clock)."""
+    for tenant, shard, latest, watermark in _parse(stored):
+        clock = clocks.setdefault(tenant, EventClock())
+        clock.latest = max(clock.latest, latest)
+        if shard in owned:
+            state = clock.shard(shard)
+            state[0], state[1] = max(state[0], latest), max(state[1], watermark)
+
+
+def tenant_clock(stored: dict[bytes, bytes], tenant: str) -> tuple[int, int]:
+    """(latest event time, watermark) of `tenant` over the shard clocks of every worker: the
+    latest of any shard, and the lowest watermark of the shards that have seen its events."""
+    mine = [(latest, watermark) for t, _, latest, watermark in _parse(stored) if t == tenant]
+    if not mine:
+        return 0, 0
+    return max(latest for latest, _ in mine), min(watermark for _, watermark in mine)

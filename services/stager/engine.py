@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 
 from services.common import keys
 from services.common.avro import Codec
-from services.common.clock import EventClock
+from services.common.clock import EventClock, merge_shard_clocks
 from services.common.constants import TOPIC_DLQ, TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS
 from services.common.errors import SchemaError
 from services.common.messages import Message
@@ -201,6 +201,7 @@ class Engine:
         fired = 0
         async with self.lock:
             owned = set(self.shards())
+            merge_shard_clocks(self.clocks, await self.redis.hgetall(keys.shard_clock_key()), owned)
             for tenant, clock in self.clocks.items():
                 # No new events for a while: nothing older can still be on its way in order.
                 wall = self.settings.lateness_ms if self.settings.wall_clock_advance else None
@@ -353,7 +354,11 @@ class Engine:
         return list(await self.redis.eval(HGET_MANY, len(names), *names))
 
     def _write_clocks(self, pipe: Any) -> None:
+        # this worker's view; `crm replay` and the dashboards read the shard clocks of all workers
         pipe.hset(keys.clock_key(), mapping={t: f"{c.latest}:{c.watermark}" for t, c in self.clocks.items()})
-        shards = {f"{t}|{p}": f"{v[0]}:{v[1]}" for t, c in self.clocks.items() for p, v in c.shards.items()}
+        owned = set(self.shards())  # a shard another worker now owns is that worker's to write
+        shards = {
+            f"{t}|{p}": f"{v[0]}:{v[1]}" for t, c in self.clocks.items() for p, v in c.shards.items() if p in owned
+        }
         if shards:
             pipe.hset(keys.shard_clock_key(), mapping=shards)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from services.common import keys
 from services.common.avro import default_codec
+from services.common.clock import tenant_clock
 from services.common.constants import REDIS_PREFIX
 from services.common.errors import CrmError
 from services.common.topics import ensure_topics
@@ -143,8 +144,8 @@ async def wait_applied(
     while True:
         applied = {k.decode(): int(v) for k, v in (await redis.hgetall(offsets_key)).items()}
         behind = sum(max(0, end - applied.get(tp, 0)) for tp, end in ends.items())
-        clock = await redis.hget(keys.clock_key(), tenant)
-        latest, watermark = (int(x) for x in clock.split(b":")) if clock else (0, 0)
+        # over every worker's shards, so this holds with one stager worker or several
+        latest, watermark = tenant_clock(await redis.hgetall(keys.shard_clock_key()), tenant)
         due = 0
         if behind == 0 and watermark >= latest_ms and watermark == latest:
             for shard in range(12):

@@ -24,7 +24,7 @@ from redis.exceptions import WatchError
 
 from services.common import keys
 from services.common.avro import Codec
-from services.common.clock import EventClock
+from services.common.clock import EventClock, merge_shard_clocks
 from services.common.constants import (
     TOPIC_DLQ,
     TOPIC_TRIGGERS_COUPONS,
@@ -384,17 +384,7 @@ class TriggerEngine:
             await asyncio.gather(*pending)
 
     async def _sync_clocks(self, owned: set[int]) -> None:
-        """Take in what other workers wrote: the tenant's latest event time over every shard (so
-        an idle worker's timers follow the tenant's time), and the clock of shards newly owned."""
-        for name, value in (await self.redis.hgetall(keys.trigger_clock_key())).items():
-            tenant, shard_name = name.decode().rsplit("|", 1)
-            latest, watermark = (int(x) for x in value.split(b":"))
-            clock = self.clocks.setdefault(tenant, EventClock())
-            clock.latest = max(clock.latest, latest)
-            shard = int(shard_name)
-            if shard in owned:
-                state = clock.shard(shard)
-                state[0], state[1] = max(state[0], latest), max(state[1], watermark)
+        merge_shard_clocks(self.clocks, await self.redis.hgetall(keys.trigger_clock_key()), owned)
 
     def _write_clocks(self, pipe: Any) -> None:
         owned = set(self.shards())  # a shard another worker now owns is that worker's to write

@@ -1,0 +1,40 @@
+"""The event-time clock shared by the stager and the triggers."""
+
+from services.common.clock import EventClock, merge_shard_clocks, tenant_clock
+
+
+def test_each_shard_trails_its_own_latest_event_by_the_lateness():
+    clock = EventClock()
+    clock.saw(0, 10_000, now=0.0)
+    clock.saw(1, 4_000, now=0.0)
+    clock.settle(1_000)
+    assert clock.shards == {0: [10_000, 9_000], 1: [4_000, 3_000]}
+    assert clock.watermark == 3_000 and clock.latest == 10_000
+
+
+def test_an_idle_tenant_moves_every_owned_shard_to_its_latest_event_time():
+    clock = EventClock()
+    clock.saw(0, 10_000, now=0.0)
+    clock.settle(1_000)
+    assert not clock.flush_idle({0, 1}, now=1.0, idle_seconds=2.0, wall_clock_lateness_ms=None)
+    assert clock.flush_idle({0, 1}, now=2.5, idle_seconds=2.0, wall_clock_lateness_ms=None)
+    assert clock.shards == {0: [10_000, 10_000], 1: [0, 10_000]}
+
+
+def test_an_idle_worker_follows_the_tenant_time_other_workers_wrote():
+    stored = {b"shop|0": b"50000:49000", b"shop|1": b"9000:8000", b"other|5": b"7:7"}
+    mine = {"shop": EventClock()}
+    mine["shop"].saw(1, 9_000, now=0.0)
+    merge_shard_clocks(mine, stored, owned={1})
+    assert mine["shop"].latest == 50_000  # from shard 0, which another worker owns
+    assert 0 not in mine["shop"].shards  # not this worker's to move or write
+    assert mine["shop"].shards[1] == [9_000, 8_000]
+    assert mine["other"].latest == 7 and mine["other"].shards == {}
+    mine["shop"].flush_idle({1}, now=10.0, idle_seconds=2.0, wall_clock_lateness_ms=None)
+    assert mine["shop"].shards[1][1] == 50_000
+
+
+def test_tenant_clock_over_every_workers_shards():
+    stored = {b"shop|0": b"50000:49000", b"shop|1": b"9000:8000", b"other|5": b"7:7"}
+    assert tenant_clock(stored, "shop") == (50_000, 8_000)
+    assert tenant_clock(stored, "nobody") == (0, 0)
