@@ -7,11 +7,12 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from services.common.avro import default_codec
-from services.common.constants import DEFAULT_PARTITIONS, EVENT_TYPES, TOPIC_REFERRALS, event_topic
+from services.common.constants import EVENT_TYPES, TOPIC_REFERRALS, event_topic
+from services.common.faustapp import add_pages, faust_app, to_messages
 from services.common.produce import send_many as produce_many
 from services.stager.config import StageRules
 from services.stager.engine import Engine, Message
@@ -28,25 +29,13 @@ SOURCE_TOPICS: tuple[str, ...] = (*EVENT_SOURCE_TOPICS, TOPIC_REFERRALS)
 def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorRegistry | None = None) -> faust.App:
     """A Faust app whose agent applies event batches through one Engine."""
     registry = registry if registry is not None else CollectorRegistry()
-    app = faust.App(
+    app = faust_app(
         settings.stager_group,
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
-        value_serializer="raw",
-        key_serializer="raw",
-        topic_partitions=DEFAULT_PARTITIONS,
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10.0,
-        broker_rebalance_timeout=10.0,
-        broker_heartbeat_interval=1.0,
-        broker_commit_interval=1.0,
-        broker_max_poll_records=settings.batch_max,
-        stream_buffer_maxsize=max(4096, settings.batch_max * 2),
-        producer_acks=-1,
-        web_host=settings.stager_web_host,
-        web_port=settings.stager_web_port,
-        datadir=str(settings.state_dir / "faust"),
+        settings.kafka_bootstrap,
+        settings.stager_web_host,
+        settings.stager_web_port,
+        settings.batch_max,
+        settings.state_dir / "faust",
     )
     redis = Redis.from_url(settings.redis_url)
     source = app.topic(*SOURCE_TOPICS, value_serializer="raw", key_serializer="raw")
@@ -85,7 +74,7 @@ def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorR
         await ready()
         await engine.tick()
 
-    _add_pages(app, redis, registry)
+    add_pages(app, redis, registry)
     app.crm_engine = engine  # type: ignore[attr-defined]
     return app
 
@@ -96,8 +85,7 @@ def _add_consumer(
     async def take(stream: Any) -> None:  # faust.Stream: take_events is not on StreamT
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_seconds):
             await ready()
-            batch = [Message(e.message.topic, e.message.partition, e.message.offset, e.message.value) for e in events]
-            await engine.process(batch)
+            await engine.process(to_messages(events))
 
     if settings.stager_driver == "faust":
         app.agent(source, name="stage")(take)
@@ -108,18 +96,6 @@ def _add_consumer(
     @app.task  # type: ignore[untyped-decorator]
     async def consume() -> None:
         await run_direct(settings, engine, ready, direct)
-
-
-def _add_pages(app: faust.App, redis: Any, registry: CollectorRegistry) -> None:
-    @app.page("/healthz")
-    async def healthz(self: Any, request: Any) -> Any:
-        ok = bool(await redis.ping())
-        return self.json({"status": "ok" if ok else "degraded", "redis": ok}, status=200 if ok else 503)
-
-    @app.page("/metrics")
-    async def prometheus(self: Any, request: Any) -> Any:
-        # aiohttp refuses a charset inside content_type; Prometheus reads the version alone
-        return self.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 
 
 class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import faust
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from services.common.avro import default_codec
-from services.common.constants import DEFAULT_PARTITIONS, TOPIC_STAGE_TRANSITIONS, event_topic
-from services.common.messages import Message
+from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
+from services.common.faustapp import add_pages, faust_app, to_messages
 from services.triggers.config import TriggerConfig
 from services.triggers.engine import TriggerEngine
 from services.triggers.metrics import TriggerMetrics
@@ -34,25 +34,13 @@ def create_app(
 ) -> faust.App:
     """A Faust app whose agent applies batches through one TriggerEngine; a timer fires timers."""
     registry = registry if registry is not None else CollectorRegistry()
-    app = faust.App(
+    app = faust_app(
         settings.triggers_group,
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
-        value_serializer="raw",
-        key_serializer="raw",
-        topic_partitions=DEFAULT_PARTITIONS,
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10.0,
-        broker_rebalance_timeout=10.0,
-        broker_heartbeat_interval=1.0,
-        broker_commit_interval=1.0,
-        broker_max_poll_records=settings.batch_max,
-        stream_buffer_maxsize=max(4096, settings.batch_max * 2),
-        producer_acks=-1,
-        web_host=settings.triggers_web_host,
-        web_port=settings.triggers_web_port,
-        datadir=str(settings.state_dir / "faust-triggers"),
+        settings.kafka_bootstrap,
+        settings.triggers_web_host,
+        settings.triggers_web_port,
+        settings.batch_max,
+        settings.state_dir / "faust-triggers",
     )
     redis = Redis.from_url(settings.redis_url)
     codec = default_codec()
@@ -82,31 +70,13 @@ def create_app(
         # Events are acknowledged (and their offsets committed) only after the batch is applied.
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_seconds):
             await ready()
-            batch = [
-                Message(
-                    e.message.topic,
-                    e.message.partition,
-                    e.message.offset,
-                    e.message.value,
-                    int((e.message.timestamp or 0) * 1000),
-                )
-                for e in events
-            ]
-            await engine.process(batch)
+            await engine.process(to_messages(events))
 
     @app.timer(interval=settings.timer_interval_seconds)  # type: ignore[untyped-decorator]
     async def timers() -> None:
         await ready()
         await engine.tick()
 
-    @app.page("/healthz")
-    async def healthz(self: Any, request: Any) -> Any:
-        ok = bool(await redis.ping())
-        return self.json({"status": "ok" if ok else "degraded", "redis": ok}, status=200 if ok else 503)
-
-    @app.page("/metrics")
-    async def prometheus(self: Any, request: Any) -> Any:
-        return self.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
-
+    add_pages(app, redis, registry)
     app.crm_engine = engine  # type: ignore[attr-defined]
     return app
