@@ -201,19 +201,20 @@ class TriggerEngine:
             await self._recover(owned)
             await self._sync_clocks(owned)
             wall = self.settings.lateness_ms if self.settings.wall_clock_advance else None
-            backlog = 0
             for tenant, clock in self.clocks.items():
                 clock.flush_idle(owned, now, self.settings.idle_flush_seconds, wall)
                 self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
                 for shard in owned:
                     if shard in clock.shards:
                         fired += await self._fire(tenant, shard, clock.shards[shard][1])
-                    backlog += await self.redis.zcard(keys.trigger_timers_key(tenant, shard))
-            self.metrics.backlog.set(backlog)
             if self.clocks:
                 async with self.redis.pipeline(transaction=True) as pipe:
+                    for tenant in self.clocks:
+                        for shard in owned:
+                            pipe.zcard(keys.trigger_timers_key(tenant, shard))
                     self._write_clocks(pipe)
-                    await pipe.execute()
+                    replies = await pipe.execute()
+                self.metrics.backlog.set(sum(replies[: len(self.clocks) * len(owned)]))
         return fired
 
     async def _fire(self, tenant: str, shard: int, watermark: int) -> int:

@@ -197,6 +197,11 @@ def test_kill_between_timer_registration_and_firing_gives_one_reminder(quiet_sta
     try:
         asyncio.run(produce(stack, [order(tenant, "buyer", T0, "o-1", "created")]))
         asyncio.run(wait_for(lambda: timer_registered(stack, tenant, "buyer")))
+
+        async def backlog_shown():
+            return _counter(first.metrics(), "crm_triggers_timer_backlog ") >= 1
+
+        asyncio.run(wait_for(backlog_shown, timeout=30))
     finally:
         first.kill()
     assert asyncio.run(outputs(stack, tenant)) == []
