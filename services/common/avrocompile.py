@@ -72,6 +72,7 @@ class _Gen:
             "_PF": struct.Struct("<f").pack,
             "_zz": zigzag,
             "_millis": _millis,
+            "_S": _SMALL,
         }
         self.names: dict[str, Any] = {}
         self.count = 0
@@ -220,7 +221,7 @@ class _Gen:
         kind = t if isinstance(t, str) else t["type"]
         if isinstance(t, dict) and kind in _PRIMITIVES:
             if kind == "long" and t.get("logicalType") in ("timestamp-millis", "local-timestamp-millis"):
-                self.emit(ind, f"a(_zz(_millis({value})))")
+                self.emit(ind, f"a(_zz({value} if type({value}) is int else _millis({value})))")
             else:
                 self.write(kind, ind, value, ns)
         elif kind in ("array", "map"):
@@ -275,7 +276,8 @@ class _Gen:
     def _write_string(self, t: Any, ind: int, value: str) -> None:
         enc = self.var("s")
         self.emit(ind, f"{enc} = {value}.encode()")
-        self.emit(ind, f"a(_zz(len({enc}))); a({enc})")
+        # lengths below 64 are one byte: skip the call for them
+        self.emit(ind, f"n = len({enc}) << 1; a(_S[n] if n < 128 else _zz(n >> 1)); a({enc})")
 
     def _write_bytes(self, t: Any, ind: int, value: str) -> None:
         self.emit(ind, f"a(_zz(len({value}))); a(bytes({value}))")

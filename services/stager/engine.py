@@ -175,14 +175,20 @@ class Engine:
         facts: dict[tuple[str, str], tuple[int, list[Fact]]] = {}
         dead: list[tuple[bytes, str, str]] = []
         now = time.monotonic()
+        names: dict[tuple[str, int], str] = {}
+        read, applied, clocks = self.read, self.applied, self.clocks
         for msg in messages:
-            tp = f"{msg.topic}:{msg.partition}"
-            if msg.offset < self.applied.get(tp, 0):
+            where = (msg.topic, msg.partition)
+            tp = names.get(where)
+            if tp is None:
+                tp = names[where] = f"{msg.topic}:{msg.partition}"
+            if msg.offset < applied.get(tp, 0):
                 self.metrics.redelivered.inc()
                 continue
-            offsets[tp] = max(offsets.get(tp, 0), msg.offset + 1)
+            if msg.offset >= offsets.get(tp, 0):
+                offsets[tp] = msg.offset + 1
             try:
-                schema, record = self.read(msg.value)
+                schema, record = read(msg.value)
                 mapped = to_fact(schema, record)
             except (SchemaError, KeyError, ValueError, TypeError) as exc:
                 dead.append((msg.value, msg.topic, f"undecodable: {exc}"))
@@ -190,8 +196,15 @@ class Engine:
             if mapped is None:
                 continue
             tenant, customer, fact = mapped
-            self.clocks.setdefault(tenant, EventClock()).saw(msg.partition, fact.time, now)
-            facts.setdefault((tenant, customer), (msg.partition, []))[1].append(fact)
+            clock = clocks.get(tenant)
+            if clock is None:
+                clock = clocks[tenant] = EventClock()
+            clock.saw(msg.partition, fact.time, now)
+            found = facts.get((tenant, customer))
+            if found is None:
+                facts[(tenant, customer)] = (msg.partition, [fact])
+            else:
+                found[1].append(fact)
         return offsets, facts, dead
 
     # --- timers ------------------------------------------------------------------------------

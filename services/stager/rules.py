@@ -241,7 +241,8 @@ def _diff(s: CustomerState, new: dict[str, str | None], at: int, cause: str) -> 
 
 def _prune(s: CustomerState, rules: StageRules) -> None:
     keep = rules.order_memory_ms
-    s.orders = [o for o in s.orders if s.clock - o[1] < keep]
+    if s.orders and s.clock - s.orders[-1][1] >= keep:  # newest first: the last is the oldest
+        s.orders = [o for o in s.orders if s.clock - o[1] < keep]
 
 
 def advance(s: CustomerState, until: int, rules: StageRules) -> list[Transition]:
