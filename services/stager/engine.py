@@ -135,25 +135,31 @@ class Engine:
             self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
         customers = await self._load([(t, c, shard) for (t, c), (shard, _) in facts.items()])
         credits: list[tuple[str, str, Fact]] = []
+        applied: dict[str, int] = {}  # metrics move once per batch, not per event
+        repeats = late = 0
+        horizon, limit = self.settings.repeat_horizon_ms, self.settings.repeat_limit
         for cust in customers:
             watermark = self.clocks[cust.tenant].shard(cust.shard)[1]
-            applied = 0
+            n = 0
             for fact in sorted(facts[(cust.tenant, cust.customer)][1], key=lambda f: f.time):
                 fp = fingerprint(fact.event_id)
                 if is_repeat(cust.seen, fact.time, fp):
-                    self.metrics.repeats.inc()
+                    repeats += 1
                     continue
                 if fact.time < watermark:
-                    self.metrics.late.inc()
+                    late += 1
                 transitions, referrer = apply_fact(cust.state, fact, self.rules)
                 cust.transitions += transitions
-                s = self.settings
-                cust.seen = remember(cust.seen, fact.time, fp, cust.state.clock, s.repeat_horizon_ms, s.repeat_limit)
+                cust.seen = remember(cust.seen, fact.time, fp, cust.state.clock, horizon, limit)
                 if referrer:
                     credits.append((cust.tenant, referrer, fact))
-                applied += 1
-            self.metrics.events.labels(cust.tenant).inc(applied)
+                n += 1
+            applied[cust.tenant] = applied.get(cust.tenant, 0) + n
             cust.transitions += advance(cust.state, watermark, self.rules)
+        for tenant, n in applied.items():
+            self.metrics.events.labels(tenant).inc(n)
+        self.metrics.repeats.inc(repeats)
+        self.metrics.late.inc(late)
         await self._emit(customers, credits, dead)
         await self._write(customers, offsets)
         self.applied.update(offsets)
