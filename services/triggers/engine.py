@@ -198,6 +198,7 @@ class TriggerEngine:
         fired = 0
         async with self.lock:
             owned = set(self.shards())
+            self.metrics.owned.set(len(owned))
             await self._recover(owned)
             await self._sync_clocks(owned)
             wall = self.settings.lateness_ms if self.settings.wall_clock_advance else None

@@ -28,6 +28,11 @@ class TriggerMetrics:
         self.timers_fired = Counter(
             f"{PREFIX}triggers_timer_customers", "Customers whose due timers were fired", registry=registry
         )
+        self.owned = Gauge(
+            f"{PREFIX}triggers_owned_partitions",
+            "Partitions (shards) this worker owns, with their customers' timers",
+            registry=registry,
+        )
         self.backlog = Gauge(
             f"{PREFIX}triggers_timer_backlog", "Customers with a pending timer, in owned shards", registry=registry
         )

@@ -317,6 +317,12 @@ def test_two_workers_share_the_timers_and_fire_each_once(quiet_stack, tmp_path, 
     one = TriggersProcess(stack, group, 37171, tmp_path / "one.log", env).start()
     two = TriggersProcess(stack, group, 37172, tmp_path / "two.log", env).start()
     try:
+
+        async def both_own_partitions():
+            owned = [_counter(w.metrics(), "crm_triggers_owned_partitions ") for w in (one, two)]
+            return all(n > 0 for n in owned) and sum(owned) == 12
+
+        asyncio.run(wait_for(both_own_partitions, timeout=120))
         asyncio.run(produce(stack, [order(tenant, b, T0, f"o-{b}", "created") for b in buyers]))
 
         async def all_registered():
