@@ -60,3 +60,31 @@ def test_prometheus_scrapes_every_service():
     scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"] for job in scrape["scrape_configs"]}
     assert jobs == {"ingest", "stager", "triggers", "attribution"}
+
+
+def test_grafana_dashboard_uses_only_metrics_the_services_export():
+    import json
+    import re
+
+    from prometheus_client import CollectorRegistry
+
+    from services.ingest.metrics import IngestMetrics
+    from services.stager.metrics import StagerMetrics
+    from services.triggers.metrics import TriggerMetrics
+
+    registry = CollectorRegistry()
+    for metrics in (IngestMetrics, StagerMetrics, TriggerMetrics):
+        metrics(registry)
+    exported = set()
+    for family in registry.collect():
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}.get(family.type, ("",))
+        exported |= {family.name + s for s in suffixes}
+    dashboard = json.loads((ROOT / "deploy/grafana/provisioning/dashboards/crm-engine.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bcrm_[a-z_]+", target["expr"])
+    }
+    assert used and used <= exported, used - exported
+    assert {"crm_stager", "crm_triggers", "crm_ingest"} <= {"_".join(n.split("_")[:2]) for n in used}
