@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from tqdm import tqdm
 
 from services.common.avro import default_codec
+from services.common.clock import tenant_clock
 from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.localstack import LocalStack
 from services.common.produce import send_many
@@ -248,30 +249,52 @@ def _stager_env() -> dict[str, Any]:
     }
 
 
-async def run_worker(total: int, log: Path) -> float:
-    """The deployed stager: a worker process (Faust app; the event topics on its direct aiokafka
-    path); rate measured from its first applied batch, so start-up and group join are left out."""
-    env = {
-        **os.environ,
-        "CRM_KAFKA_BOOTSTRAP": SETTINGS.kafka_bootstrap,
-        "CRM_REDIS_URL": SETTINGS.redis_url,
-        "CRM_STATE_DIR": str(SETTINGS.state_dir),
-        "CRM_STAGER_GROUP": "bench-worker",
-        "CRM_STAGER_WEB_PORT": "46066",
-        "CRM_LOG_LEVEL": "warn",
-    }
+def _start_workers(workers: int, log: Path) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for i in range(workers):
+        env = {
+            **os.environ,
+            "CRM_KAFKA_BOOTSTRAP": SETTINGS.kafka_bootstrap,
+            "CRM_REDIS_URL": SETTINGS.redis_url,
+            "CRM_STATE_DIR": str(SETTINGS.state_dir),
+            "CRM_STAGER_GROUP": "bench-worker",
+            "CRM_STAGER_WEB_PORT": str(46066 + i),
+            "CRM_LOG_LEVEL": "warn",
+        }
+        with log.open("ab") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "services.stager"],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+    return procs
+
+
+async def _wait_idle_clock(redis: Any) -> None:
+    """Until the idle clock has reached the last event and fired what is due (at most 5 minutes)."""
+    for _ in range(600):
+        latest, watermark = tenant_clock(await redis.hgetall("crm:clock:shards"), "bench")
+        due = sum([await redis.zcount(f"crm:timers:bench:{p}", "-inf", watermark) for p in range(12)])
+        if latest and latest == watermark and due == 0:
+            return
+        await asyncio.sleep(0.5)
+
+
+async def run_worker(total: int, log: Path, workers: int = 1) -> float:
+    """The deployed stager: worker processes (Faust app; the event topics on its direct aiokafka
+    path) in one group; rate measured from the first applied batch, so start-up and group join
+    are left out."""
     redis = Redis.from_url(SETTINGS.redis_url)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.stager"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    procs = _start_workers(workers, log)
+    if workers > 1:
+        await asyncio.sleep(15)  # let every worker join the group before the first batch counts
     try:
         first: tuple[float, int] | None = None
-        with tqdm(total=total, desc="faust worker", unit="ev", mininterval=2) as bar:
+        with tqdm(total=total, desc="stager worker", unit="ev", mininterval=2) as bar:
             while True:
                 applied = sum(int(v) for v in (await redis.hgetall("crm:applied:bench-worker")).values())
                 bar.update(applied - bar.n)
@@ -279,22 +302,19 @@ async def run_worker(total: int, log: Path) -> float:
                     first = (time.perf_counter(), applied)
                 if applied >= total:
                     break
-                if proc.poll() is not None:
+                if any(proc.poll() is not None for proc in procs):
                     raise RuntimeError(f"stager worker exited; see {log}")
                 await asyncio.sleep(0.1)
         assert first is not None
         rate = (total - first[1]) / (time.perf_counter() - first[0])
-        for _ in range(600):  # let the idle clock reach the last event and fire what is due
-            clock = await redis.hget("crm:clock", "bench")
-            latest, watermark = clock.split(b":") if clock else (b"1", b"0")
-            due = sum([await redis.zcount(f"crm:timers:bench:{p}", "-inf", int(watermark)) for p in range(12)])
-            if latest == watermark and due == 0:
-                break
-            await asyncio.sleep(0.5)
+        print(f"  measured over the last {total - first[1]:,} events")
+        await _wait_idle_clock(redis)
         return rate
     finally:
-        proc.terminate()
-        proc.wait(30)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
         await redis.aclose()
 
 
@@ -346,6 +366,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--naive-events", type=int, default=50_000, help="naive is slow: measured on a prefix")
+    parser.add_argument("--workers", type=int, default=1, help="stager worker processes for the deployed run")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
 
@@ -369,8 +390,8 @@ def main() -> None:
         engine = asyncio.run(run_engine(total))
         print(f"  {engine:,.0f} ev/s")
         asyncio.run(_flush())  # the worker starts from empty state, as the engine did
-        print("stager worker (Faust app, direct event path)...")
-        worker = asyncio.run(run_worker(total, SETTINGS.state_dir / "worker.log"))
+        print(f"stager worker x{args.workers} (Faust app, direct event path)...")
+        worker = asyncio.run(run_worker(total, SETTINGS.state_dir / "worker.log", args.workers))
         print(f"  {worker:,.0f} ev/s")
         # measured on the deployed worker's state, once its idle clock fired the due timers
         memory = asyncio.run(redis_bytes("crm:c:{bench:*"))
@@ -383,6 +404,7 @@ def main() -> None:
         "ceiling_raw_consumer_events_per_s": round(ceiling),
         "naive_stager_events_per_s": round(naive),
         "engine_aiokafka_events_per_s": round(engine),
+        "stager_workers": args.workers,
         "stager_worker_events_per_s": round(worker),
         "worker_share_of_ceiling": round(worker / ceiling, 4),
         "engine_share_of_ceiling": round(engine / ceiling, 4),
