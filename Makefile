@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup system-deps demo test unit down lint typecheck bench clean
+.PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -37,6 +37,9 @@ typecheck: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+
+bench-triggers: setup
+	$(BIN)/python -m bench.triggers
 
 clean: down
 	rm -rf .run

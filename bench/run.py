@@ -123,10 +123,11 @@ async def produce(messages: list[tuple[str, bytes, bytes]]) -> float:
 
 
 # --- readers -----------------------------------------------------------------------------------
-async def consume(total: int, handle: Any, limit: int | None = None) -> float:
-    """Read the event topics from the beginning with a fresh consumer; `handle(batch)` per poll."""
+async def consume(total: int, handle: Any, limit: int | None = None, topics: list[str] | None = None) -> float:
+    """Read the event topics (or `topics`) from the beginning with a fresh consumer; `handle(batch)`
+    per poll."""
     consumer = AIOKafkaConsumer(
-        *TOPICS,
+        *(topics or TOPICS),
         bootstrap_servers=SETTINGS.kafka_bootstrap,
         group_id=None,
         enable_auto_commit=False,
