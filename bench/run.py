@@ -17,6 +17,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +364,32 @@ async def _count(redis: Any, pattern: str) -> int:
 
 
 # --- main --------------------------------------------------------------------------------------
+@contextmanager
+def fresh_stack() -> Iterator[None]:
+    """The bench's own Kafka + Redis, started empty with every topic, stopped at the end."""
+    stack = LocalStack(SETTINGS)
+    stack.down()
+    shutil.rmtree(SETTINGS.state_dir, ignore_errors=True)
+    stack.up()
+    try:
+        asyncio.run(ensure_topics(SETTINGS.kafka_bootstrap))
+        yield
+    finally:
+        stack.down()
+
+
+def save(result: dict[str, Any], out: Path) -> None:
+    """`result` with the machine and date, as JSON in `out` and on stdout."""
+    result = {
+        **result,
+        "machine": f"{os.cpu_count()} cores, Kafka + Redis + client on the same machine",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -371,12 +399,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
 
-    stack = LocalStack(SETTINGS)
-    stack.down()
-    shutil.rmtree(SETTINGS.state_dir, ignore_errors=True)
-    stack.up()
-    try:
-        asyncio.run(ensure_topics(SETTINGS.kafka_bootstrap))
+    with fresh_stack():
         print(f"generating {args.events} events for up to {args.customers} customers...")
         messages = generate(args.events, args.customers)
         produce_rate = asyncio.run(produce(messages))
@@ -396,8 +419,6 @@ def main() -> None:
         print(f"  {worker:,.0f} ev/s")
         # measured on the deployed worker's state, once its idle clock fired the due timers
         memory = asyncio.run(redis_bytes("crm:c:{bench:*"))
-    finally:
-        stack.down()
     result = {
         "events": total,
         "customers": memory["customers"],
@@ -412,12 +433,8 @@ def main() -> None:
         "worker_vs_naive": round(worker / naive, 1),
         "engine_vs_naive": round(engine / naive, 1),
         **{k: round(v, 1) for k, v in memory.items() if k != "customers"},
-        "machine": f"{os.cpu_count()} cores, Kafka + Redis + client on the same machine",
-        "date": time.strftime("%Y-%m-%d"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -25,13 +23,11 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from tqdm import tqdm
 
-from bench.run import DAY, SETTINGS, consume, produce
+from bench.run import DAY, SETTINGS, consume, fresh_stack, produce, save
 from services.common.avro import default_codec
 from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
-from services.common.localstack import LocalStack
 from services.common.messages import Message
 from services.common.settings import REPO_ROOT
-from services.common.topics import ensure_topics
 from services.triggers.app import SOURCE_TOPICS
 from services.triggers.config import TriggerConfig
 from services.triggers.engine import OUTPUT_TOPICS, TriggerEngine
@@ -149,12 +145,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=60_000)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "triggers.json")
     args = parser.parse_args()
-    stack = LocalStack(SETTINGS)
-    stack.down()
-    shutil.rmtree(SETTINGS.state_dir, ignore_errors=True)
-    stack.up()
-    try:
-        asyncio.run(ensure_topics(SETTINGS.kafka_bootstrap))
+    with fresh_stack():
         messages = generate(args.customers)
         total = len(messages)
         print(f"{total:,} inputs for {args.customers:,} customers")
@@ -168,8 +159,6 @@ def main() -> None:
         print("triggers worker (Faust agent)...")
         worker = asyncio.run(run_worker(total, SETTINGS.state_dir / "triggers.log"))
         print(f"  {worker:,.0f} msg/s")
-    finally:
-        stack.down()
     result = {
         "inputs": total,
         "customers": args.customers,
@@ -179,12 +168,8 @@ def main() -> None:
         "engine_aiokafka_msgs_per_s": round(engine),
         "worker_msgs_per_s": round(worker),
         "worker_share_of_ceiling": round(worker / ceiling, 4),
-        "machine": f"{os.cpu_count()} cores, Kafka + Redis + client on the same machine",
-        "date": time.strftime("%Y-%m-%d"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -65,15 +65,15 @@ def _parse(stored: dict[bytes, bytes]) -> list[tuple[str, int, int, int]]:
     return out
 
 
-def merge_shard_clocks(clocks: dict[str, EventClock], stored: dict[bytes, bytes], owned: set[int]) -> None:
+def merge_shard_clocks(clocks: dict[str, EventClock], stored: dict[bytes, bytes], owned: set[int] | None) -> None:
     """Take in the shard clocks every worker wrote (a Redis hash "<tenant>|<shard>" ->
     "<latest>:<watermark>"): each tenant's latest event time over all shards, so an idle worker's
     timers follow the tenant's time, and the whole clock of the shards in `owned` (a shard a
-    rebalance just handed over carries its previous owner's clock)."""
+    rebalance just handed over carries its previous owner's clock; None: every shard, at start)."""
     for tenant, shard, latest, watermark in _parse(stored):
         clock = clocks.setdefault(tenant, EventClock())
         clock.latest = max(clock.latest, latest)
-        if shard in owned:
+        if owned is None or shard in owned:
             state = clock.shard(shard)
             state[0], state[1] = max(state[0], latest), max(state[1], watermark)
 

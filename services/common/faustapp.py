@@ -3,6 +3,8 @@ metrics pages."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from services.common.constants import DEFAULT_PARTITIONS
 from services.common.messages import Message
 
-__all__ = ["add_pages", "faust_app", "to_messages"]
+__all__ = ["add_pages", "faust_app", "once", "run_worker", "to_messages"]
 
 
 def faust_app(
@@ -68,3 +70,24 @@ def add_pages(app: faust.App, redis: Any, registry: CollectorRegistry) -> None:
     async def prometheus(self: Any, request: Any) -> Any:
         # aiohttp refuses a charset inside content_type; Prometheus reads the version alone
         return self.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
+
+
+def once(start: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """`start` on the first call only: an engine loads its Redis state inside Faust's event loop,
+    before the first batch or timer needs it."""
+    started = False
+
+    async def ready() -> None:
+        nonlocal started
+        if not started:
+            await start()
+            started = True
+
+    return ready
+
+
+def run_worker(app: faust.App, log_level: str, web_port: int) -> None:
+    """Run `app` as a Faust worker (what `faust -A ... worker` does), with our log level and port."""
+    level = "warn" if log_level in ("warn", "warning") else log_level
+    sys.argv = [sys.argv[0], "worker", "--loglevel", level, "--web-port", str(web_port)]
+    app.main()

@@ -7,6 +7,7 @@ import os
 import sys
 
 from services.common.errors import ConfigError
+from services.common.faustapp import run_worker
 from services.common.settings import load_settings
 from services.common.topics import ensure_topics
 from services.stager.app import create_app
@@ -23,9 +24,7 @@ def main() -> None:
     # Faust does not create source topics; the topic table is created (idempotently) first.
     asyncio.run(ensure_topics(settings.kafka_bootstrap))
     app = create_app(settings, rules)
-    level = "warn" if settings.log_level in ("warn", "warning") else settings.log_level
-    sys.argv = [sys.argv[0], "worker", "--loglevel", level, "--web-port", str(settings.stager_web_port)]
-    app.main()
+    run_worker(app, settings.log_level, settings.stager_web_port)
 
 
 if __name__ == "__main__":

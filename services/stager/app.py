@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from services.common.avro import default_codec
 from services.common.constants import EVENT_TYPES, TOPIC_REFERRALS, event_topic
-from services.common.faustapp import add_pages, faust_app, to_messages
+from services.common.faustapp import add_pages, faust_app, once, to_messages
 from services.common.produce import send_many as produce_many
 from services.stager.config import StageRules
 from services.stager.engine import Engine, Message
@@ -59,13 +59,7 @@ def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorR
         return {tp.partition for tp in consumer.assignment() if tp.topic in EVENT_SOURCE_TOPICS}
 
     engine = Engine(redis, send, default_codec(), rules, settings, metrics, shards, send_many)
-    started = False
-
-    async def ready() -> None:
-        nonlocal started
-        if not started:
-            await engine.start()
-            started = True
+    ready = once(engine.start)
 
     _add_consumer(app, source, settings, engine, ready, direct)
 

@@ -25,6 +25,7 @@ from services.common.avro import Codec
 from services.common.clock import EventClock, merge_shard_clocks
 from services.common.constants import TOPIC_DLQ, TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS
 from services.common.errors import SchemaError
+from services.common.fence import OffsetFence
 from services.common.messages import Message
 from services.common.redisbatch import HGET_MANY, HSET_MANY
 from services.stager.config import StageRules
@@ -91,21 +92,14 @@ class Engine:
         self.metrics = metrics
         self.shards = shards
         self.lock = asyncio.Lock()
-        self.applied: dict[str, int] = {}
+        self.fence = OffsetFence(redis, settings.stager_group)
         self.clocks: dict[str, EventClock] = {}
-        self._offsets_key = keys.applied_offsets_key(settings.stager_group)
 
     async def start(self) -> None:
         """Load the applied-offset fence and the event-time clocks written by earlier runs."""
         await self._check_redis_config()
-        raw = await self.redis.hgetall(self._offsets_key)
-        self.applied = {k.decode(): int(v) for k, v in raw.items()}
-        for tenant, value in (await self.redis.hgetall(keys.clock_key())).items():
-            self.clocks[tenant.decode()] = EventClock(int(value.split(b":")[0]))
-        for name, value in (await self.redis.hgetall(keys.shard_clock_key())).items():
-            tenant, shard = name.decode().rsplit("|", 1)
-            latest, watermark = (int(x) for x in value.split(b":"))
-            self.clocks.setdefault(tenant, EventClock(latest)).shards[int(shard)] = [latest, watermark]
+        await self.fence.load()
+        merge_shard_clocks(self.clocks, await self.redis.hgetall(keys.shard_clock_key()), owned=None)
 
     async def _check_redis_config(self) -> None:
         try:
@@ -128,7 +122,7 @@ class Engine:
             self.metrics.batch.observe(time.perf_counter() - started)
 
     async def _process(self, messages: Sequence[Message]) -> None:
-        await self._refresh_fence(messages)
+        await self.fence.refresh(messages)
         offsets, facts, dead = self._collect(messages)
         for tenant, clock in self.clocks.items():
             clock.settle(self.settings.lateness_ms)
@@ -162,16 +156,7 @@ class Engine:
         self.metrics.late.inc(late)
         await self._emit(customers, credits, dead)
         await self._write(customers, offsets)
-        self.applied.update(offsets)
-
-    async def _refresh_fence(self, messages: Sequence[Message]) -> None:
-        """Re-read the fence of the batch's partitions: another worker may have applied some of
-        them before a rebalance handed them here."""
-        tps = sorted({f"{m.topic}:{m.partition}" for m in messages})
-        if tps:
-            for tp, value in zip(tps, await self.redis.hmget(self._offsets_key, tps), strict=True):
-                if value is not None:
-                    self.applied[tp] = int(value)
+        self.fence.written(offsets)
 
     def _collect(
         self, messages: Sequence[Message]
@@ -181,18 +166,12 @@ class Engine:
         facts: dict[tuple[str, str], tuple[int, list[Fact]]] = {}
         dead: list[tuple[bytes, str, str]] = []
         now = time.monotonic()
-        names: dict[tuple[str, int], str] = {}
-        read, applied, clocks = self.read, self.applied, self.clocks
+        read, admit, clocks = self.read, self.fence.admit, self.clocks
+        redelivered = 0
         for msg in messages:
-            where = (msg.topic, msg.partition)
-            tp = names.get(where)
-            if tp is None:
-                tp = names[where] = f"{msg.topic}:{msg.partition}"
-            if msg.offset < applied.get(tp, 0):
-                self.metrics.redelivered.inc()
+            if not admit(msg, offsets):
+                redelivered += 1
                 continue
-            if msg.offset >= offsets.get(tp, 0):
-                offsets[tp] = msg.offset + 1
             try:
                 schema, record = read(msg.value)
                 mapped = to_fact(schema, record)
@@ -211,6 +190,7 @@ class Engine:
                 facts[(tenant, customer)] = (msg.partition, [fact])
             else:
                 found[1].append(fact)
+        self.metrics.redelivered.inc(redelivered)
         return offsets, facts, dead
 
     # --- timers ------------------------------------------------------------------------------
@@ -338,8 +318,7 @@ class Engine:
                 pipe.zadd(key, members)
             if self.clocks:
                 self._write_clocks(pipe)
-            if offsets:
-                pipe.hset(self._offsets_key, mapping=offsets)
+            self.fence.queue(pipe, offsets)
             await pipe.execute()
 
     def _plan(self, customers: list[_Customer]) -> _WritePlan:

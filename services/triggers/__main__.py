@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 from services.common.errors import ConfigError
+from services.common.faustapp import run_worker
 from services.common.settings import load_settings
 from services.common.topics import ensure_topics
 from services.triggers.app import create_app
@@ -21,9 +22,7 @@ def main() -> None:
         sys.exit(f"triggers: {exc}")
     asyncio.run(ensure_topics(settings.kafka_bootstrap))
     app = create_app(settings, config)
-    level = "warn" if settings.log_level in ("warn", "warning") else settings.log_level
-    sys.argv = [sys.argv[0], "worker", "--loglevel", level, "--web-port", str(settings.triggers_web_port)]
-    app.main()
+    run_worker(app, settings.log_level, settings.triggers_web_port)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from services.common.avro import default_codec
 from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
-from services.common.faustapp import add_pages, faust_app, to_messages
+from services.common.faustapp import add_pages, faust_app, once, to_messages
 from services.triggers.config import TriggerConfig
 from services.triggers.engine import TriggerEngine
 from services.triggers.metrics import TriggerMetrics
@@ -55,13 +55,7 @@ def create_app(
     engine = TriggerEngine(
         redis, send, codec, config, settings, metrics, kafka_sent_since(settings.kafka_bootstrap, codec), shards
     )
-    started = False
-
-    async def ready() -> None:
-        nonlocal started
-        if not started:
-            await engine.start()
-            started = True
+    ready = once(engine.start)
 
     source = app.topic(*SOURCE_TOPICS, value_serializer="raw", key_serializer="raw")
 

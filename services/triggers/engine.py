@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +34,7 @@ from services.common.constants import (
     TOPIC_TRIGGERS_SUPPRESSED,
 )
 from services.common.errors import SchemaError
+from services.common.fence import OffsetFence
 from services.common.messages import Message
 from services.common.redisbatch import HGET_MANY, HSET_MANY
 from services.triggers.config import TriggerConfig
@@ -120,28 +122,19 @@ class TriggerEngine:
         self.sent_since = sent_since
         self.shards = shards
         self.lock = asyncio.Lock()
-        self.applied: dict[str, int] = {}
+        self.fence = OffsetFence(redis, settings.triggers_group)
         self.clocks: dict[str, EventClock] = {}
         self.recovered: set[int] = set()  # shards whose outbox this worker has checked
-        self._offsets_key = keys.applied_offsets_key(settings.triggers_group)
 
     async def start(self) -> None:
         """Load the applied-offset fence and the clocks written by earlier runs."""
-        raw = await self.redis.hgetall(self._offsets_key)
-        self.applied = {k.decode(): int(v) for k, v in raw.items()}
-        for name, value in (await self.redis.hgetall(keys.trigger_clock_key())).items():
-            tenant, shard = name.decode().rsplit("|", 1)
-            latest, watermark = (int(x) for x in value.split(b":"))
-            clock = self.clocks.setdefault(tenant, EventClock())
-            clock.latest = max(clock.latest, latest)
-            clock.shards[int(shard)] = [latest, watermark]
+        await self.fence.load()
+        merge_shard_clocks(self.clocks, await self.redis.hgetall(keys.trigger_clock_key()), owned=None)
 
     # --- messages ----------------------------------------------------------------------------
     async def process(self, messages: Sequence[Message]) -> None:
         async with self.lock:
-            # another worker may have applied these partitions before a rebalance gave them here
-            raw = await self.redis.hgetall(self._offsets_key)
-            self.applied = {k.decode(): int(v) for k, v in raw.items()}
+            await self.fence.refresh(messages)
             offsets, inputs, dead = self._collect(messages)
             for tenant, clock in self.clocks.items():
                 clock.settle(self.settings.lateness_ms)
@@ -159,10 +152,10 @@ class TriggerEngine:
 
             await self._dead_letters(dead)
             await self._transact([(t, c, shard) for (t, c), (shard, _) in inputs.items()], decide, offsets)
-            for _, items in inputs.values():
-                for _, item in items:
-                    self.metrics.inputs.labels(type(item).__name__.removesuffix("In").lower()).inc()
-            self.applied.update(offsets)
+            kinds = Counter(type(item).__name__ for _, items in inputs.values() for _, item in items)
+            for kind, n in kinds.items():
+                self.metrics.inputs.labels(kind.removesuffix("In").lower()).inc(n)
+            self.fence.written(offsets)
 
     def _collect(
         self, messages: Sequence[Message]
@@ -172,11 +165,9 @@ class TriggerEngine:
         dead: list[tuple[Message, str]] = []
         now = time.monotonic()
         for msg in messages:
-            tp = f"{msg.topic}:{msg.partition}"
-            if msg.offset < self.applied.get(tp, 0):
+            if not self.fence.admit(msg, offsets):
                 self.metrics.redelivered.inc()
                 continue
-            offsets[tp] = max(offsets.get(tp, 0), msg.offset + 1)
             try:
                 schema, record = self.read(msg.value)
                 mapped = to_input(schema, record)
@@ -299,8 +290,7 @@ class TriggerEngine:
             pipe.hset(keys.trigger_outbox_key(shard), mapping=entries)
         if self.clocks:
             self._write_clocks(pipe)
-        if offsets:
-            pipe.hset(self._offsets_key, mapping=offsets)
+        self.fence.queue(pipe, offsets)
         return outbox
 
     def _plan(
