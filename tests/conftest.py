@@ -28,16 +28,18 @@ class StackInfo:
 
 
 # The suite's stack has ports and a state folder of its own, so it never meets `make demo`'s.
+# CRM_TEST_PORT_OFFSET moves every port, so two checkouts can run their suites side by side.
+_OFFSET = int(os.environ.get("CRM_TEST_PORT_OFFSET", "0"))
 TEST_SETTINGS = CommonSettings(
-    kafka_bootstrap="127.0.0.1:39092",
-    redis_url="redis://127.0.0.1:36379/0",
+    kafka_bootstrap=f"127.0.0.1:{39092 + _OFFSET}",
+    redis_url=f"redis://127.0.0.1:{36379 + _OFFSET}/0",
     state_dir=REPO_ROOT / ".run" / "test-stack",
 )
 
 
 QUIET_SETTINGS = CommonSettings(
-    kafka_bootstrap="127.0.0.1:37092",
-    redis_url="redis://127.0.0.1:37379/0",
+    kafka_bootstrap=f"127.0.0.1:{37092 + _OFFSET}",
+    redis_url=f"redis://127.0.0.1:{37379 + _OFFSET}/0",
     state_dir=REPO_ROOT / ".run" / "test-quiet-stack",
 )
 
