@@ -27,12 +27,12 @@ from bench.run import DAY, SETTINGS, consume, fresh_stack, produce, save
 from services.common.avro import default_codec
 from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.messages import Message
+from services.common.outbox import kafka_sent_since
 from services.common.settings import REPO_ROOT
 from services.triggers.app import SOURCE_TOPICS
 from services.triggers.config import TriggerConfig
 from services.triggers.engine import OUTPUT_TOPICS, TriggerEngine
 from services.triggers.metrics import TriggerMetrics
-from services.triggers.outbox import kafka_sent_since
 from services.triggers.settings import TriggerSettings
 
 MIN = 60_000

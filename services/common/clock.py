@@ -1,14 +1,19 @@
 """The event-time clock every stateful service keeps: a watermark per partition (shard).
 
 Each shard's watermark trails the latest event time read from that partition by the allowed
-lateness, so a partition read behind the others does not see its events judged late. When a
-tenant has been idle for a while, every shard may stand at the tenant's latest event time (never
-beyond it, unless wall-clock advance is on for live use), which fires the timers due by then.
+lateness, so a partition read behind the others does not see its events judged late. Several
+input topics feed one shard (partition p of each): while one of them has messages not yet read,
+the shard's watermark stays at that topic's latest event time (less the lateness), so a topic
+read behind the others holds the clock back; a topic read to its end (idle) does not. When a
+tenant has been idle for a while and every input is read to its end, every shard may stand at
+the tenant's latest event time (never beyond it, unless wall-clock advance is on for live use),
+which fires the timers due by then.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 __all__ = ["EventClock", "merge_shard_clocks", "tenant_clock"]
@@ -20,6 +25,7 @@ class EventClock:
 
     latest: int = 0  # latest event time seen in any shard
     shards: dict[int, list[int]] = field(default_factory=dict)  # shard -> [latest, watermark]
+    topics: dict[int, dict[str, int]] = field(default_factory=dict)  # shard -> topic -> latest read
     last_arrival: float = field(default_factory=time.monotonic)
 
     @property
@@ -30,22 +36,43 @@ class EventClock:
     def shard(self, shard: int) -> list[int]:
         return self.shards.setdefault(shard, [0, 0])
 
-    def saw(self, shard: int, event_time: int, now: float) -> None:
-        """An event of `event_time` was read from `shard` at monotonic time `now`."""
+    def saw(self, shard: int, event_time: int, now: float, topic: str = "") -> None:
+        """An event of `event_time` was read from partition `shard` of `topic` at monotonic time `now`."""
         self.latest = max(self.latest, event_time)
         state = self.shard(shard)
         state[0] = max(state[0], event_time)
+        per_topic = self.topics.get(shard)
+        if per_topic is None:
+            per_topic = self.topics[shard] = {}
+        if event_time > per_topic.get(topic, 0):
+            per_topic[topic] = event_time
         self.last_arrival = now
 
-    def settle(self, lateness_ms: int) -> None:
-        """Every shard's watermark follows its latest event time, `lateness_ms` behind."""
-        for state in self.shards.values():
-            state[1] = max(state[1], state[0] - lateness_ms)
+    def settle(self, lateness_ms: int, behind: Collection[tuple[str, int]] = ()) -> None:
+        """Every shard's watermark follows its latest event time, `lateness_ms` behind, but not
+        past the latest time read from a topic-partition in `behind` (one with messages not yet
+        read): what is still to come from it may be older."""
+        held: dict[int, list[str]] = {}
+        for topic, shard in behind:
+            held.setdefault(shard, []).append(topic)
+        for shard, state in self.shards.items():
+            target = state[0]
+            for topic in held.get(shard, ()):
+                target = min(target, self.topics.get(shard, {}).get(topic, 0))
+            state[1] = max(state[1], target - lateness_ms)
 
-    def flush_idle(self, owned: set[int], now: float, idle_seconds: float, wall_clock_lateness_ms: int | None) -> bool:
-        """After `idle_seconds` without events, move every shard up to the latest event time
-        (or to the wall clock less the lateness when that is given and later). True if moved."""
-        if now - self.last_arrival < idle_seconds:
+    def flush_idle(
+        self,
+        owned: set[int],
+        now: float,
+        idle_seconds: float,
+        wall_clock_lateness_ms: int | None,
+        caught_up: bool = True,
+    ) -> bool:
+        """After `idle_seconds` without events, with every input read to its end (`caught_up`),
+        move every shard up to the latest event time (or to the wall clock less the lateness when
+        that is given and later). True if moved."""
+        if now - self.last_arrival < idle_seconds or not caught_up:
             return False
         target = self.latest
         if wall_clock_lateness_ms is not None:

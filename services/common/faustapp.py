@@ -3,26 +3,46 @@ metrics pages."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from services.common.constants import DEFAULT_PARTITIONS
 from services.common.messages import Message
+from services.common.resilience import OUTAGES, Health, dependency_of, retry
 
-__all__ = ["add_pages", "faust_app", "once", "run_worker", "to_messages"]
+__all__ = ["add_pages", "engine_consumer", "faust_app", "guarded", "once", "run_worker", "to_messages"]
+
+log = logging.getLogger(__name__)
+
+
+class _WorkerBoot(BootStrategy):
+    """Faust runs the worker, the timers and the web pages; Kafka is read and written by the
+    shared batch loop's own clients, whose positions come from the applied-offset fence."""
+
+    enable_kafka_consumer = False
+    enable_kafka_producer = False
+
+
+class _WorkerApp(faust.App):
+    BootStrategy = _WorkerBoot
 
 
 def faust_app(
     group: str, kafka_bootstrap: str, web_host: str, web_port: int, batch_max: int, datadir: Path
 ) -> faust.App:
-    """A Faust app reading raw bytes (the engines decode Avro themselves), committing every
-    second, with `acks=all` and Faust's tables kept in memory (Redis is the state store)."""
-    return faust.App(
+    """A Faust app for a stream worker: Faust's own Kafka clients stay off (the batch loop has
+    its own), tables in memory (Redis is the state store)."""
+    return _WorkerApp(
         group,
         broker=f"kafka://{kafka_bootstrap}",
         store="memory://",
@@ -58,13 +78,81 @@ def to_messages(events: Any) -> list[Message]:
     ]
 
 
-def add_pages(app: faust.App, redis: Any, registry: CollectorRegistry) -> None:
-    """`/healthz` (200 while Redis answers, else 503) and `/metrics` (Prometheus text)."""
+def engine_consumer(kafka_bootstrap: str, group: str) -> AIOKafkaConsumer:
+    """The consumer of a stream worker's batch loop: no auto-commit (positions come from the
+    applied-offset fence), earliest offsets for a new group."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+
+
+async def guarded(call: Callable[[], Awaitable[None]], health: Health, once_only: bool = False) -> None:
+    """Run `call` without ever letting it stop the worker: outages are waited out (retried until
+    they pass, or with `once_only` noted and left to the next run); any other error is logged."""
+    try:
+        if not once_only:
+            await retry(call, health)
+            return
+        await call()
+    except OUTAGES as exc:
+        health.down(dependency_of(exc), exc)
+        return
+    except Exception:  # noqa: BLE001 - a timer must not end the worker; the next run tries again
+        log.exception("timer run failed")
+        return
+    for dependency in ("redis", "network"):
+        health.up(dependency)
+
+
+class _KafkaProbe:
+    """Whether a broker answers a metadata request, asked at most once a second."""
+
+    def __init__(self, producer: Callable[[], AIOKafkaProducer | None]) -> None:
+        self.producer = producer
+        self.checked = 0.0
+        self.ok = True
+
+    async def __call__(self) -> bool:
+        producer = self.producer()
+        if producer is None or time.monotonic() - self.checked < 1.0:
+            return self.ok
+        try:
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), 2.0)
+            self.ok = True
+        except Exception:  # noqa: BLE001 - any failure to answer means not healthy
+            self.ok = False
+        self.checked = time.monotonic()
+        return self.ok
+
+
+def add_pages(
+    app: faust.App,
+    redis: Any,
+    registry: CollectorRegistry,
+    health: Health | None = None,
+    producer: Callable[[], AIOKafkaProducer | None] = lambda: None,
+) -> None:
+    """`/healthz` (200 while Redis and Kafka answer and the worker waits out no outage, else
+    503) and `/metrics` (Prometheus text)."""
+    kafka = _KafkaProbe(producer)
 
     @app.page("/healthz")
     async def healthz(self: Any, request: Any) -> Any:
-        ok = bool(await redis.ping())
-        return self.json({"status": "ok" if ok else "degraded", "redis": ok}, status=200 if ok else 503)
+        try:
+            redis_ok = bool(await asyncio.wait_for(redis.ping(), 2.0))
+        except Exception:  # noqa: BLE001 - any failure to answer means not healthy
+            redis_ok = False
+        kafka_ok = await kafka()
+        down = sorted(health.down_since) if health else []
+        ok = redis_ok and kafka_ok and not down
+        body = {"status": "ok" if ok else "degraded", "redis": redis_ok, "kafka": kafka_ok, "waiting_on": down}
+        return self.json(body, status=200 if ok else 503)
 
     @app.page("/metrics")
     async def prometheus(self: Any, request: Any) -> Any:

@@ -36,6 +36,15 @@ class OffsetFence:
                 if value is not None:
                     self.applied[tp] = int(value)
 
+    async def positions(self, names: list[str]) -> dict[str, int]:
+        """The fence of each "topic:partition" in `names` that has one, read from Redis."""
+        found = {}
+        if names:
+            for name, value in zip(names, await self.redis.hmget(self.key, names), strict=True):
+                if value is not None:
+                    found[name] = self.applied[name] = int(value)
+        return found
+
     def admit(self, msg: Message, offsets: dict[str, int]) -> bool:
         """False if `msg` was applied already; otherwise True, with `offsets` moved past it."""
         tp = self._name(msg)

@@ -11,6 +11,7 @@ __all__ = [
     "counts_key",
     "customer_key",
     "log_key",
+    "outbox_key",
     "shard_clock_key",
     "tenants_key",
     "timers_key",
@@ -58,6 +59,11 @@ def tenants_key() -> str:
 def applied_offsets_key(group: str) -> str:
     """Hash "topic:partition" -> next offset whose effects are not yet in Redis."""
     return f"{REDIS_PREFIX}applied:{group}"
+
+
+def outbox_key(group: str, shard: int) -> str:
+    """Hash id -> record a batch of `group` decided to produce, not yet confirmed on Kafka."""
+    return f"{REDIS_PREFIX}outbox:{group}:{shard}"
 
 
 def trigger_state_key(tenant: str, customer: str) -> str:

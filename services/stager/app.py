@@ -1,25 +1,38 @@
-"""The stager as a Faust app: event topics in, customer stages in Redis, transitions out."""
+"""The stager as a Faust app: event topics in, customer stages in Redis, transitions out.
+
+The input topics are read by the shared batch loop (`services.common.batchloop`: aiokafka
+`getmany` batches, positions from the applied-offset fence); Faust runs the timers and the
+health and metrics pages.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from services.common.avro import default_codec
+from services.common.batchloop import BatchLoop
 from services.common.constants import EVENT_TYPES, TOPIC_REFERRALS, event_topic
-from services.common.faustapp import add_pages, faust_app, once, to_messages
+from services.common.faustapp import add_pages, engine_consumer, faust_app, guarded, once
+from services.common.produce import engine_producer
 from services.common.produce import send_many as produce_many
+from services.common.resilience import Health
 from services.stager.config import StageRules
-from services.stager.engine import Engine, Message
+from services.stager.engine import Engine
 from services.stager.metrics import StagerMetrics
 from services.stager.settings import StagerSettings
 
 __all__ = ["SOURCE_TOPICS", "create_app"]
+
+
+class _Clients:
+    producer: Any = None
+    consumer: Any = None
+    started = False  # the producer is started: timers may send
+
 
 # Profile events carry attributes and consent, which no stage rule reads.
 EVENT_SOURCE_TOPICS: tuple[str, ...] = tuple(event_topic(t) for t in EVENT_TYPES if t != "profile")
@@ -27,7 +40,7 @@ SOURCE_TOPICS: tuple[str, ...] = (*EVENT_SOURCE_TOPICS, TOPIC_REFERRALS)
 
 
 def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorRegistry | None = None) -> faust.App:
-    """A Faust app whose agent applies event batches through one Engine."""
+    """A Faust app whose task feeds event batches to one Engine and whose timer fires its timers."""
     registry = registry if registry is not None else CollectorRegistry()
     app = faust_app(
         settings.stager_group,
@@ -37,111 +50,54 @@ def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorR
         settings.batch_max,
         settings.state_dir / "faust",
     )
-    redis = Redis.from_url(settings.redis_url)
-    source = app.topic(*SOURCE_TOPICS, value_serializer="raw", key_serializer="raw")
+    redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     metrics = StagerMetrics(registry)
-
-    direct: dict[str, Any] = {}  # the direct driver's consumer and producer, once started
+    health = Health("stager")
+    kafka = _Clients()  # made inside Faust's event loop, which aiokafka needs
 
     async def send(topic: str, key: bytes, value: bytes) -> Any:
-        if "producer" in direct:
-            return await direct["producer"].send(topic, value, key=key)
-        return await app.producer.send(topic, key, value, None, None, None)
+        return await kafka.producer.send(topic, value, key=key)
 
     async def send_many(topic: str, items: list[tuple[bytes, bytes]]) -> None:
-        if "producer" in direct:
-            await produce_many(direct["producer"], topic, items)
-            return
-        await asyncio.gather(*[await send(topic, key, value) for key, value in items])
+        await produce_many(kafka.producer, topic, items)
 
     def shards() -> set[int]:
-        consumer = direct.get("consumer") or app.consumer
-        return {tp.partition for tp in consumer.assignment() if tp.topic in EVENT_SOURCE_TOPICS}
+        if kafka.consumer is None:
+            return set()
+        return {tp.partition for tp in kafka.consumer.assignment() if tp.topic in EVENT_SOURCE_TOPICS}
 
     engine = Engine(redis, send, default_codec(), rules, settings, metrics, shards, send_many)
     ready = once(engine.start)
 
-    _add_consumer(app, source, settings, engine, ready, direct)
+    @app.task  # type: ignore[untyped-decorator]
+    async def consume() -> None:
+        kafka.producer = engine_producer(settings.kafka_bootstrap)
+        kafka.consumer = engine_consumer(settings.kafka_bootstrap, f"{settings.stager_group}-events")
+        await guarded(kafka.producer.start, health)
+        kafka.started = True
+        loop = BatchLoop(
+            consumer=kafka.consumer,
+            engine=engine,
+            topics=SOURCE_TOPICS,
+            health=health,
+            ready=ready,
+            batch_max=settings.batch_max,
+            within_seconds=settings.batch_within_seconds,
+        )
+        try:
+            await loop.run()
+        finally:
+            await kafka.producer.stop()
 
     @app.timer(interval=settings.timer_interval_seconds)  # type: ignore[untyped-decorator]
     async def timers() -> None:
-        await ready()
-        await engine.tick()
+        async def tick() -> None:
+            if kafka.started:
+                await ready()
+                await engine.tick()
 
-    add_pages(app, redis, registry)
+        await guarded(tick, health, once_only=True)
+
+    add_pages(app, redis, registry, health, lambda: kafka.producer)
     app.crm_engine = engine  # type: ignore[attr-defined]
     return app
-
-
-def _add_consumer(
-    app: faust.App, source: Any, settings: StagerSettings, engine: Engine, ready: Any, direct: dict[str, Any]
-) -> None:
-    async def take(stream: Any) -> None:  # faust.Stream: take_events is not on StreamT
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_seconds):
-            await ready()
-            await engine.process(to_messages(events))
-
-    if settings.stager_driver == "faust":
-        app.agent(source, name="stage")(take)
-        return
-    # The event topics take the direct path; the (quiet) referral topic stays with a Faust agent.
-    app.agent(app.topic(TOPIC_REFERRALS, value_serializer="raw", key_serializer="raw"), name="referrals")(take)
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def consume() -> None:
-        await run_direct(settings, engine, ready, direct)
-
-
-class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions are handed over only between batches (the engine's lock is free)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        async with self.engine.lock:
-            pass
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
-
-
-async def run_direct(settings: StagerSettings, engine: Engine, ready: Any, holder: dict[str, Any]) -> None:
-    """The hot path without Faust's per-event stream: getmany batches straight into the engine.
-    Offsets are committed after each applied batch; the engine's applied-offset fence makes a
-    batch redelivered after a crash a no-op."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        # Faust's own consumer (referrals) holds the group name with its own assignor protocol.
-        group_id=f"{settings.stager_group}-events",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=1_000,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-    )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        max_batch_size=512 * 1024,
-    )
-    consumer.subscribe(list(EVENT_SOURCE_TOPICS), listener=_WaitForBatch(engine))
-    await producer.start()
-    await consumer.start()
-    holder.update(consumer=consumer, producer=producer)
-    try:
-        while True:
-            batch = await consumer.getmany(
-                timeout_ms=int(settings.batch_within_seconds * 1000), max_records=settings.batch_max
-            )
-            messages = [Message(m.topic, m.partition, m.offset, m.value) for records in batch.values() for m in records]
-            if messages:
-                await ready()
-                await engine.process(messages)
-                await consumer.commit()
-    finally:
-        holder.clear()
-        await consumer.stop()
-        await producer.stop()

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +23,11 @@ from redis.exceptions import ResponseError
 from services.common import keys
 from services.common.avro import Codec
 from services.common.clock import EventClock, merge_shard_clocks
-from services.common.constants import TOPIC_DLQ, TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS
-from services.common.errors import SchemaError
+from services.common.constants import TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS, TOPICS
+from services.common.deadletter import dead_letter
 from services.common.fence import OffsetFence
 from services.common.messages import Message
+from services.common.outbox import Outbox, SentSince, kafka_sent_since
 from services.common.redisbatch import HGET_MANY, HSET_MANY
 from services.stager.config import StageRules
 from services.stager.dedup import fingerprint, is_repeat, remember
@@ -43,6 +44,8 @@ Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 # produce every (key, value) to a topic and wait for the acknowledgements
 SendMany = Callable[[str, list[tuple[bytes, bytes]]], Awaitable[None]]
 SEP = "\x1f"
+# The schema each input topic carries: a record of another schema is dead-lettered.
+TOPIC_SCHEMAS = {spec.name: spec.schema for spec in TOPICS}
 
 
 def transition_id(tenant: str, customer: str, model: str, cause: str) -> str:
@@ -81,6 +84,7 @@ class Engine:
         metrics: StagerMetrics,
         shards: Callable[[], Iterable[int]] = lambda: range(12),
         send_many: SendMany | None = None,
+        sent_since: SentSince | None = None,
     ) -> None:
         self.redis: Any = redis  # redis-py's annotations do not know the bytes/str mode
         self.send = send
@@ -94,6 +98,16 @@ class Engine:
         self.lock = asyncio.Lock()
         self.fence = OffsetFence(redis, settings.stager_group)
         self.clocks: dict[str, EventClock] = {}
+        self.behind: Collection[tuple[str, int]] = ()  # as of the last batch
+        self.source = f"stager:{settings.stager_group}"
+        # dead letters go out through an outbox, written with the fence: once, even across crashes
+        self.outbox = Outbox(
+            redis=redis,
+            key=lambda shard: keys.outbox_key(settings.stager_group, shard),
+            send=send,
+            sent_since=sent_since or kafka_sent_since(settings.kafka_bootstrap, codec),
+            grace_seconds=settings.outbox_grace_seconds,
+        )
 
     async def start(self) -> None:
         """Load the applied-offset fence and the event-time clocks written by earlier runs."""
@@ -115,17 +129,43 @@ class Engine:
             )
 
     # --- events ------------------------------------------------------------------------------
-    async def process(self, messages: Sequence[Message]) -> None:
+    async def process(self, messages: Sequence[Message], behind: Collection[tuple[str, int]] = ()) -> None:
+        """Apply a batch; `behind`: the (topic, partition)s with messages not yet read, which hold
+        their shards' watermarks back."""
         async with self.lock:
             started = time.perf_counter()
+            self.behind = behind
             await self._process(messages)
             self.metrics.batch.observe(time.perf_counter() - started)
 
+    def reset(self) -> None:
+        """After an outage: check every outbox again (a send may have failed after a MULTI)."""
+        self.outbox.recovered.clear()
+
+    async def quarantine(self, msg: Message, reason: str) -> None:
+        """Dead-letter `msg` and move the fence past it, in one MULTI (a message that cannot be
+        applied even alone)."""
+        async with self.lock:
+            await self.fence.refresh([msg])
+            offsets: dict[str, int] = {}
+            if not self.fence.admit(msg, offsets):
+                return
+            ident, entry = dead_letter(self.codec, self.source, msg, reason)
+            dead = {msg.partition: {ident: entry}}
+            async with self.redis.pipeline(transaction=True) as pipe:
+                self.outbox.queue(pipe, dead)
+                self.fence.queue(pipe, offsets)
+                await pipe.execute()
+            self.fence.written(offsets)
+            self.metrics.invalid.inc()
+            await self.outbox.send(dead)
+
     async def _process(self, messages: Sequence[Message]) -> None:
         await self.fence.refresh(messages)
+        await self.outbox.recover({m.partition for m in messages})
         offsets, facts, dead = self._collect(messages)
         for tenant, clock in self.clocks.items():
-            clock.settle(self.settings.lateness_ms)
+            clock.settle(self.settings.lateness_ms, self.behind)
             self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
         customers = await self._load([(t, c, shard) for (t, c), (shard, _) in facts.items()])
         credits: list[tuple[str, str, Fact]] = []
@@ -154,17 +194,20 @@ class Engine:
             self.metrics.events.labels(tenant).inc(n)
         self.metrics.repeats.inc(repeats)
         self.metrics.late.inc(late)
-        await self._emit(customers, credits, dead)
-        await self._write(customers, offsets)
+        await self._emit(customers, credits)
+        await self._write(customers, offsets, dead)
         self.fence.written(offsets)
+        self.metrics.invalid.inc(sum(len(d) for d in dead.values()))
+        await self.outbox.send(dead)
 
     def _collect(
         self, messages: Sequence[Message]
-    ) -> tuple[dict[str, int], dict[tuple[str, str], tuple[int, list[Fact]]], list[tuple[bytes, str, str]]]:
-        """New messages (past the applied-offset fence) decoded into facts grouped by customer."""
+    ) -> tuple[dict[str, int], dict[tuple[str, str], tuple[int, list[Fact]]], dict[int, dict[str, bytes]]]:
+        """New messages (past the applied-offset fence) decoded into facts grouped by customer;
+        what cannot be decoded or applied becomes a dead letter (outbox entries per shard)."""
         offsets: dict[str, int] = {}
         facts: dict[tuple[str, str], tuple[int, list[Fact]]] = {}
-        dead: list[tuple[bytes, str, str]] = []
+        dead: dict[int, dict[str, bytes]] = {}
         now = time.monotonic()
         read, admit, clocks = self.read, self.fence.admit, self.clocks
         redelivered = 0
@@ -173,10 +216,16 @@ class Engine:
                 redelivered += 1
                 continue
             try:
+                if msg.value is None:
+                    raise ValueError("null value")
                 schema, record = read(msg.value)
+                expected = TOPIC_SCHEMAS.get(msg.topic)
+                if expected is not None and schema != expected:
+                    raise ValueError(f"wrong schema: {schema} on {msg.topic} (which carries {expected})")
                 mapped = to_fact(schema, record)
-            except (SchemaError, KeyError, ValueError, TypeError) as exc:
-                dead.append((msg.value, msg.topic, f"undecodable: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - whatever the input, the partition flows on
+                ident, entry = dead_letter(self.codec, self.source, msg, f"undecodable: {type(exc).__name__}: {exc}")
+                dead.setdefault(msg.partition, {})[ident] = entry
                 continue
             if mapped is None:
                 continue
@@ -184,7 +233,7 @@ class Engine:
             clock = clocks.get(tenant)
             if clock is None:
                 clock = clocks[tenant] = EventClock()
-            clock.saw(msg.partition, fact.time, now)
+            clock.saw(msg.partition, fact.time, now, msg.topic)
             found = facts.get((tenant, customer))
             if found is None:
                 facts[(tenant, customer)] = (msg.partition, [fact])
@@ -200,11 +249,12 @@ class Engine:
         fired = 0
         async with self.lock:
             owned = set(self.shards())
+            await self.outbox.recover(owned)
             merge_shard_clocks(self.clocks, await self.redis.hgetall(keys.shard_clock_key()), owned)
             for tenant, clock in self.clocks.items():
                 # No new events for a while: nothing older can still be on its way in order.
                 wall = self.settings.lateness_ms if self.settings.wall_clock_advance else None
-                if clock.flush_idle(owned, now, self.settings.idle_flush_seconds, wall):
+                if clock.flush_idle(owned, now, self.settings.idle_flush_seconds, wall, caught_up=not self.behind):
                     self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
                 for shard in owned:
                     if shard in clock.shards:
@@ -224,8 +274,8 @@ class Engine:
             customers = await self._load([(tenant, c.decode(), shard) for c in due])
             for cust in customers:
                 cust.transitions += advance(cust.state, watermark, self.rules)
-            await self._emit(customers, [], [])
-            await self._write(customers, {})
+            await self._emit(customers, [])
+            await self._write(customers, {}, {})
             fired += len(customers)
             self.metrics.timers.inc(len(customers))
 
@@ -238,9 +288,7 @@ class Engine:
             out.append(_Customer(tenant, customer, shard, state, seen))
         return out
 
-    async def _emit(
-        self, customers: list[_Customer], credits: list[tuple[str, str, Fact]], dead: list[tuple[bytes, str, str]]
-    ) -> None:
+    async def _emit(self, customers: list[_Customer], credits: list[tuple[str, str, Fact]]) -> None:
         pending = []
         per_model: dict[str, int] = {}  # metric increments once per batch, not per transition
         encode = self.codec.encode
@@ -271,16 +319,6 @@ class Engine:
             pending.append(
                 await self.send(TOPIC_REFERRALS, referrer.encode(), encode("crm.stage.ReferralCredit", record))
             )
-        for raw, topic, reason in dead:
-            envelope = {
-                "original": raw,
-                "topic": topic,
-                "reason": reason,
-                "received_at": int(time.time() * 1000),
-                "source": f"stager:{self.settings.stager_group}",
-            }
-            pending.append(await self.send(TOPIC_DLQ, b"", encode("crm.events.DeadLetter", envelope)))
-            self.metrics.invalid.inc()
         for model, n in per_model.items():
             self.metrics.transitions.labels(model).inc(n)
         if self.send_many is not None:
@@ -290,7 +328,9 @@ class Engine:
         if pending:
             await asyncio.gather(*pending)
 
-    async def _write(self, customers: list[_Customer], offsets: dict[str, int]) -> None:
+    async def _write(
+        self, customers: list[_Customer], offsets: dict[str, int], dead: dict[int, dict[str, bytes]]
+    ) -> None:
         """Everything of one batch in one MULTI/EXEC, with few commands: one script call for all
         states, one ZADD per timer set and per transition log, one HINCRBY per changed count."""
         plan = self._plan(customers)
@@ -318,6 +358,7 @@ class Engine:
                 pipe.zadd(key, members)
             if self.clocks:
                 self._write_clocks(pipe)
+            self.outbox.queue(pipe, dead)
             self.fence.queue(pipe, offsets)
             await pipe.execute()
 

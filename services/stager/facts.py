@@ -30,6 +30,11 @@ FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+# What the state can hold: times from 1970 to year ~5000, amounts below 10^11 currency units.
+MAX_TIME_MS = 10**14
+MAX_AMOUNT_CENTS = 10**13
+
+
 def to_millis(value: Any) -> int:
     """Epoch milliseconds of a decoded `timestamp-millis` value (exact, no float rounding)."""
     if isinstance(value, datetime):
@@ -42,8 +47,11 @@ def _order_key(order_id: str) -> int:
 
 
 def to_fact(schema: str, record: dict[str, Any]) -> tuple[str, str, Fact] | None:
-    """The fact an event means for the stage rules; None for events no rule reads (profile)."""
+    """The fact an event means for the stage rules; None for events no rule reads (profile).
+    ValueError for values the state cannot hold (a time before 1970, a negative amount)."""
     time = to_millis(record["event_time"])
+    if not 0 <= time < MAX_TIME_MS:
+        raise ValueError(f"out of range: event_time {time}")
     event_id = record["event_id"]
     if schema == "crm.events.Browse":
         fact = Fact(event_id, Kind.BROWSE, time)
@@ -56,12 +64,15 @@ def to_fact(schema: str, record: dict[str, Any]) -> tuple[str, str, Fact] | None
             kind = Kind.JOIN if record["target_type"] in _JOIN_TARGETS else Kind.FAVOURITE
         fact = Fact(event_id, kind, time)
     elif schema == "crm.events.Order":
+        amount = record["amount"]
+        if not 0 <= amount * 100 < MAX_AMOUNT_CENTS:  # also false for NaN
+            raise ValueError(f"out of range: amount {amount}")
         fact = Fact(
             event_id,
             _ORDER[record["status"]],
             time,
             _order_key(record["order_id"]),
-            round(record["amount"] * 100),
+            round(amount * 100),
             record.get("referrer_customer_id"),
         )
     elif schema == "crm.stage.ReferralCredit":

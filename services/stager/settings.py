@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -14,9 +13,6 @@ __all__ = ["StagerSettings"]
 
 class StagerSettings(CommonSettings):
     stager_group: str = Field("crm-stager", min_length=1)
-    # direct: the worker's hot path reads with aiokafka's getmany (see README, "Speed");
-    # faust: a Faust agent with stream.take_events.
-    stager_driver: Literal["direct", "faust"] = "direct"
     stager_web_host: str = "127.0.0.1"
     stager_web_port: int = Field(6066, ge=1, le=65535)
     allowed_lateness_seconds: float = Field(300.0, ge=0)
@@ -28,6 +24,8 @@ class StagerSettings(CommonSettings):
     batch_within_seconds: float = Field(0.2, gt=0)
     timer_interval_seconds: float = Field(0.5, gt=0)
     stage_rules_file: Path | None = None
+    # how old an outbox entry must be before a worker taking over its shard treats it as left by a crash
+    outbox_grace_seconds: float = Field(10.0, ge=0)
 
     @model_validator(mode="after")
     def _horizon_covers_lateness(self) -> StagerSettings:

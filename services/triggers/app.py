@@ -1,4 +1,9 @@
-"""The triggers worker as a Faust app: transitions and events in, decisions on trigger topics."""
+"""The triggers worker as a Faust app: transitions and events in, decisions on trigger topics.
+
+The input topics are read by the shared batch loop (`services.common.batchloop`: aiokafka
+`getmany` batches, positions from the applied-offset fence); Faust runs the timers and the
+health and metrics pages.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,25 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from services.common.avro import default_codec
+from services.common.batchloop import BatchLoop
 from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
-from services.common.faustapp import add_pages, faust_app, once, to_messages
+from services.common.faustapp import add_pages, engine_consumer, faust_app, guarded, once
+from services.common.outbox import kafka_sent_since
+from services.common.produce import engine_producer
+from services.common.resilience import Health
 from services.triggers.config import TriggerConfig
 from services.triggers.engine import TriggerEngine
 from services.triggers.metrics import TriggerMetrics
-from services.triggers.outbox import kafka_sent_since
 from services.triggers.settings import TriggerSettings
 
 __all__ = ["SOURCE_TOPICS", "create_app"]
+
+
+class _Clients:
+    producer: Any = None
+    consumer: Any = None
+    started = False  # the producer is started: timers may send
+
 
 # All keyed by customer with the same partition count, so partition p of each holds the same
 # customers and one worker owns a customer's timers, transitions and events together.
@@ -32,7 +47,7 @@ SOURCE_TOPICS: tuple[str, ...] = (
 def create_app(
     settings: TriggerSettings, config: TriggerConfig, registry: CollectorRegistry | None = None
 ) -> faust.App:
-    """A Faust app whose agent applies batches through one TriggerEngine; a timer fires timers."""
+    """A Faust app whose task feeds batches to one TriggerEngine and whose timer fires its timers."""
     registry = registry if registry is not None else CollectorRegistry()
     app = faust_app(
         settings.triggers_group,
@@ -42,35 +57,54 @@ def create_app(
         settings.batch_max,
         settings.state_dir / "faust-triggers",
     )
-    redis = Redis.from_url(settings.redis_url)
+    redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     codec = default_codec()
     metrics = TriggerMetrics(registry)
+    health = Health("triggers")
+    kafka = _Clients()  # made inside Faust's event loop, which aiokafka needs
 
     async def send(topic: str, key: bytes, value: bytes) -> Any:
-        return await app.producer.send(topic, key, value, None, None, None)
+        return await kafka.producer.send(topic, value, key=key)
 
     def shards() -> set[int]:
-        return {tp.partition for tp in app.consumer.assignment() if tp.topic in SOURCE_TOPICS}
+        if kafka.consumer is None:
+            return set()
+        return {tp.partition for tp in kafka.consumer.assignment() if tp.topic in SOURCE_TOPICS}
 
     engine = TriggerEngine(
         redis, send, codec, config, settings, metrics, kafka_sent_since(settings.kafka_bootstrap, codec), shards
     )
     ready = once(engine.start)
 
-    source = app.topic(*SOURCE_TOPICS, value_serializer="raw", key_serializer="raw")
-
-    @app.agent(source, name="decide")
-    async def decide(stream: Any) -> None:
-        # Events are acknowledged (and their offsets committed) only after the batch is applied.
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_seconds):
-            await ready()
-            await engine.process(to_messages(events))
+    @app.task  # type: ignore[untyped-decorator]
+    async def consume() -> None:
+        kafka.producer = engine_producer(settings.kafka_bootstrap)
+        kafka.consumer = engine_consumer(settings.kafka_bootstrap, f"{settings.triggers_group}-inputs")
+        await guarded(kafka.producer.start, health)
+        kafka.started = True
+        loop = BatchLoop(
+            consumer=kafka.consumer,
+            engine=engine,
+            topics=SOURCE_TOPICS,
+            health=health,
+            ready=ready,
+            batch_max=settings.batch_max,
+            within_seconds=settings.batch_within_seconds,
+        )
+        try:
+            await loop.run()
+        finally:
+            await kafka.producer.stop()
 
     @app.timer(interval=settings.timer_interval_seconds)  # type: ignore[untyped-decorator]
     async def timers() -> None:
-        await ready()
-        await engine.tick()
+        async def tick() -> None:
+            if kafka.started:
+                await ready()
+                await engine.tick()
 
-    add_pages(app, redis, registry)
+        await guarded(tick, health, once_only=True)
+
+    add_pages(app, redis, registry, health, lambda: kafka.producer)
     app.crm_engine = engine  # type: ignore[attr-defined]
     return app

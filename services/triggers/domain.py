@@ -31,6 +31,8 @@ __all__ = [
     "ProfileIn",
     "TransitionIn",
     "apply",
+    "apply_in_order",
+    "fingerprint",
     "fire",
     "holdout_unit",
     "next_birthday",
@@ -149,7 +151,8 @@ def _month_day(birthday: str) -> str | None:
         return None
 
 
-def _fingerprint(event_id: str) -> int:
+def fingerprint(event_id: str) -> int:
+    """What the state remembers of an applied event, to recognise it when it comes again."""
     return zlib.crc32(event_id.encode())
 
 
@@ -158,7 +161,7 @@ def apply(state: TriggerState, item: Input, config: TriggerConfig, tenant: str, 
     """Apply one input to `state` (in place); the decisions it makes at once."""
     if isinstance(item, TransitionIn):
         return _on_transition(state, item, config, tenant, customer)
-    fp = _fingerprint(item.event_id)
+    fp = fingerprint(item.event_id)
     if fp in state.seen:
         return []
     state.seen = [fp, *state.seen][:SEEN_LIMIT]
@@ -259,6 +262,22 @@ def _set(state: TriggerState, timer: Timer) -> None:
 
 def _delay(rule: TriggerRule) -> int:
     return int(rule.delay_seconds * 1000)
+
+
+def apply_in_order(
+    state: TriggerState, items: list[Input], watermark: int, config: TriggerConfig, tenant: str, customer: str
+) -> list[tuple[Input | None, Decision]]:
+    """Apply `items` and fire due timers in one event-time order: before each input, every timer
+    due at or before its time (and at or before `watermark`) fires; after the last, every timer
+    due at or before `watermark`. So a batch holding orders on days 0, 10 and 40 gives the day-20
+    reminder that three separate batches give. Each decision comes with the input that made it
+    (None: a timer)."""
+    out: list[tuple[Input | None, Decision]] = []
+    for item in sorted(items, key=lambda x: x.time):
+        out += [(None, d) for d in fire(state, min(item.time, watermark), config, tenant, customer)]
+        out += [(item, d) for d in apply(state, item, config, tenant, customer)]
+    out += [(None, d) for d in fire(state, watermark, config, tenant, customer)]
+    return out
 
 
 # --- timers ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,20 +27,30 @@ from services.common import keys
 from services.common.avro import Codec
 from services.common.clock import EventClock, merge_shard_clocks
 from services.common.constants import (
-    TOPIC_DLQ,
     TOPIC_TRIGGERS_COUPONS,
     TOPIC_TRIGGERS_OUTREACH,
     TOPIC_TRIGGERS_REMINDERS,
     TOPIC_TRIGGERS_SUPPRESSED,
+    TOPICS,
 )
-from services.common.errors import SchemaError
+from services.common.deadletter import dead_letter
 from services.common.fence import OffsetFence
 from services.common.messages import Message
+from services.common.outbox import Outbox, SentSince, pack
 from services.common.redisbatch import HGET_MANY, HSET_MANY
 from services.triggers.config import TriggerConfig
-from services.triggers.domain import CartIn, Decision, Input, OrderIn, ProfileIn, TransitionIn, apply, fire
+from services.triggers.domain import (
+    CartIn,
+    Decision,
+    Input,
+    OrderIn,
+    ProfileIn,
+    TransitionIn,
+    apply_in_order,
+    fingerprint,
+    fire,
+)
 from services.triggers.metrics import TriggerMetrics
-from services.triggers.outbox import SentSince, pack, unpack
 from services.triggers.settings import TriggerSettings
 from services.triggers.state import TriggerState, decode_state, encode_state
 
@@ -56,6 +66,8 @@ OUTPUT_TOPICS = {
 
 
 _COMMON = ("event_id", "customer_id", "tenant", "event_time")
+# The schema each input topic carries: a record of another schema is dead-lettered.
+TOPIC_SCHEMAS = {spec.name: spec.schema for spec in TOPICS}
 # The fields `to_input` reads of the high-volume events; transitions and profiles are read whole.
 FIELDS: dict[str, tuple[str, ...]] = {
     "crm.events.Order": (*_COMMON, "order_id", "status"),
@@ -67,8 +79,20 @@ def _millis(value: Any) -> int:
     return int(value.timestamp() * 1000) if isinstance(value, datetime) else int(value)
 
 
+# Event times the rules can work with: 1970 to year ~5000 (epoch ms).
+MAX_TIME_MS = 10**14
+
+
 def to_input(schema: str, record: dict[str, Any]) -> tuple[str, str, Input] | None:
-    """(tenant, customer, input) of a decoded record; None for records no trigger reads."""
+    """(tenant, customer, input) of a decoded record; None for records no trigger reads.
+    ValueError for an event time the rules cannot work with."""
+    found = _to_input(schema, record)
+    if found is not None and not 0 <= found[2].time < MAX_TIME_MS:
+        raise ValueError(f"out of range: event time {found[2].time}")
+    return found
+
+
+def _to_input(schema: str, record: dict[str, Any]) -> tuple[str, str, Input] | None:
     if schema == "crm.stage.StageTransition":
         item: Input = TransitionIn(
             record["transition_id"], record["model"], record["from_stage"], record["to_stage"], _millis(record["at"])
@@ -124,7 +148,42 @@ class TriggerEngine:
         self.lock = asyncio.Lock()
         self.fence = OffsetFence(redis, settings.triggers_group)
         self.clocks: dict[str, EventClock] = {}
-        self.recovered: set[int] = set()  # shards whose outbox this worker has checked
+        self.behind: Collection[tuple[str, int]] = ()  # as of the last batch
+        self.source = f"triggers:{settings.triggers_group}"
+        self.outbox = Outbox(
+            redis=redis,
+            key=keys.trigger_outbox_key,
+            send=send,
+            sent_since=sent_since,
+            grace_seconds=settings.outbox_grace_seconds,
+            on_recovered=self._recovered,
+        )
+
+    def _recovered(self, already_sent: int, sent_now: int) -> None:
+        self.metrics.recovered.labels("already_sent").inc(already_sent)
+        self.metrics.recovered.labels("sent").inc(sent_now)
+
+    def reset(self) -> None:
+        """After an outage: check every outbox again (a send may have failed after a MULTI)."""
+        self.outbox.recovered.clear()
+
+    async def quarantine(self, msg: Message, reason: str) -> None:
+        """Dead-letter `msg` and move the fence past it, in one MULTI (a message that cannot be
+        applied even alone)."""
+        async with self.lock:
+            await self.fence.refresh([msg])
+            offsets: dict[str, int] = {}
+            if not self.fence.admit(msg, offsets):
+                return
+            ident, entry = dead_letter(self.codec, self.source, msg, reason)
+            dead = {msg.partition: {ident: entry}}
+            async with self.redis.pipeline(transaction=True) as pipe:
+                self.outbox.queue(pipe, dead)
+                self.fence.queue(pipe, offsets)
+                await pipe.execute()
+            self.fence.written(offsets)
+            self.metrics.invalid.inc()
+            await self.outbox.send(dead)
 
     async def start(self) -> None:
         """Load the applied-offset fence and the clocks written by earlier runs."""
@@ -132,26 +191,39 @@ class TriggerEngine:
         merge_shard_clocks(self.clocks, await self.redis.hgetall(keys.trigger_clock_key()), owned=None)
 
     # --- messages ----------------------------------------------------------------------------
-    async def process(self, messages: Sequence[Message]) -> None:
+    async def process(self, messages: Sequence[Message], behind: Collection[tuple[str, int]] = ()) -> None:
+        """Apply a batch; `behind`: the (topic, partition)s with messages not yet read, which hold
+        their shards' watermarks back."""
         async with self.lock:
+            self.behind = behind
             await self.fence.refresh(messages)
             offsets, inputs, dead = self._collect(messages)
             for tenant, clock in self.clocks.items():
-                clock.settle(self.settings.lateness_ms)
+                clock.settle(self.settings.lateness_ms, behind)
                 self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
-            await self._recover({shard for shard, _ in inputs.values()})
+            await self.outbox.recover({m.partition for m in messages})
+
+            repeats = 0
 
             def decide(cust: _Customer) -> None:
-                for arrived, item in sorted(inputs[(cust.tenant, cust.customer)][1], key=lambda x: x[1].time):
-                    made = apply(cust.state, item, self.config, cust.tenant, cust.customer)
-                    if made:
-                        cust.decisions += made
-                        cust.arrived = max(cust.arrived, arrived)
+                nonlocal repeats
+                found = inputs[(cust.tenant, cust.customer)][1]
+                arrived = {id(item): at for at, item in found}
+                for _, item in found:
+                    if not isinstance(item, TransitionIn) and fingerprint(item.event_id) in cust.state.seen:
+                        repeats += 1
                 watermark = self.clocks[cust.tenant].shard(cust.shard)[1]
-                cust.decisions += fire(cust.state, watermark, self.config, cust.tenant, cust.customer)
+                made = apply_in_order(
+                    cust.state, [item for _, item in found], watermark, self.config, cust.tenant, cust.customer
+                )
+                for cause, decision in made:
+                    cust.decisions.append(decision)
+                    if cause is not None:
+                        cust.arrived = max(cust.arrived, arrived[id(cause)])
 
-            await self._dead_letters(dead)
-            await self._transact([(t, c, shard) for (t, c), (shard, _) in inputs.items()], decide, offsets)
+            await self._transact([(t, c, shard) for (t, c), (shard, _) in inputs.items()], decide, offsets, dead)
+            self.metrics.invalid.inc(sum(len(d) for d in dead.values()))
+            self.metrics.repeats.inc(repeats)
             kinds = Counter(type(item).__name__ for _, items in inputs.values() for _, item in items)
             for kind, n in kinds.items():
                 self.metrics.inputs.labels(kind.removesuffix("In").lower()).inc(n)
@@ -159,25 +231,31 @@ class TriggerEngine:
 
     def _collect(
         self, messages: Sequence[Message]
-    ) -> tuple[dict[str, int], dict[tuple[str, str], tuple[int, list[tuple[int, Input]]]], list[tuple[Message, str]]]:
+    ) -> tuple[dict[str, int], dict[tuple[str, str], tuple[int, list[tuple[int, Input]]]], dict[int, dict[str, bytes]]]:
         offsets: dict[str, int] = {}
         inputs: dict[tuple[str, str], tuple[int, list[tuple[int, Input]]]] = {}
-        dead: list[tuple[Message, str]] = []
+        dead: dict[int, dict[str, bytes]] = {}
         now = time.monotonic()
         for msg in messages:
             if not self.fence.admit(msg, offsets):
                 self.metrics.redelivered.inc()
                 continue
             try:
+                if msg.value is None:
+                    raise ValueError("null value")
                 schema, record = self.read(msg.value)
+                expected = TOPIC_SCHEMAS.get(msg.topic)
+                if expected is not None and schema != expected:
+                    raise ValueError(f"wrong schema: {schema} on {msg.topic} (which carries {expected})")
                 mapped = to_input(schema, record)
-            except (SchemaError, KeyError, ValueError, TypeError) as exc:
-                dead.append((msg, f"undecodable: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - whatever the input, the partition flows on
+                ident, entry = dead_letter(self.codec, self.source, msg, f"undecodable: {type(exc).__name__}: {exc}")
+                dead.setdefault(msg.partition, {})[ident] = entry
                 continue
             if mapped is None:
                 continue
             tenant, customer, item = mapped
-            self.clocks.setdefault(tenant, EventClock()).saw(msg.partition, item.time, now)
+            self.clocks.setdefault(tenant, EventClock()).saw(msg.partition, item.time, now, msg.topic)
             inputs.setdefault((tenant, customer), (msg.partition, []))[1].append((msg.timestamp, item))
         return offsets, inputs, dead
 
@@ -190,11 +268,11 @@ class TriggerEngine:
         async with self.lock:
             owned = set(self.shards())
             self.metrics.owned.set(len(owned))
-            await self._recover(owned)
+            await self.outbox.recover(owned)
             await self._sync_clocks(owned)
             wall = self.settings.lateness_ms if self.settings.wall_clock_advance else None
             for tenant, clock in self.clocks.items():
-                clock.flush_idle(owned, now, self.settings.idle_flush_seconds, wall)
+                clock.flush_idle(owned, now, self.settings.idle_flush_seconds, wall, caught_up=not self.behind)
                 self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
                 for shard in owned:
                     if shard in clock.shards:
@@ -244,7 +322,11 @@ class TriggerEngine:
         return topic, self.codec.encode("crm.triggers.Trigger", record)
 
     async def _transact(
-        self, wanted: list[tuple[str, str, int]], decide: Callable[[_Customer], None], offsets: dict[str, int]
+        self,
+        wanted: list[tuple[str, str, int]],
+        decide: Callable[[_Customer], None],
+        offsets: dict[str, int],
+        dead: dict[int, dict[str, bytes]] | None = None,
     ) -> None:
         """Load the customers of `wanted`, let `decide` change each, then write states, timers,
         outbox, clock and offsets in one MULTI/EXEC, and send the decisions. The states are
@@ -266,13 +348,16 @@ class TriggerEngine:
                     for cust in customers:
                         decide(cust)
                     outbox = self._queue(pipe, customers, offsets)
+                    for shard, entries in (dead or {}).items():
+                        outbox.setdefault(shard, {}).update(entries)
+                    self.outbox.queue(pipe, dead or {})
                     await pipe.execute()
                 except WatchError:
                     self.metrics.conflicts.inc()
                     continue
             break
         if outbox:
-            await self._send(outbox)
+            await self.outbox.send(outbox)
             self._count(customers)
 
     def _queue(self, pipe: Any, customers: list[_Customer], offsets: dict[str, int]) -> dict[int, dict[str, bytes]]:
@@ -286,8 +371,7 @@ class TriggerEngine:
             pipe.zadd(key, members)
         for key, gone in timers_del.items():
             pipe.zrem(key, *gone)
-        for shard, entries in outbox.items():
-            pipe.hset(keys.trigger_outbox_key(shard), mapping=entries)
+        self.outbox.queue(pipe, outbox)
         if self.clocks:
             self._write_clocks(pipe)
         self.fence.queue(pipe, offsets)
@@ -313,18 +397,6 @@ class TriggerEngine:
                 timers_set.setdefault(timers, {})[cust.customer] = due
         return outbox, timers_set, timers_del
 
-    async def _send(self, outbox: dict[int, dict[str, bytes]]) -> None:
-        pending = []
-        for entries in outbox.values():
-            for entry in entries.values():
-                _, topic, key, payload = unpack(entry)
-                pending.append(await self.send(topic, key, payload))
-        await asyncio.gather(*pending)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for shard, entries in outbox.items():
-                pipe.hdel(keys.trigger_outbox_key(shard), *entries)
-            await pipe.execute()
-
     def _count(self, customers: list[_Customer]) -> None:
         now = time.time() * 1000
         for cust in customers:
@@ -335,45 +407,6 @@ class TriggerEngine:
                     self.metrics.triggers.labels(d.rule.action, d.rule.channel).inc()
             if cust.decisions and cust.arrived:
                 self.metrics.latency.observe(max(0.0, (now - cust.arrived) / 1000))
-
-    async def _recover(self, shards: set[int]) -> None:
-        """Send what a crash left in the outboxes of `shards`, except what is already on Kafka.
-        Entries younger than the grace period may belong to a live worker that is sending them
-        (it held the shard before a rebalance); they are looked at again on a later tick."""
-        for shard in sorted(shards - self.recovered):
-            key = keys.trigger_outbox_key(shard)
-            entries = {k.decode(): unpack(v) for k, v in (await self.redis.hgetall(key)).items()}
-            cutoff = int((time.time() - self.settings.outbox_grace_seconds) * 1000)
-            left = {tid: entry for tid, entry in entries.items() if entry[0] <= cutoff}
-            if left:
-                since = min(entry[0] for entry in left.values())
-                found = await self.sent_since({entry[1] for entry in left.values()}, since, set(left))
-                pending = []
-                for trigger_id, (_, topic, customer, payload) in left.items():
-                    if trigger_id not in found:
-                        pending.append(await self.send(topic, customer, payload))
-                await asyncio.gather(*pending)
-                await self.redis.hdel(key, *left)
-                self.metrics.recovered.labels("already_sent").inc(len(found))
-                self.metrics.recovered.labels("sent").inc(len(left) - len(found))
-                log.warning("outbox of shard %d: %d already on Kafka, %d sent now", shard, len(found), len(pending))
-            if len(left) == len(entries):
-                self.recovered.add(shard)
-
-    async def _dead_letters(self, dead: list[tuple[Message, str]]) -> None:
-        pending = []
-        for msg, reason in dead:
-            envelope = {
-                "original": msg.value,
-                "topic": msg.topic,
-                "reason": reason,
-                "received_at": int(time.time() * 1000),
-                "source": f"triggers:{self.settings.triggers_group}",
-            }
-            pending.append(await self.send(TOPIC_DLQ, b"", self.codec.encode("crm.events.DeadLetter", envelope)))
-            self.metrics.invalid.inc()
-        if pending:
-            await asyncio.gather(*pending)
 
     async def _sync_clocks(self, owned: set[int]) -> None:
         merge_shard_clocks(self.clocks, await self.redis.hgetall(keys.trigger_clock_key()), owned)

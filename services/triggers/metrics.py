@@ -24,6 +24,9 @@ class TriggerMetrics:
             "Messages skipped because their effects were already applied",
             registry=registry,
         )
+        self.repeats = Counter(
+            f"{PREFIX}triggers_repeated_events", "Events recognised as applied before", registry=registry
+        )
         self.invalid = Counter(f"{PREFIX}triggers_invalid_messages", "Messages sent to the DLQ", registry=registry)
         self.timers_fired = Counter(
             f"{PREFIX}triggers_timer_customers", "Customers whose due timers were fired", registry=registry

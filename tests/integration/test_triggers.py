@@ -26,11 +26,11 @@ from services.common.constants import (
     event_topic,
 )
 from services.common.messages import Message
+from services.common.outbox import kafka_sent_since
 from services.common.tail import read_topic
 from services.triggers.config import Guardrails, TriggerConfig
 from services.triggers.engine import TriggerEngine
 from services.triggers.metrics import TriggerMetrics
-from services.triggers.outbox import kafka_sent_since
 from services.triggers.settings import TriggerSettings
 from tests.integration.stager_process import StagerProcess, TriggersProcess
 

@@ -16,6 +16,7 @@ from services.triggers.domain import (
     ProfileIn,
     TransitionIn,
     apply,
+    apply_in_order,
     fire,
     holdout_unit,
     next_birthday,
@@ -166,6 +167,21 @@ def test_a_new_paid_order_moves_the_repurchase_reminder():
     assert fire(state, NOON + 20 * DAY, cfg(), T, C) == []  # the reminder after p1 is gone
     # usual interval is now 7.5 days: from p2 at day 15 to day 22.5
     assert rules_of(fire(state, NOON + 22 * DAY + 12 * HOUR, cfg(), T, C)) == ["repurchase_reminder"]
+
+
+def test_timers_due_between_inputs_of_one_batch_fire_between_them():
+    # orders paid on days 0, 10 and 40: the reminder set by day 10 falls due on day 20, before day 40
+    paid = [OrderIn(f"p{i}", f"o{i}", "paid", NOON + day * DAY) for i, day in enumerate((0, 10, 40))]
+    one_by_one, together = TriggerState(), TriggerState()
+    separate = []
+    for order in paid:
+        separate += [d for _, d in apply_in_order(one_by_one, [order], order.time, cfg(), T, C)]
+    batched = [d for _, d in apply_in_order(together, list(reversed(paid)), NOON + 40 * DAY, cfg(), T, C)]
+    assert [(d.rule.name, d.cause, d.decided_at) for d in batched] == [
+        ("repurchase_reminder", "repurchase:p1", NOON + 20 * DAY)
+    ]
+    assert [d.trigger_id for d in batched] == [d.trigger_id for d in separate]
+    assert together == one_by_one
 
 
 def test_repeated_paid_event_counts_once():

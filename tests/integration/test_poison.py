@@ -1,0 +1,181 @@
+"""No input stops a worker: on every input topic of the stager and the triggers, valid canaries
+mixed with garbage, nulls, records of the wrong schema, truncated records and values the state
+cannot hold. Every canary is applied, every bad record is dead-lettered once with its topic,
+partition and offset, and the workers stay alive, also across a SIGKILL and a restart.
+
+On a stack of its own, so the new consumer groups read only what this test produced."""
+
+import asyncio
+import time
+import urllib.request
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from services.common import keys
+from services.common.avro import default_codec
+from services.common.constants import TOPIC_DLQ, TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS, event_topic
+from services.common.tail import read_topic
+from tests.integration.stager_process import StagerProcess, TriggersProcess
+
+T0 = 1_700_000_000_000
+STAGER_TOPICS = {event_topic(t) for t in ("browse", "cart", "follow", "order")} | {TOPIC_REFERRALS}
+LABELS = {}  # (topic, partition, offset) -> what the bad record is
+TRIGGER_TOPICS = {TOPIC_STAGE_TRANSITIONS, event_topic("order"), event_topic("cart"), event_topic("profile")}
+
+
+def _valid(topic, tenant, customer, n, **override):
+    """(schema, record) of a valid record for `topic`."""
+    base = {"event_id": f"{tenant}-{customer}-{n}", "customer_id": customer, "tenant": tenant, "event_time": T0 + n}
+    if topic == event_topic("browse"):
+        return "crm.events.Browse", {**base, "product_id": "p1", **override}
+    if topic == event_topic("cart"):
+        return "crm.events.Cart", {**base, "action": "add", "product_id": "p1", **override}
+    if topic == event_topic("follow"):
+        return "crm.events.Follow", {**base, "target_type": "brand", "target_id": "b", **override}
+    if topic == event_topic("order"):
+        return "crm.events.Order", {**base, "order_id": f"o-{n}", "status": "created", "amount": 10.0, **override}
+    if topic == event_topic("profile"):
+        return "crm.events.Profile", {**base, "consent": {"sms": True}, **override}
+    if topic == TOPIC_REFERRALS:
+        return "crm.stage.ReferralCredit", {**base, "referred_customer_id": "x", **override}
+    at = override.pop("event_time", T0 + n)
+    record = {"transition_id": f"tr-{tenant}-{customer}-{n}", "tenant": tenant, "customer_id": customer,
+              "model": "pyramid", "from_stage": None, "to_stage": "aware", "at": at,
+              "cause": base["event_id"]}  # fmt: skip
+    return "crm.stage.StageTransition", record
+
+
+def _bad(codec, topic, tenant, n):
+    """(label, value, readers that must refuse it) of each bad record for `topic`."""
+    readers = {"stager"} if topic in STAGER_TOPICS else set()
+    readers |= {"triggers"} if topic in TRIGGER_TOPICS else set()
+    good = codec.encode(*_valid(topic, tenant, "bad", n))
+    other = event_topic("browse") if topic == event_topic("order") else event_topic("order")
+    out = [
+        ("garbage", b"\x00\x01 this is not avro", readers),
+        ("null", None, readers),
+        ("wrong schema", codec.encode(*_valid(other, tenant, "bad", n + 1)), readers),
+        # cut inside the leading fields every reader needs (the hot paths decode only those)
+        ("truncated", good[:14], readers),
+        ("time before 1970", codec.encode(*_valid(topic, tenant, "bad", n + 2, event_time=-5)), readers),
+    ]
+    if topic == event_topic("order"):  # the stager keeps amounts; the triggers never read them
+        negative = codec.encode(*_valid(topic, tenant, "bad", n + 3, amount=-0.01))
+        out.append(("negative amount", negative, {"stager"}))
+    return out
+
+
+async def _produce(bootstrap, tenant, round_no):
+    """Canaries and bad records on every input topic; (canaries per reader, expected dead letters
+    per reader as {(topic, partition, offset)}, last offset per topic-partition)."""
+    codec = default_codec()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    canaries = {"stager": set(), "triggers": set()}
+    dead = {"stager": set(), "triggers": set()}
+    ends = {}
+    try:
+        for i, topic in enumerate(sorted(STAGER_TOPICS | TRIGGER_TOPICS | {event_topic("profile")})):
+            for j in range(3):
+                customer = f"canary-{round_no}-{i}-{j}"
+                meta = await producer.send_and_wait(
+                    topic, codec.encode(*_valid(topic, tenant, customer, 100 * i + j)), key=customer.encode()
+                )
+                ends[(topic, meta.partition)] = meta.offset + 1
+                if topic in STAGER_TOPICS:
+                    canaries["stager"].add(customer)
+                if topic in TRIGGER_TOPICS:
+                    canaries["triggers"].add(customer)
+                for label, value, readers in _bad(codec, topic, tenant, 1000 * (i + 1) + 10 * j):
+                    meta = await producer.send_and_wait(topic, value, key=f"bad-{j}".encode())
+                    ends[(topic, meta.partition)] = max(ends.get((topic, meta.partition), 0), meta.offset + 1)
+                    LABELS[(topic, meta.partition, meta.offset)] = label
+                    for reader in readers:
+                        dead[reader].add((topic, meta.partition, meta.offset))
+    finally:
+        await producer.stop()
+    return canaries, dead, ends
+
+
+async def _wait_applied(redis_url, groups, ends, timeout=120):
+    redis = Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            behind = 0
+            for group, topics in groups.items():
+                fence = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.applied_offsets_key(group))).items()}
+                behind += sum(1 for (t, p), end in ends.items() if t in topics and fence.get(f"{t}:{p}", 0) < end)
+            if behind == 0:
+                return
+            await asyncio.sleep(0.3)
+        raise AssertionError(f"{behind} partitions not applied within {timeout}s")
+    finally:
+        await redis.aclose()
+
+
+async def _states(redis_url, tenant, customers, key):
+    redis = Redis.from_url(redis_url)
+    try:
+        return {c for c in customers if await redis.exists(key(tenant, c))}
+    finally:
+        await redis.aclose()
+
+
+async def _dead_letters(bootstrap, source):
+    out = []
+    async for record in read_topic(bootstrap, TOPIC_DLQ, default_codec(), idle_timeout=1.0):
+        if record.get("source") == source:
+            out.append(record)
+    return out
+
+
+def _healthy(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+        return reply.status == 200
+
+
+@pytest.mark.timeout(600)
+def test_bad_records_on_every_input_topic_are_dead_lettered_once_and_the_rest_flows(quiet_stack, tmp_path):
+    stack = quiet_stack
+    run = uuid.uuid4().hex[:8]
+    tenant = f"poison-{run}"
+    stager_group, triggers_group = f"stager-{run}", f"triggers-{run}"
+    groups = {stager_group: STAGER_TOPICS, triggers_group: TRIGGER_TOPICS}
+    workers = [
+        StagerProcess(stack, stager_group, 36167, tmp_path / "stager.log"),
+        TriggersProcess(stack, triggers_group, 36168, tmp_path / "triggers.log"),
+    ]
+    canaries, dead, ends = asyncio.run(_produce(stack.kafka_bootstrap, tenant, 1))
+    for worker in workers:
+        worker.start()
+    try:
+        asyncio.run(_wait_applied(stack.redis_url, groups, ends))
+        assert all(w.proc.poll() is None for w in workers)
+        for worker in workers:  # a crash: no shutdown, no final commit
+            worker.kill()
+        more_canaries, more_dead, more_ends = asyncio.run(_produce(stack.kafka_bootstrap, tenant, 2))
+        for worker in workers:
+            worker.start()
+        asyncio.run(_wait_applied(stack.redis_url, groups, {**ends, **more_ends}))
+        assert _healthy(36167) and _healthy(36168)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+    for reader, key, group in (
+        ("stager", keys.customer_key, stager_group),
+        ("triggers", keys.trigger_state_key, triggers_group),
+    ):
+        wanted = canaries[reader] | more_canaries[reader]
+        assert asyncio.run(_states(stack.redis_url, tenant, wanted, key)) == wanted, reader
+        letters = asyncio.run(_dead_letters(stack.kafka_bootstrap, f"{reader}:{group}"))
+        positions = [(r["topic"], r["partition"], r["offset"]) for r in letters]
+        expected = dead[reader] | more_dead[reader]
+        assert len(positions) == len(set(positions)), f"{reader}: a position dead-lettered twice"
+        missing = sorted((p, LABELS[p]) for p in expected - set(positions))
+        assert set(positions) == expected, f"{reader}: missing {missing}, extra {set(positions) - expected}"
+        assert all(r["reason"].startswith("undecodable") for r in letters)
