@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from services.common.avro import Codec, default_codec
 from services.common.metrics import metrics_handler
-from services.ingest.core import Ingestor, make_producer
+from services.ingest.core import NOT_WRITTEN, REJECTED, UNKNOWN, Ingestor, ItemResult, NotAcknowledged
+from services.ingest.link import KafkaLink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from services.ingest.validate import split_body
@@ -19,6 +23,7 @@ from services.ingest.validate import split_body
 __all__ = ["create_app"]
 
 INGESTOR = web.AppKey("ingestor", Ingestor)
+LINK = web.AppKey("link", KafkaLink)
 SETTINGS = web.AppKey("settings", IngestSettings)
 METRICS = web.AppKey("metrics", IngestMetrics)
 
@@ -26,7 +31,10 @@ METRICS = web.AppKey("metrics", IngestMetrics)
 def create_app(
     settings: IngestSettings, registry: CollectorRegistry | None = None, codec: Codec | None = None
 ) -> web.Application:
-    """The ingest web application; the Kafka producer starts and stops with it."""
+    """The ingest web application; the Kafka producer starts and stops with it.
+
+    It serves at once even while Kafka is unreachable: the producer connects in the background.
+    """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = IngestMetrics(registry)
     # aiohttp answers 413 itself for bodies beyond client_max_size.
@@ -36,11 +44,17 @@ def create_app(
     codec = codec or default_codec()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        producer = make_producer(settings.kafka_bootstrap)  # needs the running loop
-        await producer.start()
-        app[INGESTOR] = Ingestor(codec, producer, metrics, settings.limits())
+        ingestor = Ingestor(codec, None, metrics, settings.limits(), ack_timeout=settings.ack_timeout_seconds)
+
+        def connected(producer: AIOKafkaProducer) -> None:
+            ingestor.producer = producer
+
+        link = KafkaLink(settings.kafka_bootstrap, settings.ack_timeout_seconds, connected)
+        app[INGESTOR] = ingestor
+        app[LINK] = link
+        await link.start()  # needs the running loop
         yield
-        await producer.stop()
+        await link.stop()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/v1/events", post_events)
@@ -77,7 +91,7 @@ async def _handle(request: web.Request, settings: IngestSettings) -> web.Respons
     if not _authorised(request, settings.keys()):
         return web.json_response({"error": "missing or invalid API key (X-API-Key header)"}, status=401)
     body = await request.read()
-    items = split_body(body)
+    items = split_body(body, settings.max_depth)
     if not items:
         return web.json_response({"error": "empty body: send a JSON array or NDJSON"}, status=400)
     if len(items) > settings.max_events_per_request:
@@ -86,18 +100,27 @@ async def _handle(request: web.Request, settings: IngestSettings) -> web.Respons
         )
     try:
         results = await request.app[INGESTOR].ingest(items, source="http")
-    except Exception as exc:  # noqa: BLE001 - Kafka unavailable: nothing acknowledged, client retries
-        return web.json_response({"error": f"event log unavailable, retry: {type(exc).__name__}"}, status=503)
+    except NotAcknowledged as exc:
+        answer = _summary(exc.results)
+        answer["error"] = f"event log unavailable ({exc.cause}); retry the items not_written or unknown"
+        return web.json_response(answer, status=503)
     accepted = sum(r.accepted for r in results)
-    rejected = len(results) - accepted
-    status = 200 if rejected == 0 else (422 if accepted == 0 else 207)
-    return web.json_response(
-        {"accepted": accepted, "rejected": rejected, "results": [r.as_json() for r in results]}, status=status
-    )
+    status = 200 if accepted == len(results) else (422 if accepted == 0 else 207)
+    return web.json_response(_summary(results), status=status)
+
+
+def _summary(results: list[ItemResult]) -> dict[str, Any]:
+    """Counts by status and every item's result; `not_written` and `unknown` appear only when some are."""
+    counts = Counter(r.status for r in results)
+    body: dict[str, Any] = {"accepted": counts["accepted"], "rejected": counts[REJECTED]}
+    for status in (NOT_WRITTEN, UNKNOWN):
+        if counts[status]:
+            body[status] = counts[status]
+    body["results"] = [r.as_json() for r in results]
+    return body
 
 
 async def healthz(request: web.Request) -> web.Response:
-    ingestor = request.app[INGESTOR]
-    client = ingestor.producer.client
-    ok = bool(client.cluster.brokers())
+    """200 while a broker answers a metadata request (checked within a bounded time), 503 otherwise."""
+    ok = await request.app[LINK].reachable()
     return web.json_response({"status": "ok" if ok else "degraded", "kafka": ok}, status=200 if ok else 503)

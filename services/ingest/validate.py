@@ -1,14 +1,15 @@
 """Pure validation: raw input item -> (event type, Avro record), or a Rejection with a reason.
 
 The rules derive from `schemas/*.avsc`: required fields are those without a default, types and
-enum symbols come from the schema. On top: string length limits and an event-time window.
+enum symbols come from the schema. On top: size, nesting and string length limits, text that
+UTF-8 can carry, money fields (`amount`, `price`) finite, non-negative and below a maximum,
+counts (`quantity`) non-negative, and an event-time window.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,10 +17,20 @@ from typing import Any
 from services.common.avro import Codec
 from services.common.constants import EVENT_TYPES
 from services.common.errors import CrmError
+from services.ingest.body import DEFAULT_MAX_DEPTH, RawItem, split_body
 
-__all__ = ["Limits", "RawItem", "Rejection", "split_body", "validate_event"]
+__all__ = ["Limits", "RawItem", "Rejection", "printable", "split_body", "validate_event"]
 
 _MISSING = object()
+
+# Fields the engine reads as money or as a count, by name in every schema that has them.
+MONEY_FIELDS = frozenset({"amount", "price"})
+COUNT_FIELDS = frozenset({"quantity"})
+
+
+def printable(text: str) -> str:
+    """`text` with what UTF-8 cannot carry (lone surrogates) written as backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Rejection(CrmError, ValueError):
@@ -27,7 +38,7 @@ class Rejection(CrmError, ValueError):
 
     def __init__(self, code: str, detail: str = "", event_type: str = "") -> None:
         self.code = code
-        self.detail = detail
+        self.detail = printable(detail)  # the reason goes into an Avro string: it must encode
         self.event_type = event_type
         super().__init__(self.reason)
 
@@ -42,42 +53,9 @@ class Limits:
     max_array_items: int = 500
     max_future_skew_ms: int = 5 * 60 * 1000
     min_event_time_ms: int = 631152000000  # 1990-01-01: replays of old history stay accepted
-
-
-@dataclass(frozen=True, slots=True)
-class RawItem:
-    """One input item: its original bytes and, when they parsed, the JSON value."""
-
-    raw: bytes
-    value: Any = None
-    parse_error: str | None = None
-
-
-def split_body(body: bytes) -> list[RawItem]:
-    """A JSON array, a single JSON object, or NDJSON (one JSON value per line) -> items.
-
-    A line that is not JSON becomes an item with `parse_error`, so it is rejected alone.
-    """
-    text = body.strip()
-    if not text:
-        return []
-    try:
-        whole = json.loads(text)
-    except ValueError:
-        return list(_ndjson(body))
-    if isinstance(whole, list):
-        return [RawItem(json.dumps(v, separators=(",", ":")).encode(), v) for v in whole]
-    return [RawItem(bytes(text), whole)]
-
-
-def _ndjson(body: bytes) -> Iterator[RawItem]:
-    for line in body.splitlines():  # each item keeps its bytes as received, minus the line break
-        if not line.strip():
-            continue
-        try:
-            yield RawItem(line, json.loads(line))
-        except ValueError as exc:
-            yield RawItem(line, None, f"{exc}")
+    max_amount: float = 10_000_000.0
+    max_depth: int = DEFAULT_MAX_DEPTH
+    max_item_bytes: int = 512 * 1024
 
 
 def _millis(value: Any, path: str) -> int:
@@ -125,20 +103,35 @@ def _check_complex(schema: Mapping[str, Any], value: Any, path: str, limits: Lim
             raise Rejection("too_long", f"{path} has more than {limits.max_array_items} items")
         return [_check(schema["items"], v, f"{path}[{i}]", limits) for i, v in enumerate(value)]
     if kind == "map":
-        if not isinstance(value, dict):
-            raise Rejection("wrong_type", f"{path} must be an object")
-        return {str(k): _check(schema["values"], v, f"{path}.{k}", limits) for k, v in value.items()}
+        return _map(schema, value, path, limits)
     if kind == "record":
         return _record(schema, value, path, limits)
     return _check(kind, value, path, limits)
 
 
+def _map(schema: Mapping[str, Any], value: Any, path: str, limits: Limits) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Rejection("wrong_type", f"{path} must be an object")
+    for key in value:
+        _text(key, f"{path} key", limits)
+    return {k: _check(schema["values"], v, f"{path}.{k}", limits) for k, v in value.items()}
+
+
+def _text(value: str, path: str, limits: Limits) -> str:
+    if len(value) > limits.max_string_length:
+        raise Rejection("too_long", f"{path} is longer than {limits.max_string_length} characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # JSON "\ud800" decodes to a lone surrogate, which Avro cannot write
+            raise Rejection("bad_text", f"{path} holds a lone UTF-16 surrogate") from None
+    return value
+
+
 def _string(_: str, value: Any, path: str, limits: Limits) -> str:
     if not isinstance(value, str):
         raise Rejection("wrong_type", f"{path} must be a string")
-    if len(value) > limits.max_string_length:
-        raise Rejection("too_long", f"{path} is longer than {limits.max_string_length} characters")
-    return value
+    return _text(value, path, limits)
 
 
 def _integer(kind: str, value: Any, path: str, _: Limits) -> int:
@@ -151,9 +144,27 @@ def _integer(kind: str, value: Any, path: str, _: Limits) -> int:
 
 
 def _number(_: str, value: Any, path: str, __: Limits) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise Rejection("wrong_type", f"{path} must be a finite number")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Rejection("wrong_type", f"{path} must be a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any double
+        raise Rejection("not_finite", f"{path} is beyond the range of a double") from None
+    if not math.isfinite(number):
+        raise Rejection("not_finite", f"{path} must be a finite number")
+    return number
+
+
+def _money(value: float, path: str, limits: Limits) -> None:
+    if value < 0:
+        raise Rejection("negative_amount", f"{path} must not be negative")
+    if value > limits.max_amount:
+        raise Rejection("amount_too_large", f"{path} is over the maximum of {limits.max_amount:g}")
+
+
+def _count(value: int, path: str) -> None:
+    if value < 0:
+        raise Rejection("negative_quantity", f"{path} must not be negative")
 
 
 def _boolean(_: str, value: Any, path: str, __: Limits) -> bool:
@@ -178,7 +189,7 @@ def _record(schema: Mapping[str, Any], value: Any, path: str, limits: Limits) ->
     names = {f["name"] for f in schema["fields"]}
     unknown = sorted(k for k in value if k not in names and not (path == "" and k == "type"))
     if unknown:
-        raise Rejection("unknown_field", ", ".join(f"{path}{'.' if path else ''}{k}" for k in unknown[:5]))
+        raise Rejection("unknown_field", ", ".join(f"{path}{'.' if path else ''}{k[:64]}" for k in unknown[:5]))
     out: dict[str, Any] = {}
     for field in schema["fields"]:
         name = field["name"]
@@ -191,25 +202,20 @@ def _record(schema: Mapping[str, Any], value: Any, path: str, limits: Limits) ->
             if got is None:
                 out[name] = None
                 continue
-        out[name] = _check(field["type"], got, sub, limits)
+        out[name] = checked = _check(field["type"], got, sub, limits)
+        if checked is not None and name in MONEY_FIELDS and isinstance(checked, float):
+            _money(checked, sub, limits)
+        elif checked is not None and name in COUNT_FIELDS and isinstance(checked, int):
+            _count(checked, sub)
     return out
 
 
 def validate_event(item: RawItem, codec: Codec, limits: Limits, now_ms: int) -> tuple[str, dict[str, Any]]:
     """(event type, record ready for `codec.encode`) of a valid item; Rejection otherwise."""
-    if item.parse_error is not None:
-        raise Rejection("invalid_json", item.parse_error[:200])
-    value = item.value
-    if not isinstance(value, dict):
-        raise Rejection("not_an_object", f"got {type(value).__name__}")
-    event_type = value.get("type")
-    if event_type is None:
-        raise Rejection("missing_field", "type")
-    if event_type not in EVENT_TYPES:
-        raise Rejection("unknown_type", f"{str(event_type)[:40]!r} is not one of {', '.join(EVENT_TYPES)}")
+    event_type = _event_type(item, limits)
     schema = codec.schema(schema_name(event_type))
     try:
-        record = _record(schema, value, "", limits)
+        record = _record(schema, item.value, "", limits)
     except Rejection as exc:
         exc.event_type = event_type
         raise
@@ -221,6 +227,23 @@ def validate_event(item: RawItem, codec: Codec, limits: Limits, now_ms: int) -> 
     if record["event_time"] < limits.min_event_time_ms:
         raise Rejection("too_old", "event_time is before the accepted minimum", event_type)
     return event_type, record
+
+
+def _event_type(item: RawItem, limits: Limits) -> str:
+    """The `type` of an item that parsed to an object within the size limit; Rejection otherwise."""
+    if len(item.raw) > limits.max_item_bytes:
+        raise Rejection("too_large", f"item is {len(item.raw)} bytes, over the limit of {limits.max_item_bytes}")
+    if item.parse_error is not None:
+        raise Rejection(item.error_code, item.parse_error[:200])
+    value = item.value
+    if not isinstance(value, dict):
+        raise Rejection("not_an_object", f"got {type(value).__name__}")
+    event_type = value.get("type")
+    if event_type is None:
+        raise Rejection("missing_field", "type")
+    if event_type not in EVENT_TYPES:
+        raise Rejection("unknown_type", f"{str(event_type)[:40]!r} is not one of {', '.join(EVENT_TYPES)}")
+    return str(event_type)
 
 
 def schema_name(event_type: str) -> str:

@@ -1,20 +1,30 @@
 """`crm replay`: a dataset's events, in event-time order, through the normal ingest path, then
-wait until the stager has applied all of them and its clock stands at the latest event time."""
+wait until the stager has applied all of them and its clock stands at the latest event time.
+
+With `--speed N`, wall time follows event time at N event seconds per wall second (see
+`pacing`). Redis or Kafka briefly away delays the replay instead of ending it: the ledger and
+each chunk's produce are retried with a bounded backoff (a chunk produced again is harmless, the
+engine drops repeats by `event_id`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from tqdm import tqdm
 
 from services.common import keys
@@ -23,16 +33,45 @@ from services.common.clock import tenant_clock
 from services.common.constants import REDIS_PREFIX
 from services.common.errors import CrmError
 from services.common.topics import ensure_topics
-from services.ingest.core import Ingestor, make_producer
+from services.ingest.core import Ingestor, ItemResult, make_producer
 from services.ingest.datasets import read_dataset
 from services.ingest.metrics import IngestMetrics
 from services.ingest.validate import Limits, RawItem
 from services.stager.app import SOURCE_TOPICS
+from services.stager.pacing import event_times, plan_chunks
 from services.stager.settings import StagerSettings
 
 __all__ = ["ReplayReport", "replay", "wait_applied"]
 
-BATCH = 2000
+log = logging.getLogger(__name__)
+
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 10.0
+RETRY_FOR_SECONDS = 300.0
+# what "briefly unavailable" raises: Kafka not acknowledging (NotAcknowledged is a ConnectionError),
+# Redis not answering
+_TRANSIENT = (KafkaError, ConnectionError, TimeoutError, OSError, RedisConnectionError, RedisTimeoutError)
+
+T = TypeVar("T")
+
+
+async def _retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt()`'s result, trying again with a growing, bounded pause while it fails for a reason
+    that passes; one log line when it first fails; CrmError after RETRY_FOR_SECONDS."""
+    pause = RETRY_FIRST_SECONDS
+    give_up = time.monotonic() + RETRY_FOR_SECONDS
+    said = False
+    while True:
+        try:
+            return await attempt()
+        except _TRANSIENT as exc:
+            if time.monotonic() + pause > give_up:
+                raise CrmError(f"{what} kept failing for {RETRY_FOR_SECONDS:.0f}s: {exc}") from exc
+            if not said:
+                log.warning("%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
+                said = True
+        await asyncio.sleep(pause)
+        pause = min(RETRY_MAX_SECONDS, pause * 2)
 
 
 @dataclass(frozen=True)
@@ -65,17 +104,17 @@ async def replay(
     digest = f"{fmt}:{hashlib.sha256(path.read_bytes()).hexdigest()[:20]}"
     try:
         events = read_dataset(path, fmt, tenant)
-        done = await redis.hget(ledger, digest)
+        done = await _retrying("reading the replay ledger", lambda: redis.hget(ledger, digest))
         produced, accepted, latest = (int(x) for x in done.split(b":")) if done and not force else (0, 0, 0)
         if produced >= len(events):
             say(f"{path.name} was already replayed under tenant {tenant!r} ({accepted} events); nothing to produce")
         else:
             if produced:
                 say(f"resuming {path.name} after {produced} events already produced")
-            await ensure_topics(settings.kafka_bootstrap)
+            await _retrying("creating the topics", lambda: ensure_topics(settings.kafka_bootstrap))
 
             async def progress(n: int, ok: int, last: int) -> None:
-                await redis.hset(ledger, digest, f"{n}:{ok}:{last}")
+                await _retrying("writing the replay ledger", lambda: redis.hset(ledger, digest, f"{n}:{ok}:{last}"))
 
             accepted, latest = await _produce(settings, events, produced, accepted, latest, path.name, speed, progress)
             say(f"produced {len(events) - produced} events; {len(events) - accepted} rejected to crm.events.dlq")
@@ -96,26 +135,31 @@ async def _produce(
     speed: float | None,
     progress: Callable[[int, int, int], Awaitable[None]],
 ) -> tuple[int, int]:
-    """Produce events[start:]; after each acknowledged batch the ledger records how far it got,
-    so an interrupted replay resumes instead of producing events twice."""
+    """Produce events[start:] in event-time order, paced for `speed`; after each acknowledged chunk
+    the ledger records how far it got, so an interrupted replay resumes instead of producing
+    events twice."""
     producer = make_producer(settings.kafka_bootstrap)
-    await producer.start()
+    await _retrying("connecting to Kafka", producer.start)
     ingestor = Ingestor(default_codec(), producer, IngestMetrics(CollectorRegistry()), Limits())
-    previous_time: int | None = None
+    loop = asyncio.get_running_loop()
+    began = loop.time()
     try:
         with tqdm(total=len(events), initial=start, unit="ev", desc=f"replaying {name}", disable=None) as bar:
-            for first in range(start, len(events), BATCH):
-                chunk = events[first : first + BATCH]
-                if speed and previous_time is not None:
-                    await asyncio.sleep(max(0.0, (chunk[0]["event_time"] - previous_time) / 1000 / speed))
-                items = [RawItem(json.dumps(e).encode(), e) for e in chunk]
-                for event, result in zip(chunk, await ingestor.ingest(items, f"replay:{name}"), strict=True):
+            for chunk in plan_chunks(event_times(events), start, speed):
+                await asyncio.sleep(max(0.0, began + chunk.due - loop.time()))
+                part = events[chunk.start : chunk.end]
+                items = [RawItem(json.dumps(e).encode(), e) for e in part]
+
+                async def produce(items: list[RawItem] = items) -> list[ItemResult]:
+                    return await ingestor.ingest(items, f"replay:{name}")
+
+                results = await _retrying(f"producing events {chunk.start}-{chunk.end}", produce)
+                for event, result in zip(part, results, strict=True):
                     if result.accepted:
                         accepted += 1
                         latest = max(latest, event["event_time"])
-                await progress(first + len(chunk), accepted, latest)
-                previous_time = chunk[-1]["event_time"]
-                bar.update(len(chunk))
+                await progress(chunk.end, accepted, latest)
+                bar.update(len(part))
     finally:
         await producer.stop()
     return accepted, latest
@@ -137,19 +181,27 @@ async def wait_applied(
 ) -> None:
     """Until the stager has applied every message now on its topics, its clock for `tenant` stands
     at `latest_ms` or later, and no timer of the tenant is due at or before that clock."""
-    ends = await _end_offsets(settings.kafka_bootstrap)
+    ends = await _retrying("reading the topics' end offsets", lambda: _end_offsets(settings.kafka_bootstrap))
     deadline = time.monotonic() + timeout
     offsets_key = keys.applied_offsets_key(settings.stager_group)
     said = 0.0
     while True:
-        applied = {k.decode(): int(v) for k, v in (await redis.hgetall(offsets_key)).items()}
+        offsets, clocks = await _retrying(
+            "reading the stager's progress",
+            lambda: asyncio.gather(redis.hgetall(offsets_key), redis.hgetall(keys.shard_clock_key())),
+        )
+        applied = {k.decode(): int(v) for k, v in offsets.items()}
         behind = sum(max(0, end - applied.get(tp, 0)) for tp, end in ends.items())
         # over every worker's shards, so this holds with one stager worker or several
-        latest, watermark = tenant_clock(await redis.hgetall(keys.shard_clock_key()), tenant)
+        latest, watermark = tenant_clock(clocks, tenant)
         due = 0
         if behind == 0 and watermark >= latest_ms and watermark == latest:
-            for shard in range(12):
-                due += await redis.zcount(keys.timers_key(tenant, shard), "-inf", watermark)
+            timers = [keys.timers_key(tenant, shard) for shard in range(12)]
+            counts: list[int] = await _retrying(
+                "reading the stager's timers",
+                lambda: asyncio.gather(*(redis.zcount(k, "-inf", watermark) for k in timers)),  # noqa: B023
+            )
+            due = sum(counts)
             if due == 0:
                 return
         if time.monotonic() > deadline:

@@ -1,6 +1,8 @@
 """POST /v1/events against the real broker: valid events on their topics, bad ones in the DLQ."""
 
+import asyncio
 import json
+import socket
 import time
 import uuid
 
@@ -163,3 +165,89 @@ async def test_health_and_metrics_count_by_type_and_reason(stack, client):
     assert 'crm_ingest_events_rejected_total{reason="bad_enum",type="cart"} 1.0' in text
     assert 'crm_ingest_requests_total{code="207"} 1.0' in text
     assert "crm_ingest_request_duration_seconds_count 1.0" in text
+
+
+def _event(run, n, **fields):
+    return {
+        "type": "browse",
+        "event_id": f"{run}-{n}",
+        "customer_id": f"{run}-c",
+        "tenant": "shop",
+        "event_time": int(time.time() * 1000) - 1000,
+        **fields,
+    }
+
+
+async def test_negative_amount_is_422_and_dead_lettered_with_its_reason(stack, client):
+    run = uuid.uuid4().hex[:10]
+    raw = json.dumps(_event(run, 1, type="order", order_id="o1", status="paid", amount=-0.01)).encode()
+    response = await client.post("/v1/events", data=raw, headers={"X-API-Key": KEY})
+    assert response.status == 422
+    assert (await response.json())["results"][0]["reason"].startswith("negative_amount:")
+    dead = await _records(stack.kafka_bootstrap, "crm.events.dlq", lambda r: r["original"] == raw)
+    assert len(dead) == 1 and dead[0]["reason"].startswith("negative_amount: amount")
+    assert dead[0]["topic"] == "crm.events.order"
+
+
+async def test_deep_nesting_is_a_client_error_not_500(big_client):
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000):
+        response = await big_client.post("/v1/events", data=body, headers={"X-API-Key": KEY})
+        assert response.status == 422
+        assert (await response.json())["results"][0]["reason"].startswith("too_deep")
+
+
+async def test_lone_surrogate_in_one_item_rejects_that_item_only(stack, client):
+    run = uuid.uuid4().hex[:10]
+    good = [_event(run, 1, product_id="p1"), _event(run, 3, product_id="p3")]
+    bad = json.dumps(_event(run, 2, product_id="bad\ud800")).encode()  # json.dumps writes "\ud800"
+    body = b"[" + json.dumps(good[0]).encode() + b"," + bad + b"," + json.dumps(good[1]).encode() + b"]"
+    response = await client.post("/v1/events", data=body, headers={"X-API-Key": KEY})
+    assert response.status == 207
+    results = (await response.json())["results"]
+    assert [r["status"] for r in results] == ["accepted", "rejected", "accepted"]
+    assert results[1]["reason"].startswith("bad_text: product_id")
+    found = await _records(stack.kafka_bootstrap, "crm.events.browse", lambda r: r["event_id"].startswith(run))
+    assert sorted(r["event_id"] for r in found) == [f"{run}-1", f"{run}-3"]
+    dead = await _records(stack.kafka_bootstrap, "crm.events.dlq", lambda r: r["original"] == bad)
+    assert len(dead) == 1
+
+
+@pytest.fixture
+async def big_client(stack):
+    settings = IngestSettings(kafka_bootstrap=stack.kafka_bootstrap, api_keys=KEY, max_body_bytes=4 * 1024 * 1024)
+    async with TestClient(TestServer(create_app(settings, registry=CollectorRegistry()))) as client:
+        yield client
+
+
+async def test_two_megabyte_item_is_rejected_alone_and_its_dead_letter_fits(stack, big_client):
+    run = uuid.uuid4().hex[:10]
+    huge = json.dumps(_event(run, 1, product_id="x" * (2 * 1024 * 1024))).encode()
+    small = json.dumps(_event(run, 2, product_id="p")).encode()
+    response = await big_client.post("/v1/events", data=huge + b"\n" + small, headers={"X-API-Key": KEY})
+    assert response.status == 207
+    results = (await response.json())["results"]
+    assert results[0]["status"] == "rejected" and results[0]["reason"].startswith("too_large:")
+    assert results[1]["status"] == "accepted"
+    dead = await _records(stack.kafka_bootstrap, "crm.events.dlq", lambda r: r["original"] == huge[: 512 * 1024])
+    assert len(dead) == 1 and "truncated" in dead[0]["reason"]
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_without_a_broker_ingest_answers_503_in_time_with_per_item_status_and_health_is_503():
+    settings = IngestSettings(kafka_bootstrap=f"127.0.0.1:{_free_port()}", api_keys=KEY, ack_timeout_seconds=2)
+    run = uuid.uuid4().hex[:10]
+    body = json.dumps([_event(run, 1), _event(run, 2, price=-1)]).encode()
+    async with TestClient(TestServer(create_app(settings, registry=CollectorRegistry()))) as client:
+        response = await asyncio.wait_for(client.post("/v1/events", data=body, headers={"X-API-Key": KEY}), 30)
+        assert response.status == 503
+        answer = await response.json()
+        assert [r["status"] for r in answer["results"]] == ["not_written", "rejected"]
+        assert answer["results"][1]["reason"].startswith("negative_amount")
+        assert answer["accepted"] == 0 and answer["not_written"] == 1
+        health = await asyncio.wait_for(client.get("/healthz"), 30)
+        assert health.status == 503 and await health.json() == {"status": "degraded", "kafka": False}

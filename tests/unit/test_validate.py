@@ -90,3 +90,107 @@ def test_split_body_json_array_single_object_and_ndjson():
 def test_array_items_keep_their_own_bytes():
     items = split_body(b'[{"a": 1}, {"b": 2}]')
     assert json.loads(items[1].raw) == {"b": 2}
+
+
+def order(**fields):
+    return item(type="order", order_id="o1", status="paid", **fields)
+
+
+@pytest.mark.parametrize(
+    ("raw_item", "code", "detail"),
+    [
+        (order(amount=-0.01), "negative_amount", "amount"),
+        (order(amount=10, items=[{"product_id": "p", "price": -1}]), "negative_amount", "items[0].price"),
+        (item(type="cart", action="add", product_id="p", price=-5), "negative_amount", "price"),
+        (item(price=-0.5), "negative_amount", "price"),
+        (order(amount=float("nan")), "not_finite", "amount"),
+        (order(amount=float("inf")), "not_finite", "amount"),
+        (order(amount=10**400), "not_finite", "amount"),
+        (item(price=float("-inf")), "not_finite", "price"),
+        (order(amount=10_000_000.01), "amount_too_large", "amount"),
+        (order(items=[{"product_id": "p", "price": 2e7}]), "amount_too_large", "items[0].price"),
+        (order(items=[{"product_id": "p", "quantity": -1}]), "negative_quantity", "items[0].quantity"),
+        (item(type="cart", action="remove", product_id="p", quantity=-2), "negative_quantity", "quantity"),
+    ],
+)
+def test_money_and_counts_the_engine_cannot_represent_are_rejected(raw_item, code, detail):
+    exc = reject(raw_item)
+    assert exc.code == code
+    assert detail in exc.reason
+
+
+def test_money_at_the_bounds_is_accepted():
+    _, record = validate_event(
+        order(amount=0, items=[{"product_id": "p", "price": 1e7, "quantity": 0}]), default_codec(), LIMITS, NOW
+    )
+    assert record["amount"] == 0.0 and record["items"][0]["price"] == 1e7
+
+
+def test_json_nan_and_huge_numbers_parse_but_are_rejected():
+    [parsed] = split_body(
+        b'{"type":"order","event_id":"e","customer_id":"c","tenant":"t","event_time":1,'
+        b'"order_id":"o","status":"paid","amount":NaN}'
+    )
+    assert reject(parsed).code == "not_finite"
+    [parsed] = split_body(item().raw[:-1] + b', "price": 1e999}')
+    assert reject(parsed).code == "not_finite"
+
+
+@pytest.mark.parametrize("field", ["product_id", "session_id", "customer_id", "tenant"])
+def test_lone_surrogates_are_rejected_as_bad_text(field):
+    [parsed] = split_body(json.dumps({**json.loads(item().raw), field: "ab\ud800cd"}).encode())
+    exc = reject(parsed)
+    assert exc.code == "bad_text" and field in exc.reason
+    exc.reason.encode("utf-8")  # the reason itself goes into an Avro string
+
+
+def test_lone_surrogate_in_a_map_key_or_an_unknown_field_name_is_rejected_with_an_encodable_reason():
+    profile = item(type="profile", consent={"\udc00sms": True})
+    assert reject(profile).code == "bad_text"
+    exc = reject(item(**{"col\ud800our": "red"}))
+    assert exc.code == "unknown_field"
+    exc.reason.encode("utf-8")
+
+
+def test_deep_nesting_is_rejected_without_recursion_error():
+    deep = b'{"type":"browse","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for body in (deep, b"[" * 100_000, b'{"a":' * 100_000, b"[" + deep + b"]"):
+        items = split_body(body)
+        assert len(items) == 1
+        assert reject(items[0]).code == "too_deep"
+
+
+def test_only_the_deep_item_of_an_array_is_rejected():
+    body = b'[{"type":"browse"}, ' + b"[" * 50 + b"]" * 50 + b', {"type":"cart"}]'
+    items = split_body(body, max_depth=32)
+    assert [i.value for i in items] == [{"type": "browse"}, None, {"type": "cart"}]
+    assert items[1].error_code == "too_deep"
+
+
+def test_duplicate_keys_are_rejected_at_any_level():
+    base = item().raw.decode()[:-1]
+    dup_tenant = (base + ',"tenant":"other"}').encode()
+    [parsed] = split_body(dup_tenant)
+    exc = reject(parsed)
+    assert exc.code == "duplicate_key" and "tenant" in exc.reason
+    nested = b'{"type":"profile","consent":{"sms":true,"sms":false}}'
+    assert reject(split_body(nested)[0]).code == "duplicate_key"
+    items = split_body(b"[" + dup_tenant + b"," + item().raw + b"]")
+    assert items[0].error_code == "duplicate_key" and items[1].value == json.loads(item().raw)
+    ndjson = split_body(item().raw + b"\n" + dup_tenant + b"\n")
+    assert ndjson[0].parse_error is None and ndjson[1].error_code == "duplicate_key"
+
+
+def test_oversized_item_is_rejected_as_too_large():
+    limits = Limits(max_item_bytes=4096)
+    big = item(product_id="x" * 10)
+    big = RawItem(big.raw[:-1] + b" " * 5000 + b"}", big.value)
+    with pytest.raises(Rejection) as info:
+        validate_event(big, default_codec(), limits, NOW)
+    assert info.value.code == "too_large" and "4096" in info.value.reason
+    validate_event(item(product_id="x" * 10), default_codec(), limits, NOW)  # the same item, small, passes
+
+
+def test_array_items_keep_their_bytes_as_sent():
+    assert [i.raw for i in split_body(b'[ {"a": 1} ,{"b" : 2}]')] == [b'{"a": 1}', b'{"b" : 2}']
+    assert split_body(b"[]") == [] and split_body(b" [ ] ") == []
