@@ -87,7 +87,8 @@ async def run_engine(total: int) -> tuple[float, int]:
     await producer.start()
     codec = default_codec()
     settings = TriggerSettings(kafka_bootstrap=SETTINGS.kafka_bootstrap, redis_url=SETTINGS.redis_url,
-                               state_dir=SETTINGS.state_dir, triggers_group="bench-triggers-engine")  # fmt: skip
+                               state_dir=SETTINGS.state_dir, triggers_group="bench-triggers-engine",
+                               triggers_follow_stager=False)  # fmt: skip
     sent = 0
 
     async def send(topic: str, key: bytes, value: bytes) -> Any:

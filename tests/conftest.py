@@ -33,14 +33,22 @@ _OFFSET = int(os.environ.get("CRM_TEST_PORT_OFFSET", "0"))
 TEST_SETTINGS = CommonSettings(
     kafka_bootstrap=f"127.0.0.1:{39092 + _OFFSET}",
     redis_url=f"redis://127.0.0.1:{36379 + _OFFSET}/0",
-    state_dir=REPO_ROOT / ".run" / "test-stack",
+    state_dir=REPO_ROOT / ".run" / f"test-stack{_OFFSET or ''}",
 )
 
 
 QUIET_SETTINGS = CommonSettings(
     kafka_bootstrap=f"127.0.0.1:{37092 + _OFFSET}",
     redis_url=f"redis://127.0.0.1:{37379 + _OFFSET}/0",
-    state_dir=REPO_ROOT / ".run" / "test-quiet-stack",
+    state_dir=REPO_ROOT / ".run" / f"test-quiet-stack{_OFFSET or ''}",
+)
+
+
+# A third stack whose Kafka and Redis the fault tests kill and restart.
+FAULT_SETTINGS = CommonSettings(
+    kafka_bootstrap=f"127.0.0.1:{38092 + _OFFSET}",
+    redis_url=f"redis://127.0.0.1:{38379 + _OFFSET}/0",
+    state_dir=REPO_ROOT / ".run" / f"test-fault-stack{_OFFSET or ''}",
 )
 
 
@@ -112,4 +120,11 @@ def quiet_stack() -> Iterator[StackInfo]:
     """A second Kafka + Redis, empty, for tests whose workers must not first read everything the
     session's other tests produced (a new consumer group starts at the earliest offsets)."""
     with _stack(QUIET_SETTINGS) as info:
+        yield info
+
+
+@pytest.fixture(scope="module")
+def fault_stack() -> Iterator[StackInfo]:
+    """A Kafka + Redis of its own, empty, that a test may kill and restart."""
+    with _stack(FAULT_SETTINGS) as info:
         yield info

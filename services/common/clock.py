@@ -13,7 +13,7 @@ which fires the timers due by then.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 __all__ = ["EventClock", "merge_shard_clocks", "tenant_clock"]
@@ -27,6 +27,17 @@ class EventClock:
     shards: dict[int, list[int]] = field(default_factory=dict)  # shard -> [latest, watermark]
     topics: dict[int, dict[str, int]] = field(default_factory=dict)  # shard -> topic -> latest read
     last_arrival: float = field(default_factory=time.monotonic)
+    # shard -> how far an upstream service has declared the tenant's time complete (None: no
+    # upstream to follow); a shard's watermark never passes it
+    ceilings: dict[int, int] | None = None
+
+    def ceil(self, shard: int, at: int) -> None:
+        """The upstream service declared every input of `shard` up to `at` written."""
+        if self.ceilings is not None and at > self.ceilings.get(shard, 0):
+            self.ceilings[shard] = at
+
+    def _limit(self, shard: int, target: int) -> int:
+        return target if self.ceilings is None else min(target, self.ceilings.get(shard, 0))
 
     @property
     def watermark(self) -> int:
@@ -59,7 +70,7 @@ class EventClock:
             target = state[0]
             for topic in held.get(shard, ()):
                 target = min(target, self.topics.get(shard, {}).get(topic, 0))
-            state[1] = max(state[1], target - lateness_ms)
+            state[1] = max(state[1], self._limit(shard, target - lateness_ms))
 
     def flush_idle(
         self,
@@ -79,7 +90,9 @@ class EventClock:
             target = max(target, int(time.time() * 1000) - wall_clock_lateness_ms)
         for shard in owned | set(self.shards):
             state = self.shard(shard)
-            state[1] = max(state[1], target)
+            # following an upstream service, an idle shard's time is what it declared complete
+            reach = target if self.ceilings is None else self.ceilings.get(shard, 0)
+            state[1] = max(state[1], reach)
         return True
 
 
@@ -92,17 +105,25 @@ def _parse(stored: dict[bytes, bytes]) -> list[tuple[str, int, int, int]]:
     return out
 
 
-def merge_shard_clocks(clocks: dict[str, EventClock], stored: dict[bytes, bytes], owned: set[int] | None) -> None:
+def merge_shard_clocks(
+    clocks: dict[str, EventClock],
+    stored: dict[bytes, bytes],
+    owned: set[int] | None,
+    new: Callable[[], EventClock] = EventClock,
+) -> None:
     """Take in the shard clocks every worker wrote (a Redis hash "<tenant>|<shard>" ->
     "<latest>:<watermark>"): each tenant's latest event time over all shards, so an idle worker's
     timers follow the tenant's time, and the whole clock of the shards in `owned` (a shard a
     rebalance just handed over carries its previous owner's clock; None: every shard, at start)."""
     for tenant, shard, latest, watermark in _parse(stored):
-        clock = clocks.setdefault(tenant, EventClock())
+        clock = clocks.get(tenant)
+        if clock is None:
+            clock = clocks[tenant] = new()
         clock.latest = max(clock.latest, latest)
         if owned is None or shard in owned:
             state = clock.shard(shard)
             state[0], state[1] = max(state[0], latest), max(state[1], watermark)
+            clock.ceil(shard, watermark)  # what was reached before stays reached
 
 
 def tenant_clock(stored: dict[bytes, bytes], tenant: str) -> tuple[int, int]:

@@ -50,9 +50,14 @@ def event_topic(event_type: str) -> str:
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     name: str
-    schema: str  # full Avro name of the record every message on the topic carries
+    schema: str  # full Avro name of the record the messages of the topic carry
     description: str
     partitions: int = DEFAULT_PARTITIONS
+    also: tuple[str, ...] = ()  # other records the topic carries (markers between the main ones)
+
+    @property
+    def schemas(self) -> tuple[str, ...]:
+        return (self.schema, *self.also)
 
 
 TOPICS: tuple[TopicSpec, ...] = (
@@ -62,7 +67,12 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(event_topic("follow"), "crm.events.Follow", "follows, unfollows and favourites"),
     TopicSpec(event_topic("profile"), "crm.events.Profile", "attributes and consent"),
     TopicSpec(TOPIC_DLQ, "crm.events.DeadLetter", "rejected input with its reason"),
-    TopicSpec(TOPIC_STAGE_TRANSITIONS, "crm.stage.StageTransition", "every stage change of every model"),
+    TopicSpec(
+        TOPIC_STAGE_TRANSITIONS,
+        "crm.stage.StageTransition",
+        "every stage change of every model (and the stager's progress per partition)",
+        also=("crm.stage.Progress",),
+    ),
     TopicSpec(TOPIC_REFERRALS, "crm.stage.ReferralCredit", "referral credits, keyed by the referrer (stager input)"),
     TopicSpec(TOPIC_TRIGGERS_COUPONS, "crm.triggers.Trigger", "coupon actions"),
     TopicSpec(TOPIC_TRIGGERS_REMINDERS, "crm.triggers.Trigger", "unpaid-order, cart and repurchase reminders"),

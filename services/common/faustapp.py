@@ -106,7 +106,7 @@ async def guarded(call: Callable[[], Awaitable[None]], health: Health, once_only
     except Exception:  # noqa: BLE001 - a timer must not end the worker; the next run tries again
         log.exception("timer run failed")
         return
-    for dependency in ("redis", "network"):
+    for dependency in list(health.down_since):  # the live probes of /healthz still ask Kafka itself
         health.up(dependency)
 
 

@@ -61,12 +61,15 @@ def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorR
     async def send_many(topic: str, items: list[tuple[bytes, bytes]]) -> None:
         await produce_many(kafka.producer, topic, items)
 
+    async def send_to(topic: str, partition: int, value: bytes) -> Any:
+        return await kafka.producer.send(topic, value, partition=partition)
+
     def shards() -> set[int]:
         if kafka.consumer is None:
             return set()
         return {tp.partition for tp in kafka.consumer.assignment() if tp.topic in EVENT_SOURCE_TOPICS}
 
-    engine = Engine(redis, send, default_codec(), rules, settings, metrics, shards, send_many)
+    engine = Engine(redis, send, default_codec(), rules, settings, metrics, shards, send_many, send_to=send_to)
     ready = once(engine.start)
 
     @app.task  # type: ignore[untyped-decorator]

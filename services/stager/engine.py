@@ -33,7 +33,7 @@ from services.stager.config import StageRules
 from services.stager.dedup import fingerprint, is_repeat, remember
 from services.stager.facts import FIELDS, to_fact
 from services.stager.metrics import StagerMetrics
-from services.stager.rules import CustomerState, Fact, Transition, advance, apply_fact, next_due
+from services.stager.rules import CustomerState, Fact, Transition, next_wake, take
 from services.stager.settings import StagerSettings
 from services.stager.statecodec import decode_state, encode_state
 
@@ -43,9 +43,10 @@ log = logging.getLogger(__name__)
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 # produce every (key, value) to a topic and wait for the acknowledgements
 SendMany = Callable[[str, list[tuple[bytes, bytes]]], Awaitable[None]]
+SendTo = Callable[[str, int, bytes], Awaitable[Awaitable[Any]]]
 SEP = "\x1f"
 # The schema each input topic carries: a record of another schema is dead-lettered.
-TOPIC_SCHEMAS = {spec.name: spec.schema for spec in TOPICS}
+TOPIC_SCHEMAS = {spec.name: spec.schemas for spec in TOPICS}
 
 
 def transition_id(tenant: str, customer: str, model: str, cause: str) -> str:
@@ -85,7 +86,12 @@ class Engine:
         shards: Callable[[], Iterable[int]] = lambda: range(12),
         send_many: SendMany | None = None,
         sent_since: SentSince | None = None,
+        send_to: SendTo | None = None,
     ) -> None:
+        """`send(topic, key, value)` and `send_many(topic, items)` produce; `send_to(topic,
+        partition, value)` produces to a partition (the progress records; None: none written);
+        `shards()` are the partitions this worker owns; `sent_since` finds outbox records
+        already on Kafka (default: read them from `settings.kafka_bootstrap`)."""
         self.redis: Any = redis  # redis-py's annotations do not know the bytes/str mode
         self.send = send
         self.send_many = send_many
@@ -99,6 +105,9 @@ class Engine:
         self.fence = OffsetFence(redis, settings.stager_group)
         self.clocks: dict[str, EventClock] = {}
         self.behind: Collection[tuple[str, int]] = ()  # as of the last batch
+        self.send_to = send_to
+        self.values: dict[str, bytes] = {}  # origin -> bytes of this batch's messages (for dead letters)
+        self.marked: dict[tuple[str, int], int] = {}  # (tenant, shard) -> last progress written
         self.source = f"stager:{settings.stager_group}"
         # dead letters go out through an outbox, written with the fence: once, even across crashes
         self.outbox = Outbox(
@@ -161,6 +170,7 @@ class Engine:
             await self.outbox.send(dead)
 
     async def _process(self, messages: Sequence[Message]) -> None:
+        self.values = {}
         await self.fence.refresh(messages)
         await self.outbox.recover({m.partition for m in messages})
         offsets, facts, dead = self._collect(messages)
@@ -171,25 +181,16 @@ class Engine:
         credits: list[tuple[str, str, Fact]] = []
         applied: dict[str, int] = {}  # metrics move once per batch, not per event
         repeats = late = 0
-        horizon, limit = self.settings.repeat_horizon_ms, self.settings.repeat_limit
         for cust in customers:
             watermark = self.clocks[cust.tenant].shard(cust.shard)[1]
-            n = 0
-            for fact in sorted(facts[(cust.tenant, cust.customer)][1], key=lambda f: f.time):
-                fp = fingerprint(fact.event_id)
-                if is_repeat(cust.seen, fact.time, fp):
+            fresh = []
+            for fact in facts[(cust.tenant, cust.customer)][1]:
+                if is_repeat(cust.seen, fact.time, fingerprint(fact.event_id)):
                     repeats += 1
-                    continue
-                if fact.time < watermark:
-                    late += 1
-                transitions, referrer = apply_fact(cust.state, fact, self.rules)
-                cust.transitions += transitions
-                cust.seen = remember(cust.seen, fact.time, fp, cust.state.clock, horizon, limit)
-                if referrer:
-                    credits.append((cust.tenant, referrer, fact))
-                n += 1
-            applied[cust.tenant] = applied.get(cust.tenant, 0) + n
-            cust.transitions += advance(cust.state, watermark, self.rules)
+                else:
+                    fresh.append(fact)
+            late += self._take(cust, fresh, watermark, credits, dead)
+            applied[cust.tenant] = applied.get(cust.tenant, 0) + len(fresh)
         for tenant, n in applied.items():
             self.metrics.events.labels(tenant).inc(n)
         self.metrics.repeats.inc(repeats)
@@ -220,9 +221,11 @@ class Engine:
                     raise ValueError("null value")
                 schema, record = read(msg.value)
                 expected = TOPIC_SCHEMAS.get(msg.topic)
-                if expected is not None and schema != expected:
-                    raise ValueError(f"wrong schema: {schema} on {msg.topic} (which carries {expected})")
-                mapped = to_fact(schema, record)
+                if expected is not None and schema not in expected:
+                    raise ValueError(f"wrong schema: {schema} on {msg.topic} (which carries {', '.join(expected)})")
+                origin = f"{msg.topic}|{msg.partition}|{msg.offset}"
+                mapped = to_fact(schema, record, origin)
+                self.values[origin] = msg.value
             except Exception as exc:  # noqa: BLE001 - whatever the input, the partition flows on
                 ident, entry = dead_letter(self.codec, self.source, msg, f"undecodable: {type(exc).__name__}: {exc}")
                 dead.setdefault(msg.partition, {})[ident] = entry
@@ -259,23 +262,73 @@ class Engine:
                 for shard in owned:
                     if shard in clock.shards:
                         fired += await self._fire(tenant, shard, clock.shards[shard][1])
+            await self._progress(owned)
             if self.clocks:
                 async with self.redis.pipeline(transaction=True) as pipe:
                     self._write_clocks(pipe)
                     await pipe.execute()
         return fired
 
+    def _take(
+        self,
+        cust: _Customer,
+        fresh: list[Fact],
+        watermark: int,
+        credits: list[tuple[str, str, Fact]],
+        dead: dict[int, dict[str, bytes]],
+    ) -> int:
+        """Run the rules for one customer up to `watermark`; the number of late facts. A fact the
+        rules cannot apply becomes a dead letter (with where it was read)."""
+        outcome = take(cust.state, fresh, watermark, self.rules)
+        for fact, reason in outcome.rejected:
+            topic, partition, offset = fact.origin.rsplit("|", 2) if fact.origin else ("", "-1", "-1")
+            msg = Message(topic, int(partition), int(offset), self.values.get(fact.origin, b""))
+            ident, entry = dead_letter(self.codec, self.source, msg, reason)
+            dead.setdefault(cust.shard, {})[ident] = entry
+        cust.transitions += outcome.transitions
+        credits += [(cust.tenant, referrer, fact) for referrer, fact in outcome.credits]
+        horizon, limit = self.settings.repeat_horizon_ms, self.settings.repeat_limit
+        for fact in outcome.applied:
+            cust.seen = remember(cust.seen, fact.time, fingerprint(fact.event_id), cust.state.clock, horizon, limit)
+        return outcome.late
+
+    async def _progress(self, owned: set[int]) -> None:
+        """After the timers: for each owned shard whose watermark moved, a progress record on its
+        transitions partition, behind every transition up to that watermark."""
+        if self.send_to is None:
+            return
+        pending, written = [], {}
+        for tenant, clock in self.clocks.items():
+            for shard in owned:
+                state = clock.shards.get(shard)
+                if state is None or state[1] <= self.marked.get((tenant, shard), 0):
+                    continue
+                record = {"tenant": tenant, "partition": shard, "watermark": state[1], "source": self.source}
+                value = self.codec.encode("crm.stage.Progress", record)
+                pending.append(await self.send_to(TOPIC_STAGE_TRANSITIONS, shard, value))
+                written[(tenant, shard)] = state[1]
+        if pending:
+            await asyncio.gather(*pending)
+            self.marked.update(written)
+
     async def _fire(self, tenant: str, shard: int, watermark: int) -> int:
+        """Every customer of `shard` with a timer or a pending fact due at or before `watermark`."""
         fired = 0
         while True:
             due = await self.redis.zrangebyscore(keys.timers_key(tenant, shard), "-inf", watermark, 0, 500)
             if not due:
                 return fired
             customers = await self._load([(tenant, c.decode(), shard) for c in due])
+            credits: list[tuple[str, str, Fact]] = []
+            dead: dict[int, dict[str, bytes]] = {}
+            late = 0
             for cust in customers:
-                cust.transitions += advance(cust.state, watermark, self.rules)
-            await self._emit(customers, [])
-            await self._write(customers, {}, {})
+                late += self._take(cust, [], watermark, credits, dead)
+            self.metrics.late.inc(late)
+            await self._emit(customers, credits)
+            await self._write(customers, {}, dead)
+            self.metrics.invalid.inc(sum(len(d) for d in dead.values()))
+            await self.outbox.send(dead)
             fired += len(customers)
             self.metrics.timers.inc(len(customers))
 
@@ -295,7 +348,9 @@ class Engine:
         transitions: list[tuple[bytes, bytes]] = []
         for cust in customers:
             key = cust.customer.encode()
+            seq = cust.state.seq - len(cust.transitions)
             for tr in cust.transitions:
+                seq += 1
                 record = {
                     "transition_id": transition_id(cust.tenant, cust.customer, tr.model, tr.cause),
                     "tenant": cust.tenant,
@@ -305,6 +360,7 @@ class Engine:
                     "to_stage": tr.to_stage,
                     "at": tr.at,
                     "cause": tr.cause,
+                    "seq": seq,
                 }
                 transitions.append((key, encode("crm.stage.StageTransition", record)))
                 per_model[tr.model] = per_model.get(tr.model, 0) + 1
@@ -372,7 +428,7 @@ class Engine:
             seen = [item for item in cust.seen if watermark - item[0] < horizon]
             plan.states.append(keys.customer_key(cust.tenant, cust.customer))
             plan.blobs.append(encode_state(state, seen))
-            due = next_due(state, self.rules)
+            due = next_wake(state, self.rules)
             timers = keys.timers_key(cust.tenant, cust.shard)
             if due is None:
                 plan.timers_del.setdefault(timers, []).append(cust.customer)

@@ -46,23 +46,24 @@ def _order_key(order_id: str) -> int:
     return zlib.crc32(order_id.encode())
 
 
-def to_fact(schema: str, record: dict[str, Any]) -> tuple[str, str, Fact] | None:
+def to_fact(schema: str, record: dict[str, Any], origin: str = "") -> tuple[str, str, Fact] | None:
     """The fact an event means for the stage rules; None for events no rule reads (profile).
-    ValueError for values the state cannot hold (a time before 1970, a negative amount)."""
+    ValueError for values the state cannot hold (a time before 1970, a negative amount).
+    `origin` says where the record was read ("<topic>|<partition>|<offset>")."""
     time = to_millis(record["event_time"])
     if not 0 <= time < MAX_TIME_MS:
         raise ValueError(f"out of range: event_time {time}")
     event_id = record["event_id"]
     if schema == "crm.events.Browse":
-        fact = Fact(event_id, Kind.BROWSE, time)
+        fact = Fact(event_id, Kind.BROWSE, time, origin=origin)
     elif schema == "crm.events.Cart":
-        fact = Fact(event_id, Kind.CART_ADD if record["action"] == "add" else Kind.CART_REMOVE, time)
+        fact = Fact(event_id, Kind.CART_ADD if record["action"] == "add" else Kind.CART_REMOVE, time, origin=origin)
     elif schema == "crm.events.Follow":
         if record["action"] == "unfollow":
             kind = Kind.UNFOLLOW
         else:
             kind = Kind.JOIN if record["target_type"] in _JOIN_TARGETS else Kind.FAVOURITE
-        fact = Fact(event_id, kind, time)
+        fact = Fact(event_id, kind, time, origin=origin)
     elif schema == "crm.events.Order":
         amount = record["amount"]
         if not 0 <= amount * 100 < MAX_AMOUNT_CENTS:  # also false for NaN
@@ -74,9 +75,10 @@ def to_fact(schema: str, record: dict[str, Any]) -> tuple[str, str, Fact] | None
             _order_key(record["order_id"]),
             round(amount * 100),
             record.get("referrer_customer_id"),
+            origin,
         )
     elif schema == "crm.stage.ReferralCredit":
-        fact = Fact(event_id, Kind.REFERRAL_CREDIT, time)
+        fact = Fact(event_id, Kind.REFERRAL_CREDIT, time, origin=origin)
     else:
         return None
     return record["tenant"], record["customer_id"], fact

@@ -9,8 +9,9 @@ which some stage may change with no new fact; `advance` applies them.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
 from services.stager.config import StageRules
@@ -21,15 +22,19 @@ __all__ = [
     "Fact",
     "Kind",
     "Transition",
+    "Outcome",
     "advance",
     "apply_fact",
     "next_due",
+    "next_wake",
+    "take",
     "stage_names",
     "stages_at",
 ]
 
 MODELS: tuple[str, ...] = ("pyramid", "aipl", "lifecycle", "path", "value_grid")
 RECENT = 8  # most recent behaviour events kept: interaction (5 in 30 days) and late session merges
+CREDITS = 64  # referral credits remembered against repeats
 
 
 class Kind(IntEnum):
@@ -75,6 +80,7 @@ class Fact:
     order_key: int = 0  # stable hash of the order id
     amount_cents: int = 0
     referrer: str | None = None
+    origin: str = ""  # where it was read: "<topic>|<partition>|<offset>" (for its dead letter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +108,101 @@ class CustomerState:
     seq: int = 0  # transitions emitted so far (orders a customer's transitions at the same instant)
     # (order_key, time, amount_cents, PAID|REFUNDED), newest first, within rules.order_memory_ms
     orders: list[tuple[int, int, int, int]] = field(default_factory=list)
-    # (time, step), newest first, at most RECENT
-    recent: list[tuple[int, int]] = field(default_factory=list)
+    # (time, step, 16-bit fingerprint of the event id), newest first, at most RECENT: the
+    # fingerprint tells a repeat of a kept event from another event of the same instant
+    recent: list[tuple[int, int, int]] = field(default_factory=list)
     # the latest session: first and last event time, highest path step reached
     session_start: int = 0
     session_end: int = 0
     session_best: int = 0
     stages: dict[str, str | None] = field(default_factory=dict)
+    credits: list[int] = field(default_factory=list)  # fingerprints of the referral credits counted
+    # facts read but not yet applied, by (time, event id): the watermark has not reached them, so
+    # an earlier fact may still come; applied in event-time order once it has
+    pending: list[Fact] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What `take` did: transitions, (referrer, fact) credits to send, facts applied, late facts,
+    and (fact, reason) of facts the rules could not apply (the state is as if they never came)."""
+
+    transitions: list[Transition] = field(default_factory=list)
+    credits: list[tuple[str, Fact]] = field(default_factory=list)
+    applied: list[Fact] = field(default_factory=list)
+    late: int = 0
+    rejected: list[tuple[Fact, str]] = field(default_factory=list)
+
+
+def _order(fact: Fact) -> tuple[int, str]:
+    return fact.time, fact.event_id
+
+
+def take(s: CustomerState, facts: Iterable[Fact], watermark: int, rules: StageRules) -> Outcome:
+    """Take new distinct `facts` in and apply, in event-time order with the timers, every pending
+    fact and timer due at or before `watermark`; the clock ends at `watermark`.
+
+    A fact later than the customer's clock waits in `pending` until the watermark reaches it, so
+    the order facts are read in (topics read at different paces, batch boundaries) does not
+    change the transitions. A fact older than the clock is late beyond the allowed lateness: it
+    is applied at once (its stages change at the clock; a repeat of an applied fact changes
+    nothing). One older than the longest window the state keeps (`order_memory_ms`) is rejected
+    as too late: it could no longer be told from a repeat."""
+    out = Outcome()
+    known = {f.event_id for f in s.pending}
+    added = False
+    for fact in facts:
+        if fact.time <= s.clock - rules.order_memory_ms:
+            # older than every window the state keeps: it could not be told from a repeat
+            out.rejected.append((fact, f"too_late: {(s.clock - fact.time) // 86_400_000} days behind the customer"))
+        elif fact.time < s.clock:
+            out.late += 1
+            _apply(s, fact, rules, out)
+        elif fact.event_id not in known:
+            known.add(fact.event_id)
+            s.pending.append(fact)
+            added = True
+    if added:
+        s.pending.sort(key=_order)
+    while s.pending and s.pending[0].time <= watermark:
+        _apply(s, s.pending.pop(0), rules, out)
+    out.transitions += advance(s, watermark, rules)
+    return out
+
+
+def _apply(s: CustomerState, fact: Fact, rules: StageRules, out: Outcome) -> None:
+    saved = _snapshot(s)
+    try:
+        transitions, referrer = apply_fact(s, fact, rules)
+    except Exception as exc:  # noqa: BLE001 - one fact the rules cannot take must not stop its customer
+        _restore(s, saved)
+        out.rejected.append((fact, f"unprocessable: {type(exc).__name__}: {exc}"))
+        return
+    out.transitions += transitions
+    out.applied.append(fact)
+    if referrer:
+        out.credits.append((referrer, fact))
+
+
+def _snapshot(s: CustomerState) -> CustomerState:
+    """A copy sharing nothing `apply_fact` changes in place."""
+    copy = replace(s)
+    copy.orders, copy.recent, copy.stages = list(s.orders), list(s.recent), dict(s.stages)
+    return copy
+
+
+def _restore(s: CustomerState, saved: CustomerState) -> None:
+    for name in CustomerState.__slots__:
+        setattr(s, name, getattr(saved, name))
+
+
+def next_wake(s: CustomerState, rules: StageRules) -> int | None:
+    """When the customer needs the engine again with no new fact: its next time-driven change or
+    its earliest pending fact, whichever comes first."""
+    due = next_due(s, rules)
+    if s.pending and (due is None or s.pending[0].time < due):
+        return s.pending[0].time
+    return due
 
 
 def _in_window(t: int, now: int, window: int) -> bool:
@@ -185,7 +279,7 @@ def _session(s: CustomerState, t: int, step: int, gap: int) -> None:
             return  # an event of an earlier, finished session
         # A late event reaching back before the session start: it may bridge to earlier events.
         s.session_start = t
-        for rt, rstep in s.recent:
+        for rt, rstep, _ in s.recent:
             if rt < s.session_start:
                 if s.session_start - rt >= gap:
                     break
@@ -272,7 +366,10 @@ def apply_fact(s: CustomerState, fact: Fact, rules: StageRules) -> tuple[list[Tr
 def _update(s: CustomerState, fact: Fact, rules: StageRules) -> str | None:
     kind, t = fact.kind, fact.time
     if kind == Kind.REFERRAL_CREDIT:
-        s.referrals += 1
+        fp = zlib.crc32(fact.event_id.encode())
+        if fp not in s.credits:  # a credit sent twice counts once (beyond CREDITS kept, all count)
+            s.credits = sorted([fp, *s.credits])[:CREDITS]
+            s.referrals += 1
         return None
     s.events += 1
     s.last_event = max(s.last_event, t)
@@ -285,7 +382,9 @@ def _update(s: CustomerState, fact: Fact, rules: StageRules) -> str | None:
         s.member_since = min(s.member_since, t) if s.member_since else t
     step = STEP.get(kind, 0)
     _session(s, t, step, rules.session_gap_ms)
-    s.recent = sorted([*s.recent, (t, step)], reverse=True)[:RECENT]
+    fp = zlib.crc32(fact.event_id.encode()) & 0xFFFF
+    if not any(rt == t and rfp == fp for rt, _, rfp in s.recent):  # a repeat is counted once
+        s.recent = sorted([*s.recent, (t, step, fp)], reverse=True)[:RECENT]
     if kind == Kind.ORDER_PAID:
         return _paid(s, fact, rules)
     if kind == Kind.ORDER_REFUNDED:
@@ -303,15 +402,20 @@ def _paid(s: CustomerState, fact: Fact, rules: StageRules) -> str | None:
             # not matter); a refund that arrived first keeps the payment from counting at all.
             if status == REFUNDED and cents == 0 and known >= t or known > t:
                 s.orders[i] = (key, t, fact.amount_cents, status)
-                s.orders.sort(key=lambda o: -o[1])
+                s.orders.sort(key=_newest_first)
             return None
     s.paid += 1
     if s.clock - t < rules.order_memory_ms:
-        s.orders = sorted([*s.orders, (fact.order_key, t, fact.amount_cents, PAID)], key=lambda o: -o[1])
+        s.orders = sorted([*s.orders, (fact.order_key, t, fact.amount_cents, PAID)], key=_newest_first)
     if fact.referrer and not s.credited_referrer:
         s.credited_referrer = True
         return fact.referrer
     return None
+
+
+def _newest_first(order: tuple[int, int, int, int]) -> tuple[int, int]:
+    """Newest first; orders of the same instant by key, so arrival order never shows."""
+    return -order[1], order[0]
 
 
 def _refund(s: CustomerState, fact: Fact) -> None:
@@ -322,7 +426,7 @@ def _refund(s: CustomerState, fact: Fact) -> None:
                 s.paid -= 1
             return
     # refund before (or long after) its payment: a tombstone keeps the payment from counting
-    s.orders = sorted([*s.orders, (fact.order_key, fact.time, 0, REFUNDED)], key=lambda o: -o[1])
+    s.orders = sorted([*s.orders, (fact.order_key, fact.time, 0, REFUNDED)], key=_newest_first)
 
 
 def replay(facts: Iterable[Fact], until: int, rules: StageRules) -> CustomerState:

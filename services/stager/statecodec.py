@@ -6,11 +6,14 @@ usual recent times take two to four bytes. Version byte first, so the layout can
 
 from __future__ import annotations
 
-from services.stager.rules import MODELS, CustomerState, stage_names
+from services.stager.rules import MODELS, CustomerState, Fact, Kind, stage_names
 
 __all__ = ["decode_state", "encode_state"]
 
-VERSION = 4  # 2: session fields; 3: lists as deltas, fixed-width fingerprints; 4: path step inside the delta
+# 2: session fields; 3: lists as deltas, fixed-width fingerprints; 4: path step inside the delta;
+# 5: recent events with a fingerprint, pending facts and referral credits at the end
+VERSION = 5
+READABLE = (4, 5)
 _STAGE_CODE = {model: {name: i + 1 for i, name in enumerate(stage_names(model))} for model in MODELS}
 _STAGE_NAME = {model: {i + 1: name for i, name in enumerate(stage_names(model))} for model in MODELS}
 
@@ -53,8 +56,9 @@ def encode_state(s: CustomerState, seen: list[tuple[int, int]]) -> bytes:
         out.append(status)
     _put(out, len(s.recent))
     previous = clock
-    for t, step in s.recent:
+    for t, step, fp in s.recent:
         _put(out, (previous - t) << 3 | step)  # steps are 0-4: three bits
+        out += fp.to_bytes(2, "little")
         previous = t
     for model in MODELS:
         stage = s.stages.get(model)
@@ -65,11 +69,30 @@ def encode_state(s: CustomerState, seen: list[tuple[int, int]]) -> bytes:
         _put(out, previous - t)
         previous = t
         out += fp.to_bytes(4, "little")
+    _put(out, len(s.pending))
+    for fact in s.pending:
+        d = fact.time - clock
+        _put(out, (d << 1) ^ (d >> 63))  # zig-zag: a pending fact is normally after the clock
+        out.append(fact.kind)
+        _text(out, fact.event_id)
+        out += fact.order_key.to_bytes(4, "little")
+        _put(out, fact.amount_cents)
+        _text(out, fact.referrer or "")
+        _text(out, fact.origin)
+    _put(out, len(s.credits))
+    for fp in s.credits:
+        out += fp.to_bytes(4, "little")
     return bytes(out)
 
 
+def _text(out: bytearray, text: str) -> None:
+    raw = text.encode()
+    _put(out, len(raw))
+    out += raw
+
+
 def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
-    if not data or data[0] != VERSION:
+    if not data or data[0] not in READABLE:
         raise ValueError(f"unknown state layout version {data[:1].hex() or 'empty'}")
     pos = 1
 
@@ -106,10 +129,12 @@ def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
     s.orders = orders
     recent = []
     previous = clock
+    width = 2 if data[0] >= 5 else 0  # layout 4 kept no fingerprints
     for _ in range(get()):
         packed = get()
         previous -= packed >> 3
-        recent.append((previous, packed & 7))
+        recent.append((previous, packed & 7, int.from_bytes(data[pos : pos + width], "little")))
+        pos += width
     s.recent = recent
     stages: dict[str, str | None] = {}
     for model in MODELS:
@@ -123,4 +148,44 @@ def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
         previous -= get()
         seen.append((previous, int.from_bytes(data[pos : pos + 4], "little")))
         pos += 4
+    if data[0] >= 5:
+        s.pending, s.credits = _tail(data, pos, clock)
     return s, seen
+
+
+def _tail(data: bytes, pos: int, clock: int) -> tuple[list[Fact], list[int]]:
+    """The pending facts and the referral credits (layout 5)."""
+    def get() -> int:
+        nonlocal pos
+        n = shift = 0
+        while True:
+            b = data[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if b < 0x80:
+                return n
+            shift += 7
+
+    def text() -> str:
+        nonlocal pos
+        n = get()
+        pos += n
+        return data[pos - n : pos].decode()
+
+    out = []
+    for _ in range(get()):
+        z = get()
+        time = clock + ((z >> 1) ^ -(z & 1))
+        kind = Kind(data[pos])
+        pos += 1
+        event_id = text()
+        order_key = int.from_bytes(data[pos : pos + 4], "little")
+        pos += 4
+        cents = get()
+        referrer = text() or None
+        out.append(Fact(event_id, kind, time, order_key, cents, referrer, text()))
+    credits = []
+    for _ in range(get()):
+        credits.append(int.from_bytes(data[pos : pos + 4], "little"))
+        pos += 4
+    return out, credits

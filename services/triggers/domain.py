@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -32,6 +32,8 @@ __all__ = [
     "TransitionIn",
     "apply",
     "apply_in_order",
+    "order_key",
+    "take",
     "fingerprint",
     "fire",
     "holdout_unit",
@@ -48,6 +50,8 @@ class TransitionIn:
     from_stage: str | None
     to_stage: str | None
     time: int
+    seq: int = 0  # the stager's count of the customer's transitions: orders those of one instant
+    origin: str = ""  # where it was read: "<topic>|<partition>|<offset>" (for its dead letter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class OrderIn:
     order_id: str
     status: str  # created, paid, cancelled, refunded
     time: int
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class CartIn:
     event_id: str
     action: str  # add, remove
     time: int
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,7 @@ class ProfileIn:
     consent: dict[str, bool]
     timezone: str | None = None
     birthday: str | None = None  # "YYYY-MM-DD"
+    origin: str = ""
 
 
 Input = TransitionIn | OrderIn | CartIn | ProfileIn
@@ -264,18 +271,91 @@ def _delay(rule: TriggerRule) -> int:
     return int(rule.delay_seconds * 1000)
 
 
-def apply_in_order(
+def order_key(item: Input) -> tuple[int, int, int, str]:
+    """The order inputs of one instant are applied in: events (by id) before transitions, and
+    transitions in the order the stager made them, so neither arrival order nor topic shows in
+    the decisions."""
+    if isinstance(item, TransitionIn):
+        return item.time, 1, item.seq, item.transition_id
+    return item.time, 0, 0, item.event_id
+
+
+def take(
     state: TriggerState, items: list[Input], watermark: int, config: TriggerConfig, tenant: str, customer: str
+) -> tuple[list[tuple[Input | None, Decision]], int, list[tuple[Input, str]]]:
+    """Take new `items` in and apply, in event-time order with the timers, every pending input and
+    timer due at or before `watermark`; returns the decisions (with the input that made each,
+    None for a timer), the number of late inputs and (input, reason) of the inputs the rules
+    could not apply (the state is as if they never came).
+
+    An input later than the customer's clock waits in `pending` until the watermark reaches it,
+    so the order inputs are read in (topics read at different paces, batch boundaries) does not
+    change the decisions. One older than the clock is late beyond the allowed lateness: it is
+    applied at once."""
+    out: list[tuple[Input | None, Decision]] = []
+    rejected: list[tuple[Input, str]] = []
+    late = 0
+    known = {order_key(i) for i in state.pending}
+    for item in items:
+        if item.time < state.clock:
+            late += 1
+            out += _apply_safely(state, item, config, tenant, customer, rejected)
+        elif order_key(item) not in known:
+            known.add(order_key(item))
+            state.pending.append(item)
+    state.pending.sort(key=order_key)
+    ready = [i for i in state.pending if i.time <= watermark]
+    if ready:
+        state.pending = state.pending[len(ready) :]
+    out += apply_in_order(state, ready, watermark, config, tenant, customer, rejected)
+    state.clock = max(state.clock, watermark)
+    return out, late, rejected
+
+
+def _apply_safely(
+    state: TriggerState,
+    item: Input,
+    config: TriggerConfig,
+    tenant: str,
+    customer: str,
+    rejected: list[tuple[Input, str]],
+) -> list[tuple[Input | None, Decision]]:
+    saved = _snapshot(state)
+    try:
+        return [(item, d) for d in apply(state, item, config, tenant, customer)]
+    except Exception as exc:  # noqa: BLE001 - one input the rules cannot take must not stop its customer
+        for name in TriggerState.__slots__:
+            setattr(state, name, getattr(saved, name))
+        rejected.append((item, f"{type(exc).__name__}: {exc}"))
+        return []
+
+
+def _snapshot(state: TriggerState) -> TriggerState:
+    """A copy sharing nothing `apply` changes in place."""
+    copy = replace(state)
+    copy.consent, copy.timers, copy.sends = dict(state.consent), dict(state.timers), dict(state.sends)
+    copy.closed, copy.pending = dict(state.closed), list(state.pending)
+    return copy
+
+
+def apply_in_order(
+    state: TriggerState,
+    items: list[Input],
+    watermark: int,
+    config: TriggerConfig,
+    tenant: str,
+    customer: str,
+    rejected: list[tuple[Input, str]] | None = None,
 ) -> list[tuple[Input | None, Decision]]:
     """Apply `items` and fire due timers in one event-time order: before each input, every timer
     due at or before its time (and at or before `watermark`) fires; after the last, every timer
     due at or before `watermark`. So a batch holding orders on days 0, 10 and 40 gives the day-20
     reminder that three separate batches give. Each decision comes with the input that made it
-    (None: a timer)."""
+    (None: a timer); an input the rules cannot apply is left out and added to `rejected`."""
     out: list[tuple[Input | None, Decision]] = []
-    for item in sorted(items, key=lambda x: x.time):
+    for item in sorted(items, key=order_key):
         out += [(None, d) for d in fire(state, min(item.time, watermark), config, tenant, customer)]
-        out += [(item, d) for d in apply(state, item, config, tenant, customer)]
+        out += _apply_safely(state, item, config, tenant, customer, [] if rejected is None else rejected)
     out += [(None, d) for d in fire(state, watermark, config, tenant, customer)]
     return out
 

@@ -46,9 +46,8 @@ from services.triggers.domain import (
     OrderIn,
     ProfileIn,
     TransitionIn,
-    apply_in_order,
     fingerprint,
-    fire,
+    take,
 )
 from services.triggers.metrics import TriggerMetrics
 from services.triggers.settings import TriggerSettings
@@ -67,7 +66,7 @@ OUTPUT_TOPICS = {
 
 _COMMON = ("event_id", "customer_id", "tenant", "event_time")
 # The schema each input topic carries: a record of another schema is dead-lettered.
-TOPIC_SCHEMAS = {spec.name: spec.schema for spec in TOPICS}
+TOPIC_SCHEMAS = {spec.name: spec.schemas for spec in TOPICS}
 # The fields `to_input` reads of the high-volume events; transitions and profiles are read whole.
 FIELDS: dict[str, tuple[str, ...]] = {
     "crm.events.Order": (*_COMMON, "order_id", "status"),
@@ -83,24 +82,30 @@ def _millis(value: Any) -> int:
 MAX_TIME_MS = 10**14
 
 
-def to_input(schema: str, record: dict[str, Any]) -> tuple[str, str, Input] | None:
+def to_input(schema: str, record: dict[str, Any], origin: str = "") -> tuple[str, str, Input] | None:
     """(tenant, customer, input) of a decoded record; None for records no trigger reads.
-    ValueError for an event time the rules cannot work with."""
-    found = _to_input(schema, record)
+    ValueError for an event time the rules cannot work with. `origin`: where it was read."""
+    found = _to_input(schema, record, origin)
     if found is not None and not 0 <= found[2].time < MAX_TIME_MS:
         raise ValueError(f"out of range: event time {found[2].time}")
     return found
 
 
-def _to_input(schema: str, record: dict[str, Any]) -> tuple[str, str, Input] | None:
+def _to_input(schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Input] | None:
     if schema == "crm.stage.StageTransition":
         item: Input = TransitionIn(
-            record["transition_id"], record["model"], record["from_stage"], record["to_stage"], _millis(record["at"])
+            record["transition_id"],
+            record["model"],
+            record["from_stage"],
+            record["to_stage"],
+            _millis(record["at"]),
+            record.get("seq", 0),
+            origin,
         )
     elif schema == "crm.events.Order":
-        item = OrderIn(record["event_id"], record["order_id"], record["status"], _millis(record["event_time"]))
+        item = OrderIn(record["event_id"], record["order_id"], record["status"], _millis(record["event_time"]), origin)
     elif schema == "crm.events.Cart":
-        item = CartIn(record["event_id"], record["action"], _millis(record["event_time"]))
+        item = CartIn(record["event_id"], record["action"], _millis(record["event_time"]), origin)
     elif schema == "crm.events.Profile":
         item = ProfileIn(
             record["event_id"],
@@ -108,6 +113,7 @@ def _to_input(schema: str, record: dict[str, Any]) -> tuple[str, str, Input] | N
             dict(record.get("consent") or {}),
             record.get("timezone"),
             record.get("birthday"),
+            origin,
         )
     else:
         return None
@@ -149,6 +155,7 @@ class TriggerEngine:
         self.fence = OffsetFence(redis, settings.triggers_group)
         self.clocks: dict[str, EventClock] = {}
         self.behind: Collection[tuple[str, int]] = ()  # as of the last batch
+        self.values: dict[str, bytes] = {}  # origin -> bytes of this batch's messages (for dead letters)
         self.source = f"triggers:{settings.triggers_group}"
         self.outbox = Outbox(
             redis=redis,
@@ -158,6 +165,11 @@ class TriggerEngine:
             grace_seconds=settings.outbox_grace_seconds,
             on_recovered=self._recovered,
         )
+
+    def _new_clock(self) -> EventClock:
+        # Following the stager: a shard's time passes only what the stager declared complete on
+        # it (crm.stage.Progress on the transitions topic), so no transition comes after its time.
+        return EventClock(ceilings={} if self.settings.triggers_follow_stager else None)
 
     def _recovered(self, already_sent: int, sent_now: int) -> None:
         self.metrics.recovered.labels("already_sent").inc(already_sent)
@@ -188,7 +200,7 @@ class TriggerEngine:
     async def start(self) -> None:
         """Load the applied-offset fence and the clocks written by earlier runs."""
         await self.fence.load()
-        merge_shard_clocks(self.clocks, await self.redis.hgetall(keys.trigger_clock_key()), owned=None)
+        merge_shard_clocks(self.clocks, await self.redis.hgetall(keys.trigger_clock_key()), None, self._new_clock)
 
     # --- messages ----------------------------------------------------------------------------
     async def process(self, messages: Sequence[Message], behind: Collection[tuple[str, int]] = ()) -> None:
@@ -196,6 +208,7 @@ class TriggerEngine:
         their shards' watermarks back."""
         async with self.lock:
             self.behind = behind
+            self.values = {}
             await self.fence.refresh(messages)
             offsets, inputs, dead = self._collect(messages)
             for tenant, clock in self.clocks.items():
@@ -203,27 +216,30 @@ class TriggerEngine:
                 self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
             await self.outbox.recover({m.partition for m in messages})
 
-            repeats = 0
+            repeats = late = 0
 
             def decide(cust: _Customer) -> None:
-                nonlocal repeats
+                nonlocal repeats, late
                 found = inputs[(cust.tenant, cust.customer)][1]
                 arrived = {id(item): at for at, item in found}
                 for _, item in found:
                     if not isinstance(item, TransitionIn) and fingerprint(item.event_id) in cust.state.seen:
                         repeats += 1
                 watermark = self.clocks[cust.tenant].shard(cust.shard)[1]
-                made = apply_in_order(
+                made, behind_clock, rejected = take(
                     cust.state, [item for _, item in found], watermark, self.config, cust.tenant, cust.customer
                 )
+                late += behind_clock
+                self._reject(cust, rejected, dead)
                 for cause, decision in made:
                     cust.decisions.append(decision)
-                    if cause is not None:
+                    if cause is not None and id(cause) in arrived:
                         cust.arrived = max(cust.arrived, arrived[id(cause)])
 
             await self._transact([(t, c, shard) for (t, c), (shard, _) in inputs.items()], decide, offsets, dead)
             self.metrics.invalid.inc(sum(len(d) for d in dead.values()))
             self.metrics.repeats.inc(repeats)
+            self.metrics.late.inc(late)
             kinds = Counter(type(item).__name__ for _, items in inputs.values() for _, item in items)
             for kind, n in kinds.items():
                 self.metrics.inputs.labels(kind.removesuffix("In").lower()).inc(n)
@@ -245,9 +261,14 @@ class TriggerEngine:
                     raise ValueError("null value")
                 schema, record = self.read(msg.value)
                 expected = TOPIC_SCHEMAS.get(msg.topic)
-                if expected is not None and schema != expected:
-                    raise ValueError(f"wrong schema: {schema} on {msg.topic} (which carries {expected})")
-                mapped = to_input(schema, record)
+                if expected is not None and schema not in expected:
+                    raise ValueError(f"wrong schema: {schema} on {msg.topic} (which carries {', '.join(expected)})")
+                if schema == "crm.stage.Progress":
+                    self._progress(msg.partition, record)
+                    continue
+                origin = f"{msg.topic}|{msg.partition}|{msg.offset}"
+                mapped = to_input(schema, record, origin)
+                self.values[origin] = msg.value
             except Exception as exc:  # noqa: BLE001 - whatever the input, the partition flows on
                 ident, entry = dead_letter(self.codec, self.source, msg, f"undecodable: {type(exc).__name__}: {exc}")
                 dead.setdefault(msg.partition, {})[ident] = entry
@@ -255,9 +276,26 @@ class TriggerEngine:
             if mapped is None:
                 continue
             tenant, customer, item = mapped
-            self.clocks.setdefault(tenant, EventClock()).saw(msg.partition, item.time, now, msg.topic)
+            clock = self.clocks.get(tenant)
+            if clock is None:
+                clock = self.clocks[tenant] = self._new_clock()
+            clock.saw(msg.partition, item.time, now, msg.topic)
             inputs.setdefault((tenant, customer), (msg.partition, []))[1].append((msg.timestamp, item))
         return offsets, inputs, dead
+
+    def _reject(self, cust: _Customer, rejected: list[tuple[Input, str]], dead: dict[int, dict[str, bytes]]) -> None:
+        """Dead letters of the inputs the rules could not apply (with where they were read)."""
+        for item, reason in rejected:
+            topic, partition, offset = item.origin.rsplit("|", 2) if item.origin else ("", "-1", "-1")
+            msg = Message(topic, int(partition), int(offset), self.values.get(item.origin, b""))
+            ident, entry = dead_letter(self.codec, self.source, msg, f"unprocessable: {reason}")
+            dead.setdefault(cust.shard, {})[ident] = entry
+
+    def _progress(self, shard: int, record: dict[str, Any]) -> None:
+        clock = self.clocks.get(record["tenant"])
+        if clock is None:
+            clock = self.clocks[record["tenant"]] = self._new_clock()
+        clock.ceil(shard, _millis(record["watermark"]))
 
     # --- timers ------------------------------------------------------------------------------
     async def tick(self) -> int:
@@ -294,10 +332,15 @@ class TriggerEngine:
             if not due:
                 return fired
 
-            def decide(cust: _Customer) -> None:
-                cust.decisions += fire(cust.state, watermark, self.config, tenant, cust.customer)
+            dead: dict[int, dict[str, bytes]] = {}
 
-            await self._transact([(tenant, c.decode(), shard) for c in due], decide, {})
+            def decide(cust: _Customer, dead: dict[int, dict[str, bytes]] = dead) -> None:
+                made, _, rejected = take(cust.state, [], watermark, self.config, tenant, cust.customer)
+                cust.decisions += [decision for _, decision in made]
+                self._reject(cust, rejected, dead)
+
+            await self._transact([(tenant, c.decode(), shard) for c in due], decide, {}, dead)
+            self.metrics.invalid.inc(sum(len(d) for d in dead.values()))
             fired += len(due)
             self.metrics.timers_fired.inc(len(due))
 
@@ -409,7 +452,7 @@ class TriggerEngine:
                 self.metrics.latency.observe(max(0.0, (now - cust.arrived) / 1000))
 
     async def _sync_clocks(self, owned: set[int]) -> None:
-        merge_shard_clocks(self.clocks, await self.redis.hgetall(keys.trigger_clock_key()), owned)
+        merge_shard_clocks(self.clocks, await self.redis.hgetall(keys.trigger_clock_key()), owned, self._new_clock)
 
     def _write_clocks(self, pipe: Any) -> None:
         owned = set(self.shards())  # a shard another worker now owns is that worker's to write

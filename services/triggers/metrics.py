@@ -27,6 +27,9 @@ class TriggerMetrics:
         self.repeats = Counter(
             f"{PREFIX}triggers_repeated_events", "Events recognised as applied before", registry=registry
         )
+        self.late = Counter(
+            f"{PREFIX}triggers_late_inputs", "Inputs read after the watermark had passed them", registry=registry
+        )
         self.invalid = Counter(f"{PREFIX}triggers_invalid_messages", "Messages sent to the DLQ", registry=registry)
         self.timers_fired = Counter(
             f"{PREFIX}triggers_timer_customers", "Customers whose due timers were fired", registry=registry

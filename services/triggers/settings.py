@@ -24,6 +24,9 @@ class TriggerSettings(CommonSettings):
     timer_interval_seconds: float = Field(0.5, gt=0)
     # how old an outbox entry must be before a worker taking over its shard treats it as left by a crash
     outbox_grace_seconds: float = Field(10.0, ge=0)
+    # a shard's event time passes only what the stager declared complete on it (its progress
+    # records), so transitions never arrive after the time they belong to; off: follow the inputs
+    triggers_follow_stager: bool = True
 
     @property
     def lateness_ms(self) -> int:

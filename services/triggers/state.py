@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["DECIDED_LIMIT", "SEEN_LIMIT", "Timer", "TriggerState", "decode_state", "encode_state"]
 
@@ -44,9 +45,13 @@ class TriggerState:
     paid_count: int = 0
     first_paid: int = 0
     last_paid: int = 0
+    clock: int = 0  # the latest instant this customer's inputs and timers were applied up to
+    # inputs read but not yet applied: the watermark has not reached them (services.triggers.domain)
+    pending: list[Any] = field(default_factory=list)
 
     def next_due(self) -> int | None:
-        return min((t.due for t in self.timers.values()), default=None)
+        """When the customer needs the engine again: its next timer or its earliest pending input."""
+        return min([*(t.due for t in self.timers.values()), *(i.time for i in self.pending)], default=None)
 
 
 def encode_state(state: TriggerState) -> bytes:
@@ -61,6 +66,8 @@ def encode_state(state: TriggerState) -> bytes:
         "o": state.closed,
         "l": state.last_order,
         "p": [state.paid_count, state.first_paid, state.last_paid],
+        "k": state.clock,
+        "q": [_pack(i) for i in state.pending],
     }
     return json.dumps({k: v for k, v in data.items() if v}, separators=(",", ":")).encode()
 
@@ -82,4 +89,17 @@ def decode_state(raw: bytes) -> TriggerState:
         paid_count=count,
         first_paid=first,
         last_paid=last,
+        clock=data.get("k", 0),
+        pending=[_unpack(i) for i in data.get("q", [])],
     )
+
+
+def _pack(item: Any) -> list[Any]:
+    """A pending input as a JSON list: its class name first, then its fields."""
+    return [type(item).__name__, *(getattr(item, name) for name in item.__slots__)]
+
+
+def _unpack(packed: list[Any]) -> Any:
+    from services.triggers import domain  # the input types live with the rules that read them
+
+    return getattr(domain, packed[0])(*packed[1:])

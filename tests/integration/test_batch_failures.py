@@ -4,6 +4,7 @@ every message applied exactly once, the poison one dead-lettered once, and Kafka
 offsets never ahead of the applied-offset fence. For the stager and the triggers, each through
 the shared batch loop against the real broker and Redis."""
 
+import asyncio
 import time
 import uuid
 
@@ -25,7 +26,7 @@ from services.common.produce import engine_producer
 from services.common.produce import send_many as produce_many
 from services.common.resilience import Health
 from services.common.tail import read_topic
-from services.stager import engine as stager_engine
+from services.stager import rules as stager_rules
 from services.stager.config import StageRules
 from services.stager.engine import Engine
 from services.stager.metrics import StagerMetrics
@@ -123,6 +124,8 @@ async def _run(loop, engine, ends, consumer, redis):
         await loop.step()
         fence = {k.decode(): int(v) for k, v in (await redis.hgetall(engine.fence.key)).items()}
         if all(fence.get(f"{tp.topic}:{tp.partition}", 0) >= end for tp, end in ends.items()):
+            await asyncio.sleep(0.05)
+            await engine.tick()  # the input is read to its end: the clock moves to its last event
             return
     raise AssertionError("the loop did not apply every message")
 
@@ -152,7 +155,7 @@ async def test_stager_failures_mid_batch_apply_every_message_exactly_once(stack,
     poison = f"{tenant}-7-1-paid"
     await _topic(stack.kafka_bootstrap, topic)
     ends = await _produce(stack.kafka_bootstrap, topic, tenant, poison)
-    monkeypatch.setattr(stager_engine, "apply_fact", _choke_on(stager_engine, "apply_fact", poison))
+    monkeypatch.setattr(stager_rules, "apply_fact", _choke_on(stager_rules, "apply_fact", poison))
 
     settings = StagerSettings(
         kafka_bootstrap=stack.kafka_bootstrap,
@@ -160,6 +163,7 @@ async def test_stager_failures_mid_batch_apply_every_message_exactly_once(stack,
         stager_group=group,
         outbox_grace_seconds=0,
         batch_max=50,
+        idle_flush_seconds=0.01,
     )
     real = Redis.from_url(stack.redis_url)
     redis = FlakyRedis(real, {2: "before", 4: "after", 7: "before"})
@@ -213,7 +217,8 @@ async def test_triggers_failures_mid_batch_apply_every_message_exactly_once(stac
     monkeypatch.setattr(triggers_domain, "apply", _choke_on(triggers_domain, "apply", poison))
 
     settings = TriggerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
-                               triggers_group=group, batch_max=50, outbox_grace_seconds=0)  # fmt: skip
+                               triggers_group=group, batch_max=50, outbox_grace_seconds=0,
+                               idle_flush_seconds=0.01, triggers_follow_stager=False)  # fmt: skip
     real = Redis.from_url(stack.redis_url)
     redis = FlakyRedis(real, {2: "before", 4: "after", 7: "before"})
     producer = engine_producer(stack.kafka_bootstrap)

@@ -37,7 +37,9 @@ async def test_a_batch_another_worker_applied_is_not_applied_twice(stack):
 
         return done()
 
-    settings = StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url, stager_group=group)
+    # no allowed lateness: the batch's own latest time is the watermark, so every fact is applied
+    settings = StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url, stager_group=group,
+                              allowed_lateness_seconds=0)  # fmt: skip
     redis = Redis.from_url(stack.redis_url)
     try:
         workers = []

@@ -192,7 +192,8 @@ def test_kill_between_timer_registration_and_firing_gives_one_reminder(quiet_sta
     stack = quiet_stack
     tenant = f"kill-{uuid.uuid4().hex[:6]}"
     group = f"triggers-{tenant}"
-    env = {"CRM_TRIGGER_RULES_FILE": str(no_holdout)}
+    # no stager here: the triggers' time follows their own inputs
+    env = {"CRM_TRIGGER_RULES_FILE": str(no_holdout), "CRM_TRIGGERS_FOLLOW_STAGER": "false"}
     first = TriggersProcess(stack, group, 37168, tmp_path / "first.log", env).start()
     try:
         asyncio.run(produce(stack, [order(tenant, "buyer", T0, "o-1", "created")]))
@@ -221,13 +222,15 @@ def test_kill_between_timer_registration_and_firing_gives_one_reminder(quiet_sta
     assert len(reminders) == 1 and millis(reminders[0]["decided_at"]) == T0 + 30 * MIN
 
 
-async def _engine(stack, group, send):
+async def _engine(stack, group, send, lateness=300.0):
     codec = default_codec()
     settings = TriggerSettings(
+        allowed_lateness_seconds=lateness,
         kafka_bootstrap=stack.kafka_bootstrap,
         redis_url=stack.redis_url,
         triggers_group=group,
         idle_flush_seconds=0.01,
+        triggers_follow_stager=False,  # the transitions here come from the test, with no progress records
         outbox_grace_seconds=0,
     )
     config = TriggerConfig(guardrails=Guardrails(holdout_share=0, global_holdout_share=0))
@@ -312,7 +315,8 @@ def test_two_workers_share_the_timers_and_fire_each_once(quiet_stack, tmp_path, 
     stack = quiet_stack
     tenant = f"pair-{uuid.uuid4().hex[:6]}"
     group = f"triggers-{tenant}"
-    env = {"CRM_TRIGGER_RULES_FILE": str(no_holdout)}
+    # no stager here: the triggers' time follows their own inputs
+    env = {"CRM_TRIGGER_RULES_FILE": str(no_holdout), "CRM_TRIGGERS_FOLLOW_STAGER": "false"}
     buyers = [f"buyer-{i:02d}" for i in range(24)]
     one = TriggersProcess(stack, group, 37171, tmp_path / "one.log", env).start()
     two = TriggersProcess(stack, group, 37172, tmp_path / "two.log", env).start()
@@ -369,8 +373,9 @@ async def test_a_customer_written_by_another_worker_meanwhile_is_decided_again(q
         return await producer.send(topic, value, key=key)
 
     try:
-        first, redis1 = await _engine(stack, f"first-{tenant}", send)
-        second, redis2 = await _engine(stack, f"second-{tenant}", send)
+        # no lateness: the transition's own time is the watermark, so it is decided in its batch
+        first, redis1 = await _engine(stack, f"first-{tenant}", send, lateness=0)
+        second, redis2 = await _engine(stack, f"second-{tenant}", send, lateness=0)
         original_pipeline = redis1.pipeline
         interleaved = []
 

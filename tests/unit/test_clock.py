@@ -38,3 +38,45 @@ def test_tenant_clock_over_every_workers_shards():
     stored = {b"shop|0": b"50000:49000", b"shop|1": b"9000:8000", b"other|5": b"7:7"}
     assert tenant_clock(stored, "shop") == (50_000, 8_000)
     assert tenant_clock(stored, "nobody") == (0, 0)
+
+
+def test_a_topic_read_behind_holds_its_shards_watermark_and_an_idle_one_does_not():
+    clock = EventClock()
+    clock.saw(3, 10_000, 0.0, "orders")
+    clock.saw(3, 4_000, 0.0, "transitions")
+    clock.saw(5, 9_000, 0.0, "orders")
+    clock.settle(1_000, behind={("transitions", 3)})
+    assert clock.shards[3][1] == 3_000  # held at what the lagging topic has shown, less the lateness
+    assert clock.shards[5][1] == 8_000  # another shard is not held
+    clock.settle(1_000, behind=())  # the transitions topic was read to its end
+    assert clock.shards[3][1] == 9_000
+
+
+def test_a_topic_behind_that_never_showed_the_tenant_holds_its_shard_at_zero():
+    clock = EventClock()
+    clock.saw(2, 50_000, 0.0, "orders")
+    clock.settle(0, behind={("browse", 2)})
+    assert clock.shards[2][1] == 0
+
+
+def test_idle_flush_waits_until_every_input_is_read():
+    clock = EventClock()
+    clock.saw(1, 7_000, 0.0, "orders")
+    assert not clock.flush_idle({1}, 100.0, 2.0, None, caught_up=False)
+    assert clock.flush_idle({1}, 100.0, 2.0, None, caught_up=True)
+    assert clock.shards[1][1] == 7_000
+
+
+def test_following_an_upstream_service_the_watermark_never_passes_its_progress():
+    clock = EventClock(ceilings={})
+    clock.saw(4, 90_000, 0.0, "orders")
+    clock.settle(1_000)
+    assert clock.shards[4][1] == 0  # nothing declared complete upstream yet
+    clock.ceil(4, 50_000)
+    clock.settle(1_000)
+    assert clock.shards[4][1] == 50_000
+    assert clock.flush_idle({4}, 100.0, 2.0, None)
+    assert clock.shards[4][1] == 50_000  # idle: as far as upstream declared, not the latest input
+    clock.ceil(4, 120_000)
+    clock.flush_idle({4}, 100.0, 2.0, None)
+    assert clock.shards[4][1] == 120_000

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.stager.config import DAY_MS, MINUTE_MS, StageRules
-from services.stager.rules import MODELS, CustomerState, Fact, Kind, advance, apply_fact, replay
+from services.stager.rules import MODELS, CustomerState, Fact, Kind, advance, apply_fact, next_wake, replay, take
+from services.stager.statecodec import decode_state, encode_state
 
 R = StageRules()
 T0 = 1_500_000_000_000
@@ -101,3 +102,89 @@ def test_pyramid_never_moves_down_without_a_refund(facts):
         assert level >= previous or (previous == ladder.index("advocate") and level == ladder.index("loyal"))
         previous = level
     assert set(state.stages) == set(MODELS)
+
+
+LATENESS = 5 * MINUTE_MS
+
+
+@settings(max_examples=150, deadline=None)
+@given(histories(), st.data())
+def test_transitions_do_not_depend_on_arrival_order_or_batches_within_the_lateness(facts, data):
+    """Facts arriving out of order by up to the allowed lateness, cut into any batches, each
+    batch followed by the watermark (latest time read less the lateness), give exactly the
+    transitions of the facts applied in event-time order."""
+    reference = CustomerState()
+    expected = take(reference, facts, max(f.time for f in facts), R).transitions
+
+    delays = [data.draw(st.integers(0, LATENESS)) for _ in facts]
+    arrival = [f for _, f in sorted(zip(delays, facts, strict=True), key=lambda x: x[1].time + x[0])]
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(arrival) - 1)), max_size=6)))
+    state, got, latest, start = CustomerState(), [], 0, 0
+    for end in [*cuts, len(arrival)]:
+        batch = arrival[start:end]
+        start = end
+        if not batch:
+            continue
+        latest = max(latest, *(f.time for f in batch))
+        got += take(state, batch, latest - LATENESS, R).transitions
+    got += take(state, [], max(f.time for f in facts), R).transitions
+    assert got == expected
+    assert asdict(state) == asdict(reference)
+
+
+def test_a_fact_past_the_watermark_waits_and_survives_encoding():
+    state = CustomerState()
+    early = Fact("e1", Kind.BROWSE, T0 + 10 * MINUTE_MS)
+    assert take(state, [early], T0, R).transitions == []
+    assert state.pending == [early]
+    assert next_wake(state, R) == early.time
+    back, _ = decode_state(encode_state(state, []))
+    assert back.pending == [early]
+    done = take(back, [], early.time, R)
+    assert [t.to_stage for t in done.transitions if t.model == "pyramid"] == ["aware"] and not back.pending
+
+
+def test_a_fact_the_rules_cannot_apply_is_rejected_and_changes_nothing(monkeypatch):
+    from services.stager import rules
+
+    real = rules._update
+
+    def choking(s, fact, r):
+        if fact.event_id == "bad":
+            s.paid += 100  # a half-made change, then the failure
+            raise RuntimeError("cannot apply")
+        return real(s, fact, r)
+
+    monkeypatch.setattr(rules, "_update", choking)
+    good = [Fact("p0", Kind.ORDER_PAID, T0, 1, 100), Fact("b1", Kind.BROWSE, T0 + 5 * MINUTE_MS)]
+    bad = Fact("bad", Kind.ORDER_PAID, T0 + MINUTE_MS, 2, 100, origin="crm.events.order|3|17")
+    with_bad, without = CustomerState(), CustomerState()
+    outcome = take(with_bad, [*good, bad], T0 + DAY_MS, R)
+    assert [(f.origin, reason) for f, reason in outcome.rejected] == [
+        ("crm.events.order|3|17", "unprocessable: RuntimeError: cannot apply")
+    ]
+    assert outcome.transitions == take(without, good, T0 + DAY_MS, R).transitions
+    assert asdict(with_bad) == asdict(without)
+
+
+@settings(max_examples=100, deadline=None)
+@given(histories(), st.data())
+def test_a_repeat_arriving_any_time_later_changes_nothing(facts, data):
+    """However late a repeated event comes (within the longest window the state keeps), neither
+    the state's stages nor any transition change."""
+    state = CustomerState()
+    end = max(f.time for f in facts)
+    take(state, facts, end, R)
+    later = end + data.draw(st.integers(0, 200 * DAY_MS))
+    take(state, [], later, R)
+    before = asdict(state)
+    repeats = data.draw(st.lists(st.sampled_from(facts), min_size=1, max_size=5))
+    kept = [f for f in repeats if f.time > state.clock - R.order_memory_ms]
+    outcome = take(state, repeats, later, R)
+    assert outcome.transitions == []
+    after = asdict(state)
+    for counter in ("events", "interest"):  # counters whose only use is "at least one"
+        before.pop(counter), after.pop(counter)
+    assert after == before
+    assert len(outcome.rejected) == len(repeats) - len(kept)
+    assert all(reason.startswith("too_late") for _, reason in outcome.rejected)

@@ -21,6 +21,7 @@ from services.triggers.domain import (
     holdout_unit,
     next_birthday,
     quiet_until,
+    take,
     trigger_id,
 )
 from services.triggers.state import TriggerState, decode_state, encode_state
@@ -428,3 +429,78 @@ def test_bad_rules_file_stops_the_worker_naming_the_key(tmp_path, monkeypatch):
     monkeypatch.setenv("CRM_TRIGGER_RULES_FILE", str(path))
     with pytest.raises(SystemExit, match=r"rules\.welcome\.channel"):
         main()
+
+
+LATENESS = 5 * MIN
+
+
+@st.composite
+def trigger_inputs(draw):
+    """Orders created and paid, cart adds and stage transitions of one customer over 60 days."""
+    items = []
+    for i in range(draw(st.integers(1, 12))):
+        at = NOON + draw(st.integers(0, 60 * DAY))
+        kind = draw(st.sampled_from(["created", "paid", "cart", "transition"]))
+        if kind == "cart":
+            items.append(CartIn(f"c{i}", "add", at))
+        elif kind == "transition":
+            items.append(tr(draw(st.sampled_from(["considering", "first_purchase", "loyal"])), at=at, tid=f"t{i}"))
+        else:
+            items.append(OrderIn(f"o{i}", f"order{i % 4}", kind, at))
+    return items
+
+
+@settings(max_examples=150, deadline=None)
+@given(trigger_inputs(), st.data())
+def test_decisions_do_not_depend_on_arrival_order_or_batches_within_the_lateness(items, data):
+    """Inputs arriving out of order by up to the allowed lateness, cut into any batches, each
+    batch followed by the watermark, give exactly the decisions of one pass in event-time order."""
+    end = max(i.time for i in items) + 30 * DAY
+    reference = TriggerState()
+    expected = take(reference, items, end, cfg(), T, C)[0]
+
+    delays = [data.draw(st.integers(0, LATENESS)) for _ in items]
+    arrival = [i for _, i in sorted(zip(delays, items, strict=True), key=lambda x: x[1].time + x[0])]
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(arrival) - 1)), max_size=6)))
+    state, got, latest, start = TriggerState(), [], 0, 0
+    for stop in [*cuts, len(arrival)]:
+        batch, start = arrival[start:stop], stop
+        if batch:
+            latest = max(latest, *(i.time for i in batch))
+            got += take(state, batch, latest - LATENESS, cfg(), T, C)[0]
+    got += take(state, [], end, cfg(), T, C)[0]
+    assert [d.trigger_id for _, d in got] == [d.trigger_id for _, d in expected]
+    assert [(d.decided_at, d.deliver_after, d.suppressed) for _, d in got] == [
+        (d.decided_at, d.deliver_after, d.suppressed) for _, d in expected
+    ]
+    assert state == reference
+
+
+def test_a_pending_input_survives_encoding():
+    state = TriggerState()
+    early = OrderIn("o1", "order1", "created", NOON + HOUR)
+    assert take(state, [early], NOON, cfg(), T, C) == ([], 0, [])
+    assert state.pending == [early] and state.next_due() == early.time
+    back = decode_state(encode_state(state))
+    assert back.pending == [early] and back.clock == NOON
+
+
+def test_an_input_the_rules_cannot_apply_is_rejected_and_changes_nothing(monkeypatch):
+    from services.triggers import domain
+
+    real = domain.apply
+
+    def choking(state, item, *args):
+        if item.event_id == "bad":
+            state.paid_count += 100  # a half-made change, then the failure
+            raise RuntimeError("cannot apply")
+        return real(state, item, *args)
+
+    monkeypatch.setattr(domain, "apply", choking)
+    good = [OrderIn("p0", "o0", "paid", NOON), OrderIn("p1", "o1", "paid", NOON + 10 * DAY)]
+    bad = OrderIn("bad", "o2", "paid", NOON + DAY)
+    with_bad, without = TriggerState(), TriggerState()
+    made, _, rejected = take(with_bad, [*good, bad], NOON + 40 * DAY, cfg(), T, C)
+    assert [(i.event_id, reason) for i, reason in rejected] == [("bad", "RuntimeError: cannot apply")]
+    assert [d for _, d in made] == [d for _, d in take(without, good, NOON + 40 * DAY, cfg(), T, C)[0]]
+    assert with_bad == without

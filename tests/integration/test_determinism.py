@@ -1,0 +1,238 @@
+"""Same data, same answers: CDNOW (600 customers of its sample) replayed at full speed, at a
+paced speed, with batches of 1, 100 and 5,000 messages and with two workers of each service
+gives the same stage transitions and the same trigger decisions; the decisions (of every rule
+that fires on this data, the repurchase-reminder, win-back and first-purchase rules among them)
+equal an independent batch computation of the rule table.
+
+Each configuration replays under a tenant of its own (the ids are hashes that include the
+tenant, so transitions are compared by what they say, and decisions against the reference
+computed for that tenant). On a stack of its own."""
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
+
+from services.common import keys
+from services.common.avro import default_codec
+from services.common.clock import tenant_clock
+from services.common.constants import (
+    TOPIC_REFERRALS,
+    TOPIC_STAGE_TRANSITIONS,
+    TOPIC_TRIGGERS_COUPONS,
+    TOPIC_TRIGGERS_OUTREACH,
+    TOPIC_TRIGGERS_REMINDERS,
+    TOPIC_TRIGGERS_SUPPRESSED,
+    event_topic,
+)
+from services.common.tail import read_topic
+from services.stager.replay import replay
+from services.stager.settings import StagerSettings
+from tests.integration.batch_triggers import CHANNELS, expected_decisions
+from tests.integration.stager_process import StagerProcess, TriggersProcess
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+CDNOW_SAMPLE = DATA / "cdnow" / "CDNOW_sample.txt"
+DECISIONS = (TOPIC_TRIGGERS_COUPONS, TOPIC_TRIGGERS_REMINDERS, TOPIC_TRIGGERS_OUTREACH, TOPIC_TRIGGERS_SUPPRESSED)
+TRIGGER_INPUTS = (TOPIC_STAGE_TRANSITIONS, event_topic("order"), event_topic("cart"), event_topic("profile"))
+STAGER_INPUTS = (*(event_topic(t) for t in ("browse", "cart", "order", "follow")), TOPIC_REFERRALS)
+# name -> (event seconds per wall second or None for full speed, batch size, workers of each service)
+RUNS = {
+    "max": (None, 2000, 1),
+    "paced": (3_000_000.0, 2000, 1),
+    "batch-1": (None, 1, 1),
+    "batch-100": (None, 100, 1),
+    "batch-5000": (None, 5000, 1),
+    "two-workers": (None, 500, 2),
+}
+
+
+async def _ends(bootstrap, topics):
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {f"{tp.topic}:{tp.partition}": end for tp, end in (await consumer.end_offsets(
+            [TopicPartition(t, p) for t in topics for p in range(12)])).items()}  # fmt: skip
+    finally:
+        await consumer.stop()
+
+
+async def _wait_triggers(stack, group, tenant, latest, timeout=600):
+    """Until the triggers applied every message on their topics, their clock for `tenant`
+    stands at `latest` and no timer of the tenant is due by then."""
+    redis = Redis.from_url(stack.redis_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ends = await _ends(stack.kafka_bootstrap, TRIGGER_INPUTS)
+            fence = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.applied_offsets_key(group))).items()}
+            behind = sum(max(0, end - fence.get(tp, 0)) for tp, end in ends.items())
+            _, watermark = tenant_clock(await redis.hgetall(keys.trigger_clock_key()), tenant)
+            due = 0
+            for shard in range(12):
+                due += await redis.zcount(keys.trigger_timers_key(tenant, shard), "-inf", watermark)
+            if behind == 0 and watermark >= latest and due == 0:
+                return
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"the triggers did not finish: {behind} behind, watermark {watermark} < {latest}")
+    finally:
+        await redis.aclose()
+
+
+def _subset(path, customers, out):
+    """The lines of the first `customers` customers of a CDNOW file."""
+    kept, lines = set(), []
+    for line in path.read_text().splitlines(keepends=True):
+        who = line.split()[0]
+        if who in kept or len(kept) < customers:
+            kept.add(who)
+            lines.append(line)
+    out.write_text("".join(lines))
+    return out
+
+
+async def start_at_end(stack, group, topics):
+    """Start `group` at the current end of `topics` (its applied-offset fence, which the workers
+    seek to), so it does not first read what earlier runs left there."""
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        ends = {tp: end for tp, end in (await _ends(stack.kafka_bootstrap, topics)).items() if end}
+        if ends:
+            await redis.hset(keys.applied_offsets_key(group), mapping=ends)
+    finally:
+        await redis.aclose()
+
+
+def _run(stack, data, tmp_path, name, speed, batch, workers, port, fmt="cdnow", env=None):
+    run = uuid.uuid4().hex[:6]
+    tenant, stager_group, triggers_group = f"det-{name}-{run}", f"stager-{name}-{run}", f"triggers-{name}-{run}"
+    env = {"CRM_BATCH_MAX": str(batch), **(env or {})}
+    asyncio.run(start_at_end(stack, stager_group, STAGER_INPUTS))
+    asyncio.run(start_at_end(stack, triggers_group, TRIGGER_INPUTS))
+    procs = []
+    for i in range(workers):
+        procs.append(StagerProcess(stack, stager_group, port + 2 * i, tmp_path / f"{name}-stager{i}.log", env))
+        procs.append(TriggersProcess(stack, triggers_group, port + 2 * i + 1, tmp_path / f"{name}-trg{i}.log", env))
+    try:
+        for proc in procs:
+            proc.start()
+        settings = StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                                  stager_group=stager_group)  # fmt: skip
+        report = asyncio.run(replay(settings, data, fmt, tenant, speed=speed, timeout=600, say=print))
+        asyncio.run(_wait_triggers(stack, triggers_group, tenant, report.latest_ms))
+    finally:
+        for proc in procs:
+            proc.stop()
+    return tenant
+
+
+async def _outputs(bootstrap, tenants, with_ids=False):
+    codec = default_codec()
+    transitions = defaultdict(set)
+    async for r in read_topic(bootstrap, TOPIC_STAGE_TRANSITIONS, codec, idle_timeout=2.0):
+        if r.get("tenant") in tenants and "transition_id" in r:
+            said = (r["customer_id"], r["model"], r["from_stage"], r["to_stage"], _millis(r["at"]), r["cause"])
+            transitions[r["tenant"]].add((*said, r["transition_id"]) if with_ids else said)
+    decisions = defaultdict(list)
+    for topic in DECISIONS:
+        async for r in read_topic(bootstrap, topic, codec, idle_timeout=2.0):
+            if r.get("tenant") in tenants:
+                decisions[r["tenant"]].append(r)
+    return transitions, decisions
+
+
+def _millis(value):
+    return int(value.timestamp() * 1000)
+
+
+@pytest.mark.timeout(1800)
+def test_replays_at_any_pace_batch_size_and_worker_count_give_the_same_transitions_and_decisions(quiet_stack, tmp_path):
+    data = _subset(CDNOW_SAMPLE, 600, tmp_path / "cdnow-600.txt")
+    tenants = {}
+    for i, (name, (speed, batch, workers)) in enumerate(RUNS.items()):
+        tenants[name] = _run(quiet_stack, data, tmp_path, name, speed, batch, workers, 36300 + 10 * i)
+    transitions, decisions = asyncio.run(_outputs(quiet_stack.kafka_bootstrap, set(tenants.values())))
+
+    first = transitions[tenants["max"]]
+    assert len(first) > 5_000
+    for name, tenant in tenants.items():
+        assert transitions[tenant] == first, f"{name}: transitions differ from the full-speed run"
+
+    for name, tenant in tenants.items():
+        records = decisions[tenant]
+        ids = [r["trigger_id"] for r in records]
+        assert len(ids) == len(set(ids)), f"{name}: a decision appears twice"
+        # every rule that fires on purchase-only data (the caps couple them), not only the three
+        expected = expected_decisions(data, tenant, tuple(CHANNELS), holdout_deliver_like_send=False)
+        got = {
+            r["trigger_id"]: (r["rule"], r["customer_id"], r["cause"], _millis(r["decided_at"]),
+                              _millis(r["deliver_after"]), r["suppressed"])
+            for r in records
+        }  # fmt: skip
+        missing = sorted(v for k, v in expected.items() if k not in got)[:5]
+        extra = sorted(v for k, v in got.items() if k not in expected)[:5]
+        assert got == expected, f"{name}: missing {missing}, extra {extra}"
+        assert {r for r, *_ in got.values()} >= {"first_purchase_gift", "repurchase_reminder", "winback_declining"}
+
+
+TAOBAO = DATA / "taobao_userbehavior" / "UserBehavior_by_user.csv"
+TAOBAO_RUNS = {
+    "max": (None, 2000, 1),
+    "paced": (60_000.0, 2000, 1),
+    "small-batches-two-workers": (None, 7, 2),
+}
+
+
+def _taobao_subset(users, out):
+    """The complete histories of the first `users` users of the Taobao sample (grouped by user)."""
+    kept, lines = set(), []
+    for line in TAOBAO.read_text().splitlines(keepends=True):
+        who = line.split(",", 1)[0]
+        if who not in kept and len(kept) == users:
+            break
+        kept.add(who)
+        lines.append(line)
+    out.write_text("".join(lines))
+    return out
+
+
+def _normalised(decisions, transitions):
+    """Decisions as what they say, with a transition cause replaced by the transition it names."""
+    by_id = {}
+    for customer, model, _from, _to, _at, cause, transition_id in transitions:
+        by_id[transition_id] = (customer, model, cause)
+    out = set()
+    for r in decisions:
+        cause = r["cause"]
+        if cause.startswith("transition:"):
+            cause = by_id[cause.removeprefix("transition:")]
+        out.add((r["rule"], r["customer_id"], cause, _millis(r["decided_at"]), _millis(r["deliver_after"]),
+                 r["suppressed"]))  # fmt: skip
+    return out
+
+
+@pytest.mark.timeout(1800)
+def test_taobao_browsing_carts_and_orders_give_the_same_answers_at_any_pace_and_batch_size(quiet_stack, tmp_path):
+    """Several input topics read at different paces: browse, cart, follow and order events of
+    the same customers, and the transitions they cause. No control groups here, so decisions of
+    different tenants can be compared."""
+    data = _taobao_subset(150, tmp_path / "taobao-150.csv")
+    rules = tmp_path / "rules.json"
+    rules.write_text('{"guardrails": {"holdout_share": 0, "global_holdout_share": 0}}')
+    tenants = {}
+    for i, (name, (speed, batch, workers)) in enumerate(TAOBAO_RUNS.items()):
+        tenants[name] = _run(quiet_stack, data, tmp_path, name, speed, batch, workers, 36500 + 10 * i,
+                             fmt="taobao", env={"CRM_TRIGGER_RULES_FILE": str(rules)})  # fmt: skip
+    transitions, decisions = asyncio.run(_outputs(quiet_stack.kafka_bootstrap, set(tenants.values()), with_ids=True))
+    said = {name: {t[:6] for t in transitions[tenant]} for name, tenant in tenants.items()}
+    assert len(said["max"]) > 10_000
+    made = {name: _normalised(decisions[tenant], transitions[tenant]) for name, tenant in tenants.items()}
+    assert {rule for rule, *_ in made["max"]} >= {"considering_coupon", "abandoned_cart_reminder"}
+    for name in tenants:
+        assert said[name] == said["max"], f"{name}: transitions differ from the full-speed run"
+        assert made[name] == made["max"], f"{name}: decisions differ from the full-speed run"

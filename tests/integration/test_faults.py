@@ -1,0 +1,119 @@
+"""Outages ridden out on real data: during a paced replay of CDNOW, Redis, the broker, the
+stager and the triggers are each killed with SIGKILL and started again (as `crm stack up` or
+an orchestrator would). No manual step follows: the replay finishes by itself, and the final
+stages, the stages at past instants and the decisions equal the independent batch computations
+an undisturbed run equals (tests/integration/test_determinism.py)."""
+
+import asyncio
+import os
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+from services.common.localstack import LocalStack
+from services.stager import analytics
+from services.stager.replay import replay
+from services.stager.rules import MODELS
+from services.stager.settings import StagerSettings
+from tests.integration.batch_rules import cdnow_events, expected_counts
+from tests.integration.batch_triggers import expected_decisions
+from tests.integration.stager_process import StagerProcess, TriggersProcess
+from tests.integration.test_determinism import CDNOW_SAMPLE, _outputs, _subset, _wait_triggers
+
+PAST = (859852800000, 875664000000, 891388800000)  # 1997-04-01, 1997-10-01, 1998-04-01 (UTC)
+RULES = {"first_purchase_gift", "repurchase_reminder", "winback_declining"}
+
+
+def _kill(local, name):
+    pid = int(local.pid_file(name).read_text())
+    os.kill(pid, signal.SIGKILL)
+    while True:  # reap it, so its port is free for the restart
+        try:
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                break
+        except ChildProcessError:
+            break
+        time.sleep(0.1)
+
+
+async def _answers(stack, tenant):
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        now = {m: await analytics.counts_now(redis, tenant, m) for m in MODELS}
+        past = {(m, t): await analytics.counts_at(redis, tenant, m, t) for m in MODELS for t in PAST}
+        return now, past
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.timeout(1200)
+def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_answer(fault_stack, tmp_path):
+    assert fault_stack.kind == "local", "the fault test kills the local stack's processes"
+    local = LocalStack(fault_stack.settings)
+    data = _subset(CDNOW_SAMPLE, 600, tmp_path / "cdnow-600.txt")
+    run = uuid.uuid4().hex[:6]
+    tenant, stager_group, triggers_group = f"fault-{run}", f"stager-fault-{run}", f"triggers-fault-{run}"
+    stager = StagerProcess(fault_stack, stager_group, 36401, tmp_path / "stager.log")
+    triggers = TriggersProcess(fault_stack, triggers_group, 36402, tmp_path / "triggers.log")
+    settings = StagerSettings(kafka_bootstrap=fault_stack.kafka_bootstrap, redis_url=fault_stack.redis_url,
+                              stager_group=stager_group)  # fmt: skip
+    outcome = {}
+
+    def replaying():
+        try:
+            outcome["report"] = asyncio.run(replay(settings, data, "cdnow", tenant, speed=1_000_000.0, timeout=900))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    stager.start()
+    triggers.start()
+    thread = threading.Thread(target=replaying)
+    thread.start()
+    try:
+        time.sleep(6)
+        _kill(local, "redis")
+        time.sleep(3)
+        local.up()  # what `crm stack up` does
+        time.sleep(6)
+        _kill(local, "kafka")
+        time.sleep(5)
+        local.up()
+        time.sleep(6)
+        stager.kill()
+        stager.start(timeout=120)
+        time.sleep(4)
+        triggers.kill()
+        triggers.start(timeout=120)
+        thread.join(timeout=900)
+        assert not thread.is_alive(), "the replay did not finish"
+        assert "error" not in outcome, f"the replay failed: {outcome.get('error')!r}"
+        report = outcome["report"]
+        asyncio.run(_wait_triggers(fault_stack, triggers_group, tenant, report.latest_ms))
+        now, past = asyncio.run(_answers(fault_stack, tenant))
+    finally:
+        stager.stop()
+        triggers.stop()
+
+    events = cdnow_events(data)
+    expected_now = expected_counts(events)
+    for model in MODELS:
+        assert now[model] == expected_now.get(model, {}), model
+        for t in PAST:
+            assert past[(model, t)] == expected_counts(events, t).get(model, {}), (model, t)
+
+    _, decisions = asyncio.run(_outputs(fault_stack.kafka_bootstrap, {tenant}))
+    ids = [r["trigger_id"] for r in decisions[tenant]]
+    assert len(ids) == len(set(ids)), "a decision reached Kafka twice"
+    got = {
+        r["trigger_id"]: (r["rule"], r["customer_id"], r["cause"], int(r["decided_at"].timestamp() * 1000),
+                          int(r["deliver_after"].timestamp() * 1000), r["suppressed"])
+        for r in decisions[tenant] if r["rule"] in RULES
+    }  # fmt: skip
+    expected = expected_decisions(data, tenant, holdout_deliver_like_send=False)
+    missing = sorted(v for k, v in expected.items() if k not in got)[:5]
+    extra = sorted(v for k, v in got.items() if k not in expected)[:5]
+    assert got == expected, f"missing {missing}, extra {extra}"
