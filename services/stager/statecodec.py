@@ -155,6 +155,7 @@ def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
 
 def _tail(data: bytes, pos: int, clock: int) -> tuple[list[Fact], list[int]]:
     """The pending facts and the referral credits (layout 5)."""
+
     def get() -> int:
         nonlocal pos
         n = shift = 0
