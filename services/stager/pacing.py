@@ -4,6 +4,9 @@ At speed N (event seconds per wall second) a chunk never spans more than N x `WA
 of event time, and it is due `(its first event time - the first event time) / N` wall seconds
 after the replay began; so wall time tracks event time throughout, whether events are
 milliseconds or days apart. Without a speed, chunks are `BATCH` events, all due at once.
+At any speed a chunk spans at most `max_span_ms` of event time: the events of one chunk reach
+their topics in any order, and the engines wait for stragglers only that long (their allowed
+lateness), so a wider chunk would make some of its events late.
 """
 
 from __future__ import annotations
@@ -27,20 +30,26 @@ class Chunk:
 
 
 def plan_chunks(
-    times: Sequence[int], start: int, speed: float | None, batch: int = BATCH, step: float = WALL_STEP
+    times: Sequence[int],
+    start: int,
+    speed: float | None,
+    batch: int = BATCH,
+    step: float = WALL_STEP,
+    max_span_ms: float | None = None,
 ) -> Iterator[Chunk]:
-    """Chunks of `times[start:]` (epoch millis, ascending) in order, paced for `speed`."""
+    """Chunks of `times[start:]` (epoch millis, ascending) in order, paced for `speed`, each
+    spanning at most `max_span_ms` of event time when given."""
     if start >= len(times):
         return
     origin = times[start]
-    span_ms = speed * step * 1000 if speed else None
+    spans = [s for s in (speed * step * 1000 if speed else None, max_span_ms) if s is not None]
+    span_ms = min(spans) if spans else None
     first = start
     while first < len(times):
         end = min(first + batch, len(times))
-        due = 0.0
-        if speed and span_ms is not None:
+        due = (times[first] - origin) / 1000 / speed if speed else 0.0
+        if span_ms is not None:
             end = bisect_right(times, times[first] + span_ms, first + 1, end)
-            due = (times[first] - origin) / 1000 / speed
         yield Chunk(first, end, due)
         first = end
 

@@ -145,7 +145,8 @@ async def _produce(
     began = loop.time()
     try:
         with tqdm(total=len(events), initial=start, unit="ev", desc=f"replaying {name}", disable=None) as bar:
-            for chunk in plan_chunks(event_times(events), start, speed):
+            span = settings.lateness_ms / 2  # what the engines wait for stragglers, with room to spare
+            for chunk in plan_chunks(event_times(events), start, speed, max_span_ms=span):
                 await asyncio.sleep(max(0.0, began + chunk.due - loop.time()))
                 part = events[chunk.start : chunk.end]
                 items = [RawItem(json.dumps(e).encode(), e) for e in part]

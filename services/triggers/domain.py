@@ -22,7 +22,9 @@ from datetime import time as clock_time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.triggers.config import Guardrails, OfferConfig, TriggerConfig, TriggerRule
-from services.triggers.state import CLOSED_LIMIT, DECIDED_LIMIT, SEEN_LIMIT, Timer, TriggerState
+from services.triggers.state import CLOSED_LIMIT, DECIDED_LIMIT, SEEN_DAYS, SEEN_LIMIT, Timer, TriggerState
+
+DAY_MS = 86_400_000
 
 __all__ = [
     "CartIn",
@@ -35,6 +37,7 @@ __all__ = [
     "order_key",
     "take",
     "fingerprint",
+    "is_repeat",
     "fire",
     "holdout_unit",
     "next_birthday",
@@ -163,15 +166,33 @@ def fingerprint(event_id: str) -> int:
     return zlib.crc32(event_id.encode())
 
 
+def _ident(item: Input) -> str:
+    return item.transition_id if isinstance(item, TransitionIn) else item.event_id
+
+
+def is_repeat(state: TriggerState, item: Input) -> bool:
+    """Whether `item` was applied before (remembered for SEEN_DAYS of event time)."""
+    fp = fingerprint(_ident(item))
+    return any(entry & 0xFFFFFFFF == fp for entry in state.seen)
+
+
+def _remember(state: TriggerState, item: Input) -> None:
+    """Remember `item` as (day << 32 | fingerprint), newest first; forget what is older than
+    SEEN_DAYS of event time behind the customer (such an input is refused as too late)."""
+    horizon = (max(state.clock, item.time) - SEEN_DAYS * DAY_MS) // DAY_MS
+    kept = [entry for entry in state.seen if entry >> 32 > horizon]
+    state.seen = sorted([*kept, (item.time // DAY_MS) << 32 | fingerprint(_ident(item))], reverse=True)[:SEEN_LIMIT]
+
+
 # --- inputs ----------------------------------------------------------------------------------
 def apply(state: TriggerState, item: Input, config: TriggerConfig, tenant: str, customer: str) -> list[Decision]:
-    """Apply one input to `state` (in place); the decisions it makes at once."""
+    """Apply one input to `state` (in place); the decisions it makes at once. A repeat of an
+    input applied before changes nothing."""
+    if is_repeat(state, item):
+        return []
+    _remember(state, item)
     if isinstance(item, TransitionIn):
         return _on_transition(state, item, config, tenant, customer)
-    fp = fingerprint(item.event_id)
-    if fp in state.seen:
-        return []
-    state.seen = [fp, *state.seen][:SEEN_LIMIT]
     if isinstance(item, OrderIn):
         _on_order(state, item, config)
     elif isinstance(item, CartIn):
@@ -297,7 +318,10 @@ def take(
     late = 0
     known = {order_key(i) for i in state.pending}
     for item in items:
-        if item.time < state.clock:
+        if item.time <= state.clock - SEEN_DAYS * DAY_MS:
+            # older than what the state remembers: it could not be told from a repeat
+            rejected.append((item, f"too_late: {(state.clock - item.time) // DAY_MS} days behind the customer"))
+        elif item.time < state.clock:
             late += 1
             out += _apply_safely(state, item, config, tenant, customer, rejected)
         elif order_key(item) not in known:
@@ -326,7 +350,7 @@ def _apply_safely(
     except Exception as exc:  # noqa: BLE001 - one input the rules cannot take must not stop its customer
         for name in TriggerState.__slots__:
             setattr(state, name, getattr(saved, name))
-        rejected.append((item, f"{type(exc).__name__}: {exc}"))
+        rejected.append((item, f"unprocessable: {type(exc).__name__}: {exc}"))
         return []
 
 

@@ -46,7 +46,7 @@ from services.triggers.domain import (
     OrderIn,
     ProfileIn,
     TransitionIn,
-    fingerprint,
+    is_repeat,
     take,
 )
 from services.triggers.metrics import TriggerMetrics
@@ -223,7 +223,7 @@ class TriggerEngine:
                 found = inputs[(cust.tenant, cust.customer)][1]
                 arrived = {id(item): at for at, item in found}
                 for _, item in found:
-                    if not isinstance(item, TransitionIn) and fingerprint(item.event_id) in cust.state.seen:
+                    if is_repeat(cust.state, item):
                         repeats += 1
                 watermark = self.clocks[cust.tenant].shard(cust.shard)[1]
                 made, behind_clock, rejected = take(
@@ -288,7 +288,7 @@ class TriggerEngine:
         for item, reason in rejected:
             topic, partition, offset = item.origin.rsplit("|", 2) if item.origin else ("", "-1", "-1")
             msg = Message(topic, int(partition), int(offset), self.values.get(item.origin, b""))
-            ident, entry = dead_letter(self.codec, self.source, msg, f"unprocessable: {reason}")
+            ident, entry = dead_letter(self.codec, self.source, msg, reason)
             dead.setdefault(cust.shard, {})[ident] = entry
 
     def _progress(self, shard: int, record: dict[str, Any]) -> None:

@@ -11,10 +11,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DECIDED_LIMIT", "SEEN_LIMIT", "Timer", "TriggerState", "decode_state", "encode_state"]
+__all__ = ["DECIDED_LIMIT", "SEEN_DAYS", "SEEN_LIMIT", "Timer", "TriggerState", "decode_state", "encode_state"]
 
 DECIDED_LIMIT = 64  # trigger ids remembered against repeated causes (e.g. a transition re-sent)
-SEEN_LIMIT = 64  # event fingerprints remembered against repeated events
+# inputs (events and transitions) remembered against repeats: those of the last SEEN_DAYS of event
+# time, at most SEEN_LIMIT; an input older than that is refused as too late
+SEEN_DAYS = 366
+SEEN_LIMIT = 512
 CLOSED_LIMIT = 16  # paid or cancelled orders remembered against their `created` arriving late
 
 
@@ -39,7 +42,7 @@ class TriggerState:
     timers: dict[str, Timer] = field(default_factory=dict)
     sends: dict[str, list[int]] = field(default_factory=dict)  # channel -> delivery times
     decided: list[str] = field(default_factory=list)  # newest first
-    seen: list[int] = field(default_factory=list)  # event fingerprints, newest first
+    seen: list[int] = field(default_factory=list)  # day << 32 | fingerprint of applied inputs, newest first
     closed: dict[str, int] = field(default_factory=dict)  # order id -> time paid or cancelled
     last_order: int = 0  # latest time an order was created (or paid)
     paid_count: int = 0

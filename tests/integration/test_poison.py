@@ -19,6 +19,7 @@ from services.common.avro import default_codec
 from services.common.constants import TOPIC_DLQ, TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.tail import read_topic
 from tests.integration.stager_process import StagerProcess, TriggersProcess
+from tests.integration.test_determinism import start_at_end
 
 T0 = 1_700_000_000_000
 STAGER_TOPICS = {event_topic(t) for t in ("browse", "cart", "follow", "order")} | {TOPIC_REFERRALS}
@@ -149,6 +150,9 @@ def test_bad_records_on_every_input_topic_are_dead_lettered_once_and_the_rest_fl
         StagerProcess(stack, stager_group, 36167, tmp_path / "stager.log"),
         TriggersProcess(stack, triggers_group, 36168, tmp_path / "triggers.log"),
     ]
+    # the new groups start at the current end of their topics, not at what other tests left there
+    asyncio.run(start_at_end(stack, stager_group, tuple(STAGER_TOPICS)))
+    asyncio.run(start_at_end(stack, triggers_group, tuple(TRIGGER_TOPICS)))
     canaries, dead, ends = asyncio.run(_produce(stack.kafka_bootstrap, tenant, 1))
     for worker in workers:
         worker.start()

@@ -47,3 +47,11 @@ def test_chunks_cover_every_event_once_in_order_with_due_times_tracking_event_ti
 def test_events_without_a_time_take_their_neighbours_time():
     events = [{"event_time": "bad"}, {"event_time": 5}, {}, {"event_time": 9}]
     assert event_times(events) == [5, 5, 5, 9]
+
+
+def test_at_any_speed_a_chunk_spans_at_most_the_given_event_time():
+    times = list(range(0, 3_600_000, 1000))  # an event a second for an hour
+    for speed in (None, 1e9):
+        chunks = list(plan_chunks(times, 0, speed, max_span_ms=150_000))
+        assert all(times[c.end - 1] - times[c.start] <= 150_000 for c in chunks)
+        assert chunks[0].end - chunks[0].start == 151 and sum(c.end - c.start for c in chunks) == len(times)

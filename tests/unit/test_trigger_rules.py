@@ -501,6 +501,22 @@ def test_an_input_the_rules_cannot_apply_is_rejected_and_changes_nothing(monkeyp
     bad = OrderIn("bad", "o2", "paid", NOON + DAY)
     with_bad, without = TriggerState(), TriggerState()
     made, _, rejected = take(with_bad, [*good, bad], NOON + 40 * DAY, cfg(), T, C)
-    assert [(i.event_id, reason) for i, reason in rejected] == [("bad", "RuntimeError: cannot apply")]
+    assert [(i.event_id, reason) for i, reason in rejected] == [("bad", "unprocessable: RuntimeError: cannot apply")]
     assert [d for _, d in made] == [d for _, d in take(without, good, NOON + 40 * DAY, cfg(), T, C)[0]]
     assert with_bad == without
+
+
+def test_a_repeated_paid_order_long_after_changes_nothing_and_one_older_than_a_year_is_too_late():
+    first = OrderIn("p0", "o0", "paid", NOON)
+    state = TriggerState()
+    take(state, [first, OrderIn("p1", "o1", "paid", NOON + 10 * DAY)], NOON + 10 * DAY, cfg(), T, C)
+    # a hundred other inputs later (more than any count-bound memory would keep), months on
+    carts = [CartIn(f"c{i}", "add", NOON + 20 * DAY + i * HOUR) for i in range(100)]
+    take(state, carts, NOON + 200 * DAY, cfg(), T, C)
+    before = encode_state(state)
+    made, late, rejected = take(state, [first], NOON + 200 * DAY, cfg(), T, C)
+    assert (made, late, rejected) == ([], 1, []) and state.paid_count == 2
+    assert encode_state(state) == before
+    take(state, [], NOON + 400 * DAY, cfg(), T, C)
+    made, late, rejected = take(state, [first], NOON + 400 * DAY, cfg(), T, C)
+    assert made == [] and [reason.split(":")[0] for _, reason in rejected] == ["too_late"]
