@@ -134,7 +134,7 @@ class Codec:
             raise SchemaError(f"unknown schema fingerprint {data[2:_HEADER].hex()}")
         try:
             record = fastavro.schemaless_reader(io.BytesIO(data[_HEADER:]), entry.parsed, None)
-        except (EOFError, ValueError, IndexError) as exc:
+        except (EOFError, ValueError, IndexError, OverflowError, TypeError) as exc:
             raise SchemaError(f"{entry.name}: cannot decode body: {exc}") from exc
         return entry.name, record  # type: ignore[return-value]
 
@@ -154,7 +154,7 @@ class Codec:
                 raise SchemaError("undecodable message")
             try:
                 return found[0], found[1](data, _HEADER)
-            except (IndexError, ValueError) as exc:
+            except (IndexError, ValueError, OverflowError, TypeError) as exc:
                 raise SchemaError(f"{found[0]}: cannot decode body: {exc}") from exc
 
         return read

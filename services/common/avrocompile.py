@@ -162,6 +162,7 @@ class _Gen:
     def _read_enum(self, t: Any, ind: int, target: str | None) -> None:
         idx = self.var("i")
         self.read_long(ind, idx)
+        self.emit(ind, f"if {idx} < 0: raise IndexError('negative enum index')")
         if target:
             self.emit(ind, f"{target} = {self.const(tuple(t['symbols']))}[{idx}]")
 

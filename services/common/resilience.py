@@ -28,7 +28,6 @@ OUTAGES: tuple[type[BaseException], ...] = (
     KafkaError,
     ConnectionError,
     TimeoutError,
-    OSError,
 )
 
 

@@ -49,6 +49,11 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
         prefix = str(cls.model_config.get("env_prefix", ""))
         problems = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "?"
-            problems.append(f"{prefix}{key.upper()}: {err['msg']} (got {err.get('input')!r})")
+            key = ".".join(str(p) for p in err["loc"])
+            if not key:  # a rule over several settings: its message names them
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
+            shown = err.get("input")
+            shown = "..." if isinstance(shown, dict) or "key" in key or "password" in key else repr(shown)
+            problems.append(f"{prefix}{key.upper()}: {err['msg']} (got {shown})")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc

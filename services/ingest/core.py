@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError, RequestTimedOutError
 
 from services.common.avro import Codec
 from services.common.constants import TOPIC_DLQ, event_topic
@@ -214,8 +215,17 @@ def _settled(result: ItemResult, future: asyncio.Future[Any] | None) -> ItemResu
     letter; an event is accepted only when acknowledged."""
     if result.status == REJECTED or _acknowledged(future):
         return result
-    status = UNKNOWN if future is not None and not future.done() else NOT_WRITTEN
+    status = NOT_WRITTEN
+    if future is not None and (not future.done() or _timed_out(future)):
+        status = UNKNOWN  # a request that timed out may have reached the broker
     return ItemResult(result.index, status, result.event_id, result.topic, result.reason)
+
+
+def _timed_out(future: asyncio.Future[Any]) -> bool:
+    if future.cancelled():
+        return False
+    exc = future.exception()
+    return isinstance(exc, KafkaTimeoutError | RequestTimedOutError | TimeoutError)
 
 
 def _event_id(item: RawItem) -> str | None:

@@ -222,6 +222,8 @@ def validate_event(item: RawItem, codec: Codec, limits: Limits, now_ms: int) -> 
     for key in ("event_id", "customer_id", "tenant"):
         if not record[key].strip():
             raise Rejection("missing_field", f"{key} is empty", event_type)
+    if ":" in record["tenant"]:  # the tenant leads every customer's Redis key, up to a ':'
+        raise Rejection("bad_tenant", "tenant must not contain ':'", event_type)
     if record["event_time"] > now_ms + limits.max_future_skew_ms:
         raise Rejection("future_timestamp", f"event_time is more than {limits.max_future_skew_ms} ms ahead", event_type)
     if record["event_time"] < limits.min_event_time_ms:

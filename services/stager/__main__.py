@@ -8,6 +8,7 @@ import sys
 
 from services.common.errors import ConfigError
 from services.common.faustapp import run_worker
+from services.common.resilience import Health, retry
 from services.common.settings import load_settings
 from services.common.topics import ensure_topics
 from services.stager.app import create_app
@@ -22,7 +23,8 @@ def main() -> None:
     except ConfigError as exc:
         sys.exit(f"stager: {exc}")
     # Faust does not create source topics; the topic table is created (idempotently) first.
-    asyncio.run(ensure_topics(settings.kafka_bootstrap))
+    # a broker that is away at start is waited for, as during work
+    asyncio.run(retry(lambda: ensure_topics(settings.kafka_bootstrap), Health("stager")))
     app = create_app(settings, rules)
     run_worker(app, settings.log_level, settings.stager_web_port)
 

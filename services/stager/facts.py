@@ -81,4 +81,6 @@ def to_fact(schema: str, record: dict[str, Any], origin: str = "") -> tuple[str,
         fact = Fact(event_id, Kind.REFERRAL_CREDIT, time, origin=origin)
     else:
         return None
+    if ":" in record["tenant"]:  # it leads the customer's Redis key, up to a ':'
+        raise ValueError("out of range: a tenant must not contain ':'")
     return record["tenant"], record["customer_id"], fact

@@ -30,7 +30,7 @@ class StagerSettings(CommonSettings):
     @model_validator(mode="after")
     def _horizon_covers_lateness(self) -> StagerSettings:
         if self.repeat_horizon_seconds < self.allowed_lateness_seconds:
-            raise ValueError("repeat_horizon_seconds must be at least allowed_lateness_seconds")
+            raise ValueError("CRM_REPEAT_HORIZON_SECONDS must be at least CRM_ALLOWED_LATENESS_SECONDS")
         return self
 
     @property

@@ -115,7 +115,7 @@ def holdout_unit(tenant: str, customer: str, salt: str) -> float:
 def _zone(name: str | None, default: str) -> ZoneInfo:
     try:
         return ZoneInfo(name or default)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # "Asia" names a folder, not a zone
         return ZoneInfo(default)
 
 

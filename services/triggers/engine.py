@@ -88,6 +88,8 @@ def to_input(schema: str, record: dict[str, Any], origin: str = "") -> tuple[str
     found = _to_input(schema, record, origin)
     if found is not None and not 0 <= found[2].time < MAX_TIME_MS:
         raise ValueError(f"out of range: event time {found[2].time}")
+    if found is not None and ":" in found[0]:  # it leads the customer's Redis key, up to a ':'
+        raise ValueError("out of range: a tenant must not contain ':'")
     return found
 
 

@@ -274,3 +274,13 @@ def test_next_due_is_the_earliest_boundary():
 
 def test_no_events_no_stage():
     assert set(stages_at(CustomerState(), T0, R).values()) == {None}
+
+
+def test_a_tenant_with_a_colon_cannot_become_a_fact():
+    import pytest as _pytest
+
+    from services.stager.facts import to_fact
+
+    record = {"event_id": "e", "customer_id": "y", "tenant": "R:x", "event_time": 1}
+    with _pytest.raises(ValueError, match="tenant"):
+        to_fact("crm.events.Browse", record)

@@ -42,3 +42,11 @@ def test_settings_are_frozen():
 def test_warn_is_a_log_level(monkeypatch):
     monkeypatch.setenv("CRM_LOG_LEVEL", "warn")
     assert load_settings(CommonSettings).logging_level() == logging.WARNING
+
+
+def test_an_error_over_several_settings_names_them_and_shows_no_other_value():
+    from services.stager.settings import StagerSettings
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(StagerSettings, redis_url="redis://:s3cret@127.0.0.1:1/0", repeat_horizon_seconds=10)
+    assert "CRM_REPEAT_HORIZON_SECONDS" in str(caught.value) and "s3cret" not in str(caught.value)

@@ -520,3 +520,10 @@ def test_a_repeated_paid_order_long_after_changes_nothing_and_one_older_than_a_y
     take(state, [], NOON + 400 * DAY, cfg(), T, C)
     made, late, rejected = take(state, [first], NOON + 400 * DAY, cfg(), T, C)
     assert made == [] and [reason.split(":")[0] for _, reason in rejected] == ["too_late"]
+
+
+def test_a_time_zone_naming_a_folder_falls_back_to_the_default_zone():
+    state = TriggerState()
+    take(state, [ProfileIn("pr", NOON, {}, "Asia")], NOON, cfg(), T, C)
+    made, _, rejected = take(state, [tr("considering", at=NOON + MIN)], NOON + MIN, cfg(), T, C)
+    assert rejected == [] and [d.rule.name for _, d in made] == ["considering_coupon"]

@@ -194,3 +194,8 @@ def test_oversized_item_is_rejected_as_too_large():
 def test_array_items_keep_their_bytes_as_sent():
     assert [i.raw for i in split_body(b'[ {"a": 1} ,{"b" : 2}]')] == [b'{"a": 1}', b'{"b" : 2}']
     assert split_body(b"[]") == [] and split_body(b" [ ] ") == []
+
+
+def test_a_tenant_with_a_colon_is_rejected():
+    # "R:x" / "y" and "R" / "x:y" would share one customer's state
+    assert reject(item(tenant="R:x")).code == "bad_tenant"
