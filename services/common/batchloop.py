@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 class BatchEngine(Protocol):
     lock: asyncio.Lock
     fence: OffsetFence
+    behind: Collection[tuple[str, int]]  # as of the last batch; an idle clock moves only when empty
 
     async def process(self, messages: Sequence[Message], behind: Collection[tuple[str, int]] = ()) -> None: ...
 
@@ -105,12 +106,13 @@ class BatchLoop:
             await retry(lambda: self._place(placed, firsts), self.health)
             messages = [m for m in messages if TopicPartition(m.topic, m.partition) not in placed]
         if not messages:
+            self.engine.behind = self.behind()  # nothing came: what Kafka says now, for the idle clock
             return
         await retry(self.ready, self.health)
         for m in messages:
             self.read_to[TopicPartition(m.topic, m.partition)] = m.offset + 1
         try:
-            await self.engine.process(messages, self.behind())
+            await self.engine.process(messages, self.behind(messages))
         except OUTAGES as exc:
             await self._outage(exc, messages)
             return
@@ -123,13 +125,19 @@ class BatchLoop:
             self.health.up(dependency)
         await self._commit(messages)
 
-    def behind(self) -> set[tuple[str, int]]:
-        """(topic, partition)s assigned here with messages not yet read (or not yet known)."""
+    def behind(self, messages: Sequence[Message] = ()) -> set[tuple[str, int]]:
+        """(topic, partition)s assigned here with messages not yet read, as far as Kafka said
+        when this batch's messages were fetched: a partition whose high-water mark is older than
+        the newest fetch behind `messages` (aiokafka does not re-fetch a partition while records
+        of it wait in its buffer) counts as behind, since more may have come since."""
+        poll = self.consumer.last_poll_timestamp
+        fetched = {TopicPartition(m.topic, m.partition) for m in messages}
+        newest = max((poll(tp) or 0 for tp in fetched), default=0)
         out = set()
         for tp in self.consumer.assignment():
             end = self.consumer.highwater(tp)
             done = max(self.read_to.get(tp, 0), self.engine.fence.applied.get(f"{tp.topic}:{tp.partition}", 0))
-            if end is None or done < end:
+            if end is None or done < end or (poll(tp) or 0) < newest:
                 out.add((tp.topic, tp.partition))
         return out
 
@@ -148,7 +156,7 @@ class BatchLoop:
         """Each message alone; one that fails alone is dead-lettered. False on an outage."""
         for msg in messages:
             try:
-                await self.engine.process([msg], self.behind())
+                await self.engine.process([msg], self.behind(messages))
             except OUTAGES as exc:
                 await self._outage(exc, messages)  # back to the fence: what was applied is skipped
                 return False
