@@ -7,13 +7,15 @@ original and the same position is never dead-lettered twice (the id goes through
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from services.common.avro import Codec
 from services.common.constants import TOPIC_DLQ
+from services.common.fence import OffsetFence
 from services.common.messages import Message
-from services.common.outbox import pack, record_id
+from services.common.outbox import Outbox, pack, record_id
 
-__all__ = ["MAX_ORIGINAL_BYTES", "dead_letter", "dead_letter_id"]
+__all__ = ["MAX_ORIGINAL_BYTES", "dead_letter", "dead_letter_id", "quarantine"]
 
 # A dead letter must itself fit in a Kafka message (1 MB by default).
 MAX_ORIGINAL_BYTES = 512 * 1024
@@ -47,3 +49,23 @@ def dead_letter(codec: Codec, source: str, msg: Message, reason: str) -> tuple[s
     ident = dead_letter_id(source, msg)
     value = codec.encode("crm.events.DeadLetter", envelope)
     return ident, pack(now, TOPIC_DLQ, f"{msg.topic}:{msg.partition}", value)
+
+
+async def quarantine(
+    redis: Any, fence: OffsetFence, outbox: Outbox, codec: Codec, source: str, *, msg: Message, reason: str
+) -> bool:
+    """Dead-letter `msg` and move the fence past it in one MULTI (a message that cannot be
+    applied even alone); False if it was applied before. The caller holds its engine's lock."""
+    await fence.refresh([msg])
+    offsets: dict[str, int] = {}
+    if not fence.admit(msg, offsets):
+        return False
+    ident, entry = dead_letter(codec, source, msg, reason)
+    dead = {msg.partition: {ident: entry}}
+    async with redis.pipeline(transaction=True) as pipe:
+        outbox.queue(pipe, dead)
+        fence.queue(pipe, offsets)
+        await pipe.execute()
+    fence.written(offsets)
+    await outbox.send(dead)
+    return True

@@ -24,7 +24,7 @@ from services.common import keys
 from services.common.avro import Codec
 from services.common.clock import EventClock, merge_shard_clocks
 from services.common.constants import TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS, TOPICS
-from services.common.deadletter import dead_letter
+from services.common.deadletter import dead_letter, quarantine
 from services.common.fence import OffsetFence
 from services.common.messages import Message
 from services.common.outbox import Outbox, SentSince, kafka_sent_since
@@ -155,19 +155,9 @@ class Engine:
         """Dead-letter `msg` and move the fence past it, in one MULTI (a message that cannot be
         applied even alone)."""
         async with self.lock:
-            await self.fence.refresh([msg])
-            offsets: dict[str, int] = {}
-            if not self.fence.admit(msg, offsets):
-                return
-            ident, entry = dead_letter(self.codec, self.source, msg, reason)
-            dead = {msg.partition: {ident: entry}}
-            async with self.redis.pipeline(transaction=True) as pipe:
-                self.outbox.queue(pipe, dead)
-                self.fence.queue(pipe, offsets)
-                await pipe.execute()
-            self.fence.written(offsets)
-            self.metrics.invalid.inc()
-            await self.outbox.send(dead)
+            parts = (self.redis, self.fence, self.outbox, self.codec, self.source)
+            if await quarantine(*parts, msg=msg, reason=reason):
+                self.metrics.invalid.inc()
 
     async def _process(self, messages: Sequence[Message]) -> None:
         self.values = {}

@@ -33,7 +33,7 @@ from services.common.constants import (
     TOPIC_TRIGGERS_SUPPRESSED,
     TOPICS,
 )
-from services.common.deadletter import dead_letter
+from services.common.deadletter import dead_letter, quarantine
 from services.common.fence import OffsetFence
 from services.common.messages import Message
 from services.common.outbox import Outbox, SentSince, pack
@@ -185,19 +185,9 @@ class TriggerEngine:
         """Dead-letter `msg` and move the fence past it, in one MULTI (a message that cannot be
         applied even alone)."""
         async with self.lock:
-            await self.fence.refresh([msg])
-            offsets: dict[str, int] = {}
-            if not self.fence.admit(msg, offsets):
-                return
-            ident, entry = dead_letter(self.codec, self.source, msg, reason)
-            dead = {msg.partition: {ident: entry}}
-            async with self.redis.pipeline(transaction=True) as pipe:
-                self.outbox.queue(pipe, dead)
-                self.fence.queue(pipe, offsets)
-                await pipe.execute()
-            self.fence.written(offsets)
-            self.metrics.invalid.inc()
-            await self.outbox.send(dead)
+            parts = (self.redis, self.fence, self.outbox, self.codec, self.source)
+            if await quarantine(*parts, msg=msg, reason=reason):
+                self.metrics.invalid.inc()
 
     async def start(self) -> None:
         """Load the applied-offset fence and the clocks written by earlier runs."""

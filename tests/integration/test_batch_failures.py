@@ -21,6 +21,7 @@ from services.common.avro import default_codec
 from services.common.batchloop import BatchLoop
 from services.common.constants import TOPIC_DLQ
 from services.common.faustapp import engine_consumer, once
+from services.common.messages import Message
 from services.common.outbox import kafka_sent_since
 from services.common.produce import engine_producer
 from services.common.produce import send_many as produce_many
@@ -191,6 +192,11 @@ async def test_stager_failures_mid_batch_apply_every_message_exactly_once(stack,
     await consumer.start()
     try:
         await _run(loop, engine, ends, consumer, real)
+        # a message that fails even alone is quarantined once: dead-lettered, the fence moved past it
+        stuck = Message(topic, 0, ends[TopicPartition(topic, 0)], b"never applied")
+        await engine.quarantine(stuck, "unprocessable: fails alone")
+        await engine.quarantine(stuck, "unprocessable: fails alone")  # again: already behind the fence
+        assert engine.fence.applied[f"{topic}:0"] == stuck.offset + 1
     finally:
         await consumer.stop()
         await producer.stop()
@@ -200,11 +206,13 @@ async def test_stager_failures_mid_batch_apply_every_message_exactly_once(stack,
     for c in range(CUSTOMERS):
         state, _ = decode_state(await real.hget(keys.customer_key(tenant, f"c{c}"), "s"))
         paid[c] = state.paid
-    await real.aclose()
     assert paid == {c: ORDERS - (c == 7) for c in range(CUSTOMERS)}  # the poison order alone is missing
     assert metrics.repeats._value.get() == 0  # nothing was applied twice (the fence kept it out)
+    await real.aclose()
     dead = await _dead(stack.kafka_bootstrap, f"stager:{group}")
-    assert len(dead) == 1 and dead[0]["topic"] == topic and dead[0]["reason"].startswith("unprocessable")
+    assert sorted(r["reason"] for r in dead) == ["unprocessable: RuntimeError: the rules choke on this one",
+                                                 "unprocessable: fails alone"]  # fmt: skip
+    assert all(r["topic"] == topic for r in dead)
 
 
 @pytest.mark.timeout(300)
