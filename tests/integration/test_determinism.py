@@ -132,13 +132,13 @@ def _run(stack, data, tmp_path, name, speed, batch, workers, port, fmt="cdnow", 
     return tenant
 
 
-async def _outputs(bootstrap, tenants):
+async def _outputs(bootstrap, tenants, with_ids=False):
     codec = default_codec()
     transitions = defaultdict(set)
     async for r in read_topic(bootstrap, TOPIC_STAGE_TRANSITIONS, codec, idle_timeout=2.0):
         if r.get("tenant") in tenants and "transition_id" in r:
             said = (r["customer_id"], r["model"], r["from_stage"], r["to_stage"], _millis(r["at"]), r["cause"])
-            transitions[r["tenant"]].add(said)
+            transitions[r["tenant"]].add((*said, r["transition_id"]) if with_ids else said)
     decisions = defaultdict(list)
     for topic in DECISIONS:
         async for r in read_topic(bootstrap, topic, codec, idle_timeout=2.0):
@@ -179,3 +179,61 @@ def test_replays_at_any_pace_batch_size_and_worker_count_give_the_same_transitio
         extra = sorted(v for k, v in got.items() if k not in expected)[:5]
         assert got == expected, f"{name}: missing {missing}, extra {extra}"
         assert {r for r, *_ in got.values()} >= {"first_purchase_gift", "repurchase_reminder", "winback_declining"}
+
+
+TAOBAO = DATA / "taobao_userbehavior" / "UserBehavior_by_user.csv"
+TAOBAO_RUNS = {
+    "max": (None, 2000, 1),
+    "paced": (60_000.0, 2000, 1),
+    "small-batches-two-workers": (None, 7, 2),
+}
+
+
+def _taobao_subset(users, out):
+    """The complete histories of the first `users` users of the Taobao sample (grouped by user)."""
+    kept, lines = set(), []
+    for line in TAOBAO.read_text().splitlines(keepends=True):
+        who = line.split(",", 1)[0]
+        if who not in kept and len(kept) == users:
+            break
+        kept.add(who)
+        lines.append(line)
+    out.write_text("".join(lines))
+    return out
+
+
+def _normalised(decisions, transitions):
+    """Decisions as what they say, with a transition cause replaced by the transition it names."""
+    by_id = {}
+    for customer, model, _from, _to, _at, cause, transition_id in transitions:
+        by_id[transition_id] = (customer, model, cause)
+    out = set()
+    for r in decisions:
+        cause = r["cause"]
+        if cause.startswith("transition:"):
+            cause = by_id[cause.removeprefix("transition:")]
+        out.add((r["rule"], r["customer_id"], cause, _millis(r["decided_at"]), _millis(r["deliver_after"]),
+                 r["suppressed"]))  # fmt: skip
+    return out
+
+
+@pytest.mark.timeout(1800)
+def test_taobao_browsing_carts_and_orders_give_the_same_answers_at_any_pace_and_batch_size(quiet_stack, tmp_path):
+    """Several input topics read at different paces: browse, cart, follow and order events of
+    the same customers, and the transitions they cause. No control groups here, so decisions of
+    different tenants can be compared."""
+    data = _taobao_subset(150, tmp_path / "taobao-150.csv")
+    rules = tmp_path / "rules.json"
+    rules.write_text('{"guardrails": {"holdout_share": 0, "global_holdout_share": 0}}')
+    tenants = {}
+    for i, (name, (speed, batch, workers)) in enumerate(TAOBAO_RUNS.items()):
+        tenants[name] = _run(quiet_stack, data, tmp_path, name, speed, batch, workers, 36500 + 10 * i,
+                             fmt="taobao", env={"CRM_TRIGGER_RULES_FILE": str(rules)})  # fmt: skip
+    transitions, decisions = asyncio.run(_outputs(quiet_stack.kafka_bootstrap, set(tenants.values()), with_ids=True))
+    said = {name: {t[:6] for t in transitions[tenant]} for name, tenant in tenants.items()}
+    assert len(said["max"]) > 5_000
+    made = {name: _normalised(decisions[tenant], transitions[tenant]) for name, tenant in tenants.items()}
+    assert {rule for rule, *_ in made["max"]} >= {"considering_coupon", "abandoned_cart_reminder"}
+    for name in tenants:
+        assert said[name] == said["max"], f"{name}: transitions differ from the full-speed run"
+        assert made[name] == made["max"], f"{name}: decisions differ from the full-speed run"
