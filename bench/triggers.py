@@ -115,7 +115,9 @@ async def run_worker(total: int, log: Path) -> float:
     """The deployed triggers worker (Faust agent with take_events); rate from its first batch."""
     env = {**os.environ, "CRM_KAFKA_BOOTSTRAP": SETTINGS.kafka_bootstrap, "CRM_REDIS_URL": SETTINGS.redis_url,
            "CRM_STATE_DIR": str(SETTINGS.state_dir), "CRM_TRIGGERS_GROUP": "bench-triggers",
-           "CRM_TRIGGERS_WEB_PORT": "46067", "CRM_LOG_LEVEL": "warn"}  # fmt: skip
+           "CRM_TRIGGERS_WEB_PORT": "46067", "CRM_LOG_LEVEL": "warn",
+           # no stager runs here: the progress records it writes would never come
+           "CRM_TRIGGERS_FOLLOW_STAGER": "false"}  # fmt: skip
     redis = Redis.from_url(SETTINGS.redis_url)
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "services.triggers"], env=env, stdout=out,

@@ -10,8 +10,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -20,9 +21,21 @@ from services.common.settings import CommonSettings, load_settings
 
 __all__ = ["main"]
 
+T = TypeVar("T")
+
 
 def _common() -> CommonSettings:
     return load_settings(CommonSettings)
+
+
+def _ride_out(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a command's coroutine (`make()` builds a fresh one), waiting out a Kafka or Redis
+    outage with backoff for up to CRM_OUTAGE_WAIT_SECONDS; then the outage is raised and `main`
+    names it in one line."""
+    from services.common.resilience import Health, retry
+
+    wait = _common().outage_wait_seconds
+    return asyncio.run(retry(make, Health("crm"), give_up_after=wait))
 
 
 @click.group()
@@ -83,7 +96,7 @@ def topics_create(partitions: int | None) -> None:
     """Create every missing topic of the table (idempotent)."""
     from services.common.topics import ensure_topics
 
-    result = asyncio.run(ensure_topics(_common().kafka_bootstrap, partitions=partitions))
+    result = _ride_out(lambda: ensure_topics(_common().kafka_bootstrap, partitions=partitions))
     for name, state in result.items():
         click.echo(f"{name:28} {state}")
 
@@ -106,11 +119,20 @@ def tail(topic: str, max_messages: int | None) -> None:
     from services.common.avro import default_codec
     from services.common.tail import read_topic, to_json
 
-    async def run() -> None:
-        async for record in read_topic(_common().kafka_bootstrap, topic, default_codec(), max_messages):
-            click.echo(to_json(record))
+    printed = 0
 
-    asyncio.run(run())
+    async def run() -> None:
+        nonlocal printed
+        try:
+            async for record in read_topic(_common().kafka_bootstrap, topic, default_codec(), max_messages):
+                click.echo(to_json(record))
+                printed += 1
+        except Exception as exc:
+            if printed:  # starting again would print the same records twice
+                raise CrmError(f"reading {topic} stopped after {printed} records: {type(exc).__name__}: {exc}") from exc
+            raise
+
+    _ride_out(run)
 
 
 # --- ingest ------------------------------------------------------------------------------------
@@ -216,7 +238,7 @@ def triggers_summary(tenant: str, as_json: bool) -> None:
     from services.triggers.report import decision_counts
 
     settings = load_settings(CommonSettings)
-    counts = asyncio.run(decision_counts(settings.kafka_bootstrap, tenant))
+    counts = _ride_out(lambda: decision_counts(settings.kafka_bootstrap, tenant))
     _print_decisions(counts, as_json)
 
 
@@ -298,7 +320,7 @@ def stages_counts(model: str, tenant: str, at: str | None, as_json: bool) -> Non
         finally:
             await redis.aclose()
 
-    _print_counts(asyncio.run(run()), as_json)
+    _print_counts(_ride_out(run), as_json)
 
 
 @stages.command("flow")
@@ -318,7 +340,7 @@ def stages_flow(model: str, tenant: str, from_: str, to: str, as_json: bool) -> 
         finally:
             await redis.aclose()
 
-    _print_counts(asyncio.run(run()), as_json)
+    _print_counts(_ride_out(run), as_json)
 
 
 def _redis() -> Any:
@@ -504,10 +526,15 @@ def _post(url: str, body: bytes) -> dict[str, Any]:
 
 
 def main() -> None:
+    from services.common.resilience import OUTAGES, dependency_of
+
     try:
         cli(standalone_mode=True)
     except CrmError as exc:
         sys.exit(f"crm: {exc}")
+    except OUTAGES as exc:
+        waited = _common().outage_wait_seconds
+        sys.exit(f"crm: {dependency_of(exc)} unreachable for {waited:g} s, giving up ({type(exc).__name__}: {exc})")
 
 
 if __name__ == "__main__":

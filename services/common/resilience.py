@@ -84,14 +84,23 @@ def dependency_of(exc: BaseException) -> str:
     return "network"
 
 
-async def retry(call: Callable[[], Awaitable[T]], health: Health, backoff: Backoff | None = None) -> T:
-    """`call()` until it returns, waiting out outages (any other error propagates)."""
+async def retry(
+    call: Callable[[], Awaitable[T]],
+    health: Health,
+    backoff: Backoff | None = None,
+    give_up_after: float | None = None,
+) -> T:
+    """`call()` until it returns, waiting out outages (any other error propagates). With
+    `give_up_after` (seconds), an outage lasting longer is raised."""
     backoff = backoff or Backoff()
     marked: set[str] = set()
+    deadline = None if give_up_after is None else time.monotonic() + give_up_after
     while True:
         try:
             result = await call()
         except OUTAGES as exc:
+            if deadline is not None and time.monotonic() + backoff.delay > deadline:
+                raise
             marked.add(dependency_of(exc))
             health.down(dependency_of(exc), exc)
             await backoff.wait()

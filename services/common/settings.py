@@ -31,6 +31,8 @@ class CommonSettings(BaseSettings):
     ingest_host: str = "127.0.0.1"
     ingest_port: int = Field(8081, ge=1, le=65535)
     log_level: str = Field("info", pattern=r"^(debug|info|warn|warning|error)$")
+    # how long a `crm` command waits for Kafka or Redis to come back before it gives up
+    outage_wait_seconds: float = Field(60.0, ge=0)
 
     def logging_level(self) -> int:
         """`log_level` as a `logging` constant (`warn` is accepted, as Faust spells it)."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import IntEnum
+from operator import attrgetter
 
 from services.stager.config import StageRules
 
@@ -184,16 +185,21 @@ def _apply(s: CustomerState, fact: Fact, rules: StageRules, out: Outcome) -> Non
         out.credits.append((referrer, fact))
 
 
-def _snapshot(s: CustomerState) -> CustomerState:
-    """A copy sharing nothing `apply_fact` changes in place."""
-    copy = replace(s)
-    copy.orders, copy.recent, copy.stages = list(s.orders), list(s.recent), dict(s.stages)
-    return copy
+_SLOTS: tuple[str, ...] = CustomerState.__slots__
+_VALUES = attrgetter(*_SLOTS)
+_Saved = tuple[tuple[object, ...], list[tuple[int, int, int, int]], list[tuple[int, int, int]], dict[str, str | None]]
 
 
-def _restore(s: CustomerState, saved: CustomerState) -> None:
-    for name in CustomerState.__slots__:
-        setattr(s, name, getattr(saved, name))
+def _snapshot(s: CustomerState) -> _Saved:
+    """The state's values, with copies of what `apply_fact` changes in place."""
+    return _VALUES(s), list(s.orders), list(s.recent), dict(s.stages)
+
+
+def _restore(s: CustomerState, saved: _Saved) -> None:
+    values, orders, recent, stages = saved
+    for name, value in zip(_SLOTS, values, strict=True):
+        setattr(s, name, value)
+    s.orders, s.recent, s.stages = orders, recent, stages
 
 
 def next_wake(s: CustomerState, rules: StageRules) -> int | None:
@@ -383,8 +389,12 @@ def _update(s: CustomerState, fact: Fact, rules: StageRules) -> str | None:
     step = STEP.get(kind, 0)
     _session(s, t, step, rules.session_gap_ms)
     fp = zlib.crc32(fact.event_id.encode()) & 0xFFFF
-    if not any(rt == t and rfp == fp for rt, _, rfp in s.recent):  # a repeat is counted once
-        s.recent = sorted([*s.recent, (t, step, fp)], reverse=True)[:RECENT]
+    recent = s.recent
+    if not recent or t > recent[0][0]:  # the usual case: newer than every kept event
+        recent.insert(0, (t, step, fp))
+        del recent[RECENT:]
+    elif not any(rt == t and rfp == fp for rt, _, rfp in recent):  # a repeat is counted once
+        s.recent = sorted([*recent, (t, step, fp)], reverse=True)[:RECENT]
     if kind == Kind.ORDER_PAID:
         return _paid(s, fact, rules)
     if kind == Kind.ORDER_REFUNDED:

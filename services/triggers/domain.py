@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
+from operator import attrgetter
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.triggers.config import Guardrails, OfferConfig, TriggerConfig, TriggerRule
@@ -180,8 +181,13 @@ def _remember(state: TriggerState, item: Input) -> None:
     """Remember `item` as (day << 32 | fingerprint), newest first; forget what is older than
     SEEN_DAYS of event time behind the customer (such an input is refused as too late)."""
     horizon = (max(state.clock, item.time) - SEEN_DAYS * DAY_MS) // DAY_MS
-    kept = [entry for entry in state.seen if entry >> 32 > horizon]
-    state.seen = sorted([*kept, (item.time // DAY_MS) << 32 | fingerprint(_ident(item))], reverse=True)[:SEEN_LIMIT]
+    entry, seen = (item.time // DAY_MS) << 32 | fingerprint(_ident(item)), state.seen
+    if not seen or (entry >= seen[0] and seen[-1] >> 32 > horizon):  # the usual case: newest, none expired
+        seen.insert(0, entry)
+        del seen[SEEN_LIMIT:]
+        return
+    kept = [known for known in seen if known >> 32 > horizon]
+    state.seen = sorted([*kept, entry], reverse=True)[:SEEN_LIMIT]
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -348,18 +354,30 @@ def _apply_safely(
     try:
         return [(item, d) for d in apply(state, item, config, tenant, customer)]
     except Exception as exc:  # noqa: BLE001 - one input the rules cannot take must not stop its customer
-        for name in TriggerState.__slots__:
-            setattr(state, name, getattr(saved, name))
+        _restore(state, saved)
         rejected.append((item, f"unprocessable: {type(exc).__name__}: {exc}"))
         return []
 
 
-def _snapshot(state: TriggerState) -> TriggerState:
-    """A copy sharing nothing `apply` changes in place."""
-    copy = replace(state)
-    copy.consent, copy.timers, copy.sends = dict(state.consent), dict(state.timers), dict(state.sends)
-    copy.closed, copy.pending = dict(state.closed), list(state.pending)
-    return copy
+_SLOTS: tuple[str, ...] = TriggerState.__slots__
+_VALUES = attrgetter(*_SLOTS)
+# what `apply` changes in place, copied; everything else it rebinds
+_COPIED = ("consent", "timers", "sends", "closed", "pending", "seen")
+
+
+def _snapshot(state: TriggerState) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """The state's values, with copies of the containers `apply` changes in place."""
+    copies = (state.consent.copy(), state.timers.copy(), state.sends.copy(), state.closed.copy(),
+              state.pending.copy(), state.seen.copy())  # fmt: skip
+    return _VALUES(state), copies
+
+
+def _restore(state: TriggerState, saved: tuple[tuple[object, ...], tuple[object, ...]]) -> None:
+    values, copies = saved
+    for name, value in zip(_SLOTS, values, strict=True):
+        setattr(state, name, value)
+    for name, value in zip(_COPIED, copies, strict=True):
+        setattr(state, name, value)
 
 
 def apply_in_order(
@@ -388,6 +406,8 @@ def apply_in_order(
 def fire(state: TriggerState, watermark: int, config: TriggerConfig, tenant: str, customer: str) -> list[Decision]:
     """Fire every timer due at or before `watermark`, in due order; the decisions they make."""
     out: list[Decision] = []
+    if not state.timers:
+        return out
     while True:
         due = sorted((t for t in state.timers.values() if t.due <= watermark), key=lambda t: (t.due, t.key))
         if not due:
