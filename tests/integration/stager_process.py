@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -76,3 +77,30 @@ class TriggersProcess(WorkerProcess):
     def __init__(self, stack, group, port, log_path, env=None):
         env = {"CRM_TRIGGERS_GROUP": group, "CRM_TRIGGERS_WEB_PORT": str(port), **(env or {})}
         super().__init__("services.triggers", stack, port, log_path, env)
+
+
+class IngestProcess(WorkerProcess):
+    def __init__(self, stack, port, log_path, key="test-key", env=None):
+        env = {"CRM_INGEST_PORT": str(port), "CRM_API_KEYS": key, **(env or {})}
+        super().__init__("services.ingest", stack, port, log_path, env)
+
+
+def health(port):
+    """The status /healthz answers on `port` (None: no answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def await_health(ports, status, within):
+    """Wait until every port's /healthz answers `status`; the answers seen last otherwise."""
+    deadline = time.monotonic() + within
+    while True:
+        seen = {port: health(port) for port in ports}
+        if all(code == status for code in seen.values()) or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.2)

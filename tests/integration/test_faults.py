@@ -21,7 +21,7 @@ from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
 from tests.integration.batch_rules import cdnow_events, expected_counts
 from tests.integration.batch_triggers import expected_decisions
-from tests.integration.stager_process import StagerProcess, TriggersProcess
+from tests.integration.stager_process import IngestProcess, StagerProcess, TriggersProcess, await_health
 from tests.integration.test_determinism import CDNOW_SAMPLE, _outputs, _subset, _wait_triggers
 
 PAST = (859852800000, 875664000000, 891388800000)  # 1997-04-01, 1997-10-01, 1998-04-01 (UTC)
@@ -59,6 +59,8 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
     tenant, stager_group, triggers_group = f"fault-{run}", f"stager-fault-{run}", f"triggers-fault-{run}"
     stager = StagerProcess(fault_stack, stager_group, 36401, tmp_path / "stager.log")
     triggers = TriggersProcess(fault_stack, triggers_group, 36402, tmp_path / "triggers.log")
+    ingest = IngestProcess(fault_stack, 36403, tmp_path / "ingest.log")
+    workers, everyone = (36401, 36402), (36401, 36402, 36403)
     settings = StagerSettings(kafka_bootstrap=fault_stack.kafka_bootstrap, redis_url=fault_stack.redis_url,
                               stager_group=stager_group)  # fmt: skip
     outcome = {}
@@ -71,18 +73,24 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
 
     stager.start()
     triggers.start()
+    ingest.start()
     thread = threading.Thread(target=replaying)
     thread.start()
+    health = {}
     try:
         time.sleep(6)
         _kill(local, "redis")
-        time.sleep(3)
+        health["redis down"] = await_health(workers, 503, within=20)
+        time.sleep(1)
         local.up()  # what `crm stack up` does
-        time.sleep(6)
+        health["redis back"] = await_health(everyone, 200, within=90)
+        time.sleep(4)
         _kill(local, "kafka")
-        time.sleep(5)
+        health["kafka down"] = await_health(everyone, 503, within=30)
+        time.sleep(1)
         local.up()
-        time.sleep(6)
+        health["kafka back"] = await_health(everyone, 200, within=120)
+        time.sleep(4)
         stager.kill()
         stager.start(timeout=120)
         time.sleep(4)
@@ -97,6 +105,12 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
     finally:
         stager.stop()
         triggers.stop()
+        ingest.stop()
+
+    assert set(health["redis down"].values()) == {503}, health
+    assert set(health["kafka down"].values()) == {503}, health
+    assert set(health["redis back"].values()) == {200}, health
+    assert set(health["kafka back"].values()) == {200}, health
 
     events = cdnow_events(data)
     expected_now = expected_counts(events)
