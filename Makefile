@@ -30,7 +30,7 @@ down:
 	$(BIN)/crm stack down
 
 lint: setup
-	$(BIN)/ruff check services tests && $(BIN)/ruff format --check services tests
+	$(BIN)/ruff check services crm bench tests && $(BIN)/ruff format --check services crm bench tests
 
 typecheck: setup
 	$(BIN)/mypy

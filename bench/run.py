@@ -27,10 +27,10 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from tqdm import tqdm
 
+from crm.localstack import LocalStack
 from services.common.avro import default_codec
 from services.common.clock import tenant_clock
 from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
-from services.common.localstack import LocalStack
 from services.common.produce import send_many
 from services.common.settings import REPO_ROOT, CommonSettings
 from services.common.topics import ensure_topics
@@ -330,7 +330,7 @@ async def redis_bytes(customers_prefix: str) -> dict[str, float]:
             sample.append(key)
             if len(sample) >= 2000:
                 break
-        usage = [await redis.memory_usage(k, samples=0) for k in sample]
+        usage = [await redis.memory_usage(k, samples=0) or 0 for k in sample]
         customers = await _count(redis, customers_prefix)
         per_family = {}
         for family in ("crm:timers:bench:*", "crm:log:bench:*"):

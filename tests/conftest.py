@@ -92,7 +92,7 @@ def _stack(settings: CommonSettings) -> Iterator[StackInfo]:
             yield info
         return
 
-    from services.common.localstack import LocalStack
+    from crm.localstack import LocalStack
 
     local = LocalStack(settings)
     was_running = local.kafka_ready() and local.redis_ready()

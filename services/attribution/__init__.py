@@ -1,1 +1,2 @@
-"""attribution service (built in a later milestone; importable so the layout is complete)."""
+"""Attribution service: which outreach produced which orders, against the control group (not
+written yet; the package holds its place in the layout)."""

@@ -1,1 +1,2 @@
-"""Code shared by every service: settings, topic names, Avro codec, metrics, Redis keys, local stack."""
+"""Code every running service shares: settings, topic names, the Avro codec, the batch loop,
+offset fence, event clocks, outbox and dead letters, metrics and Redis keys."""

@@ -1,1 +1,3 @@
-"""stager service (built in a later milestone; importable so the layout is complete)."""
+"""Stager service: keeps each customer's state in Redis, places the customer in the stages of
+every model (brand pyramid, AIPL, lifecycle, shopping path, value grid) and emits stage
+transitions."""

@@ -1,1 +1,2 @@
-"""triggers service (built in a later milestone; importable so the layout is complete)."""
+"""Triggers service: turns stage transitions, events and timers into marketing actions on the
+trigger topics, within consent, frequency caps, quiet hours and control groups."""

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from services.common.localstack import pid_alive
+from crm.localstack import pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
-CRM = [sys.executable, "-m", "services.cli"]
+CRM = [sys.executable, "-m", "crm.cli"]
 
 
 @pytest.fixture

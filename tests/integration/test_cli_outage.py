@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-CRM = [sys.executable, "-c", "from services.cli import main; main()"]
+CRM = [sys.executable, "-c", "from crm.cli import main; main()"]
 
 
 def _free_port() -> int:

@@ -18,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
+from crm.replay import replay
 from services.common import keys
 from services.common.avro import default_codec
 from services.common.clock import tenant_clock
@@ -31,7 +32,6 @@ from services.common.constants import (
     event_topic,
 )
 from services.common.tail import read_topic
-from services.stager.replay import replay
 from services.stager.settings import StagerSettings
 from tests.integration.batch_triggers import CHANNELS, expected_decisions
 from tests.integration.stager_process import StagerProcess, TriggersProcess

@@ -14,9 +14,9 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from services.common.localstack import LocalStack
+from crm.localstack import LocalStack
+from crm.replay import replay
 from services.stager import analytics
-from services.stager.replay import replay
 from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
 from tests.integration.batch_rules import cdnow_events, expected_counts

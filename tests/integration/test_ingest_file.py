@@ -7,7 +7,7 @@ import uuid
 
 from click.testing import CliRunner
 
-from services.cli import cli
+from crm.cli import cli
 from services.common.avro import default_codec
 from services.common.tail import read_topic
 

@@ -4,8 +4,8 @@ import asyncio
 
 import redis
 
+from crm.localstack import LocalStack
 from services.common.constants import TOPICS
-from services.common.localstack import LocalStack
 from services.common.settings import CommonSettings
 from services.common.tail import topic_partitions
 from services.common.topics import ensure_topics

@@ -7,8 +7,8 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
+from crm.replay import replay
 from services.common import keys
-from services.stager.replay import replay
 from tests.integration.batch_rules import expected_counts, taobao_events
 from tests.integration.stager_process import StagerProcess
 from tests.integration.test_stager_replay import TAOBAO, assert_same, live_counts, settings_for

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from crm.replay import replay
 from services.common import keys
 from services.stager import analytics
-from services.stager.replay import replay
 from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
 from tests.integration.batch_rules import cdnow_events, expected_counts, expected_flow, taobao_events
@@ -76,7 +76,7 @@ async def _clock(stack, tenant):
 def test_counts_at_an_instant_and_flows_between_two_match_the_batch_computation(stack, stager, group):
     from click.testing import CliRunner
 
-    from services.cli import cli
+    from crm.cli import cli
 
     tenant = f"cdnow-at-{uuid.uuid4().hex[:6]}"
     asyncio.run(replay(settings_for(stack, group), CDNOW, "cdnow", tenant, timeout=600, say=print))

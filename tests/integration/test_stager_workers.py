@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from services.stager.replay import replay
+from crm.replay import replay
 from tests.integration.batch_rules import cdnow_events, expected_counts
 from tests.integration.stager_process import StagerProcess
 from tests.integration.test_stager_replay import CDNOW, assert_same, live_counts, settings_for

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from crm.datasets import read_dataset
 from services.common.avro import default_codec
-from services.ingest.datasets import read_dataset
 from services.ingest.validate import Limits, RawItem, schema_name, validate_event
 from services.stager.facts import to_fact
 from services.stager.rules import Kind

@@ -2,8 +2,8 @@
 
 import pytest
 
+from crm.localstack import LocalStack
 from services.common.errors import StackError
-from services.common.localstack import LocalStack
 from services.common.settings import CommonSettings
 
 SETTINGS = CommonSettings(kafka_bootstrap="127.0.0.1:49092", redis_url="redis://127.0.0.1:46379/0")

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.stager.pacing import BATCH, event_times, plan_chunks
+from crm.pacing import BATCH, event_times, plan_chunks
 
 DAY_MS = 86_400_000
 

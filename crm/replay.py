@@ -27,6 +27,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tqdm import tqdm
 
+from crm.datasets import read_dataset
+from crm.pacing import event_times, plan_chunks
 from services.common import keys
 from services.common.avro import default_codec
 from services.common.clock import tenant_clock
@@ -34,11 +36,9 @@ from services.common.constants import REDIS_PREFIX
 from services.common.errors import CrmError
 from services.common.topics import ensure_topics
 from services.ingest.core import Ingestor, ItemResult, make_producer
-from services.ingest.datasets import read_dataset
 from services.ingest.metrics import IngestMetrics
 from services.ingest.validate import Limits, RawItem
 from services.stager.app import SOURCE_TOPICS
-from services.stager.pacing import event_times, plan_chunks
 from services.stager.settings import StagerSettings
 
 __all__ = ["ReplayReport", "replay", "wait_applied"]

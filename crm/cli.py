@@ -54,7 +54,7 @@ def stack() -> None:
 @click.option("--timeout", default=120.0, show_default=True)
 def stack_up(topics: bool, timeout: float) -> None:
     """Start Kafka (KRaft) and Redis on loopback, wait until they answer; idempotent."""
-    from services.common.localstack import LocalStack
+    from crm.localstack import LocalStack
     from services.common.topics import ensure_topics
 
     settings = _common()
@@ -68,7 +68,7 @@ def stack_up(topics: bool, timeout: float) -> None:
 @stack.command("down")
 def stack_down() -> None:
     """Stop every process this checkout started (services, Kafka, Redis)."""
-    from services.common.localstack import LocalStack
+    from crm.localstack import LocalStack
 
     stopped = LocalStack(_common()).down()
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -77,7 +77,7 @@ def stack_down() -> None:
 @stack.command("status")
 def stack_status() -> None:
     """Show what runs; exits 1 unless Kafka and Redis both answer."""
-    from services.common.localstack import LocalStack
+    from crm.localstack import LocalStack
 
     local = LocalStack(_common())
     for name, state in local.status().items():
@@ -235,7 +235,7 @@ def triggers_worker() -> None:
 @click.option("--json", "as_json", is_flag=True, help="An object of rule -> outcome -> count.")
 def triggers_summary(tenant: str, as_json: bool) -> None:
     """Decisions of every rule for a tenant: sent, or suppressed and why."""
-    from services.triggers.report import decision_counts
+    from crm.report import decision_counts
 
     settings = load_settings(CommonSettings)
     counts = _ride_out(lambda: decision_counts(settings.kafka_bootstrap, tenant))
@@ -285,7 +285,7 @@ def replay(
     path: Path, fmt: str, tenant: str, speed: float | None, as_fast: bool, wait: bool, force: bool, timeout: float
 ) -> None:
     """Replay a dataset in event-time order through the ingest path, under TENANT."""
-    from services.stager.replay import replay as run
+    from crm.replay import replay as run
     from services.stager.settings import StagerSettings
 
     settings = load_settings(StagerSettings)
@@ -385,11 +385,11 @@ DEMO_KEY = "demo-local-key"
 @click.option("--customers", default=2000, show_default=True)
 def demo(customers: int) -> None:
     """Start the stack and the services, push a demo stream over HTTP, print what happened."""
+    from crm.demo import demo_stream
+    from crm.localstack import LocalStack
     from services.common.avro import default_codec
-    from services.common.localstack import LocalStack
     from services.common.tail import read_topic, to_json
     from services.common.topics import ensure_topics
-    from services.ingest.demo import demo_stream
     from services.stager.settings import StagerSettings
     from services.triggers.settings import TriggerSettings
 
@@ -436,7 +436,7 @@ def demo(customers: int) -> None:
 
 async def _show_triggers(settings: Any, settle_seconds: float = 4.0, timeout: float = 120.0) -> None:
     """Print the demo tenant's trigger decisions once they stop changing."""
-    from services.triggers.report import decision_counts
+    from crm.report import decision_counts
 
     deadline = time.monotonic() + timeout
     last: Counter[tuple[str, str]] = Counter()
@@ -453,8 +453,8 @@ async def _show_triggers(settings: Any, settle_seconds: float = 4.0, timeout: fl
 
 
 async def _show_stages(settings: Any, latest: int) -> None:
+    from crm.replay import wait_applied
     from services.stager import analytics
-    from services.stager.replay import wait_applied
     from services.stager.rules import MODELS
 
     redis = _redis()
@@ -470,7 +470,7 @@ async def _show_stages(settings: Any, latest: int) -> None:
 
 def _ensure_service(name: str, module: str, url: str, env: dict[str, str], settings: CommonSettings, local: Any) -> str:
     """Start `python -m module` for the demo unless `url`/healthz answers; returns `url`."""
-    from services.common.localstack import pid_alive
+    from crm.localstack import pid_alive
 
     pid_file = local.pid_file(name)
     if _healthy(url):
