@@ -229,9 +229,8 @@ async def run_engine(total: int) -> float:
     async def many(topic: str, items: list[tuple[bytes, bytes]]) -> None:
         await send_many(producer, topic, items)
 
-    engine = Engine(
-        redis, send, default_codec(), StageRules(), settings, StagerMetrics(CollectorRegistry()), send_many=many
-    )
+    engine = Engine(redis=redis, send=send, codec=default_codec(), rules=StageRules(), settings=settings,
+                    metrics=StagerMetrics(CollectorRegistry()), send_many=many)  # fmt: skip
     await engine.start()
 
     async def handle(msgs: list[Any]) -> None:

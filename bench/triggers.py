@@ -96,8 +96,9 @@ async def run_engine(total: int) -> tuple[float, int]:
         sent += 1
         return await producer.send(topic, value, key=key)
 
-    engine = TriggerEngine(redis, send, codec, TriggerConfig(), settings, TriggerMetrics(CollectorRegistry()),
-                           kafka_sent_since(SETTINGS.kafka_bootstrap, codec))  # fmt: skip
+    engine = TriggerEngine(redis=redis, send=send, codec=codec, config=TriggerConfig(), settings=settings,
+                           metrics=TriggerMetrics(CollectorRegistry()),
+                           sent_since=kafka_sent_since(SETTINGS.kafka_bootstrap, codec))  # fmt: skip
     await engine.start()
 
     async def handle(msgs: list[Any]) -> None:

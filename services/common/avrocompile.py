@@ -15,15 +15,14 @@ from __future__ import annotations
 import copy
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from services.common.times import epoch_ms
 
 __all__ = ["compile_reader", "compile_writer", "zigzag"]
 
 Reader = Callable[[bytes, int], dict[str, Any]]
 Writer = Callable[[Mapping[str, Any]], bytes]
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 _SMALL = [bytes([n]) for n in range(128)]
 
 
@@ -53,14 +52,6 @@ def zigzag(n: int) -> bytes:
     return bytes(out)
 
 
-def _millis(value: Any) -> int:
-    if type(value) is int:
-        return value
-    if isinstance(value, datetime):
-        return (value - _EPOCH) // _MS
-    raise TypeError(f"expected epoch milliseconds or a datetime, got {type(value).__name__}")
-
-
 class _Gen:
     def __init__(self) -> None:
         self.lines: list[str] = []
@@ -71,7 +62,7 @@ class _Gen:
             "_PD": struct.Struct("<d").pack,
             "_PF": struct.Struct("<f").pack,
             "_zz": zigzag,
-            "_millis": _millis,
+            "_millis": epoch_ms,
             "_S": _SMALL,
         }
         self.names: dict[str, Any] = {}

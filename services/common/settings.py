@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.constants import DEFAULT_PARTITIONS
 from services.common.errors import ConfigError
 
 __all__ = ["CommonSettings", "REPO_ROOT", "load_settings"]
@@ -31,6 +32,8 @@ class CommonSettings(BaseSettings):
     ingest_host: str = "127.0.0.1"
     ingest_port: int = Field(8081, ge=1, le=65535)
     log_level: str = Field("info", pattern=r"^(debug|info|warn|warning|error)$")
+    # partitions of every topic: the shards of customer state, timers and clocks
+    partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=1024)
     # how long a `crm` command waits for Kafka or Redis to come back before it gives up
     outage_wait_seconds: float = Field(60.0, ge=0)
 

@@ -69,7 +69,8 @@ def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorR
             return set()
         return {tp.partition for tp in kafka.consumer.assignment() if tp.topic in EVENT_SOURCE_TOPICS}
 
-    engine = Engine(redis, send, default_codec(), rules, settings, metrics, shards, send_many, send_to=send_to)
+    engine = Engine(redis=redis, send=send, codec=default_codec(), rules=rules, settings=settings, metrics=metrics,
+                    shards=shards, send_many=send_many, send_to=send_to)  # fmt: skip
     ready = once(engine.start)
 
     @app.task  # type: ignore[untyped-decorator]

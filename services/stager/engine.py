@@ -4,7 +4,9 @@ Per batch: skip messages already applied (offset fence), decode, group by custom
 customer's state in one pipeline, run the pure rules, produce transitions (and referral credits),
 then write states, timers, dashboard counts, the transition log, the clock and the applied
 offsets in one MULTI/EXEC. A crash at any point either leaves Redis untouched (the batch is
-redelivered and recomputed to the same deterministic transitions) or fully written.
+redelivered and recomputed to the same deterministic transitions) or fully written. The loop
+itself (fence, decoding, clocks, timers by watermark, dead letters) is the shared
+`services.common.engine.StreamEngine`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +23,10 @@ from redis.exceptions import ResponseError
 
 from services.common import keys
 from services.common.avro import Codec
-from services.common.clock import EventClock, merge_shard_clocks
-from services.common.constants import TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS, TOPICS
-from services.common.deadletter import dead_letter, quarantine
-from services.common.fence import OffsetFence
+from services.common.constants import TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS
+from services.common.engine import Batch, DeadLetters, StreamEngine
 from services.common.messages import Message
-from services.common.outbox import Outbox, SentSince, kafka_sent_since
+from services.common.outbox import SentSince, kafka_sent_since
 from services.common.redisbatch import HGET_MANY, HSET_MANY
 from services.stager.config import StageRules
 from services.stager.dedup import fingerprint, is_repeat, remember
@@ -45,8 +44,6 @@ Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 SendMany = Callable[[str, list[tuple[bytes, bytes]]], Awaitable[None]]
 SendTo = Callable[[str, int, bytes], Awaitable[Awaitable[Any]]]
 SEP = "\x1f"
-# The schema each input topic carries: a record of another schema is dead-lettered.
-TOPIC_SCHEMAS = {spec.name: spec.schemas for spec in TOPICS}
 
 
 def transition_id(tenant: str, customer: str, model: str, cause: str) -> str:
@@ -74,57 +71,58 @@ class _WritePlan:
     logs: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-class Engine:
+class Engine(StreamEngine[Fact]):
+    """The stager on the shared loop: events become facts, the rules place each customer in the
+    stages of every model, transitions go to Kafka before the batch's MULTI (their ids are
+    deterministic, so a batch decided again after a crash produces the same ones)."""
+
+    metrics: StagerMetrics
+    settings: StagerSettings
+
     def __init__(
         self,
-        redis: Redis,  # decode_responses=False: keys and values come back as bytes
+        *,
+        redis: Redis,
         send: Send,
         codec: Codec,
         rules: StageRules,
         settings: StagerSettings,
         metrics: StagerMetrics,
-        shards: Callable[[], Iterable[int]] = lambda: range(12),
+        shards: Callable[[], Iterable[int]] | None = None,
         send_many: SendMany | None = None,
         sent_since: SentSince | None = None,
         send_to: SendTo | None = None,
     ) -> None:
         """`send(topic, key, value)` and `send_many(topic, items)` produce; `send_to(topic,
         partition, value)` produces to a partition (the progress records; None: none written);
-        `shards()` are the partitions this worker owns; `sent_since` finds outbox records
-        already on Kafka (default: read them from `settings.kafka_bootstrap`)."""
-        self.redis: Any = redis  # redis-py's annotations do not know the bytes/str mode
-        self.send = send
-        self.send_many = send_many
-        self.codec = codec
-        self.read = codec.reader(FIELDS)
-        self.rules = rules
-        self.settings = settings
-        self.metrics = metrics
-        self.shards = shards
-        self.lock = asyncio.Lock()
-        self.fence = OffsetFence(redis, settings.stager_group)
-        self.clocks: dict[str, EventClock] = {}
-        self.behind: Collection[tuple[str, int]] = ()  # as of the last batch
-        self.send_to = send_to
-        self.values: dict[str, bytes] = {}  # origin -> bytes of this batch's messages (for dead letters)
-        self.marked: dict[tuple[str, int], int] = {}  # (tenant, shard) -> last progress written
-        self.source = f"stager:{settings.stager_group}"
-        # dead letters go out through an outbox, written with the fence: once, even across crashes
-        self.outbox = Outbox(
+        `shards()` are the partitions this worker owns (default: every partition of the event
+        topics); `sent_since` finds outbox records already on Kafka (default: read them from
+        `settings.kafka_bootstrap`)."""
+        group = settings.stager_group
+        super().__init__(
             redis=redis,
-            key=lambda shard: keys.outbox_key(settings.stager_group, shard),
+            codec=codec,
+            settings=settings,
+            metrics=metrics,
+            group=group,
+            source=f"stager:{group}",
             send=send,
             sent_since=sent_since or kafka_sent_since(settings.kafka_bootstrap, codec),
-            grace_seconds=settings.outbox_grace_seconds,
+            outbox_key=lambda shard: keys.outbox_key(group, shard),
+            clock_key=keys.shard_clock_key(),
+            timers_key=keys.timers_key,
+            shards=shards or (lambda: range(settings.partitions)),
+            fields=FIELDS,
         )
+        self.send_many = send_many
+        self.send_to = send_to
+        self.rules = rules
+        self.marked: dict[tuple[str, int], int] = {}  # (tenant, shard) -> last progress written
 
-    async def start(self) -> None:
-        """Load the applied-offset fence and the event-time clocks written by earlier runs."""
-        await self._check_redis_config()
-        await self.fence.load()
-        merge_shard_clocks(self.clocks, await self.redis.hgetall(keys.shard_clock_key()), owned=None)
+    def to_input(self, schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Fact] | None:
+        return to_fact(schema, record, origin)
 
-    async def _check_redis_config(self) -> None:
+    async def on_start(self) -> None:
         try:
             value = await self.redis.config_get("hash-max-listpack-value")
         except ResponseError:  # CONFIG may be disabled on a managed Redis
@@ -138,126 +136,43 @@ class Engine:
             )
 
     # --- events ------------------------------------------------------------------------------
-    async def process(self, messages: Sequence[Message], behind: Collection[tuple[str, int]] = ()) -> None:
-        """Apply a batch; `behind`: the (topic, partition)s with messages not yet read, which hold
-        their shards' watermarks back."""
-        async with self.lock:
-            started = time.perf_counter()
-            self.behind = behind
-            await self._process(messages)
-            self.metrics.batch.observe(time.perf_counter() - started)
-
-    def reset(self) -> None:
-        """After an outage: check every outbox again (a send may have failed after a MULTI)."""
-        self.outbox.recovered.clear()
-
-    async def quarantine(self, msg: Message, reason: str) -> None:
-        """Dead-letter `msg` and move the fence past it, in one MULTI (a message that cannot be
-        applied even alone)."""
-        async with self.lock:
-            parts = (self.redis, self.fence, self.outbox, self.codec, self.source)
-            if await quarantine(*parts, msg=msg, reason=reason):
-                self.metrics.invalid.inc()
-
-    async def _process(self, messages: Sequence[Message]) -> None:
-        self.values = {}
-        await self.fence.refresh(messages)
-        await self.outbox.recover({m.partition for m in messages})
-        offsets, facts, dead = self._collect(messages)
-        for tenant, clock in self.clocks.items():
-            clock.settle(self.settings.lateness_ms, self.behind)
-            self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
-        customers = await self._load([(t, c, shard) for (t, c), (shard, _) in facts.items()])
+    async def apply(self, batch: Batch[Fact]) -> None:
+        groups = batch.groups
+        customers = await self._load([(t, c, group.shard) for (t, c), group in groups.items()])
         credits: list[tuple[str, str, Fact]] = []
         applied: dict[str, int] = {}  # metrics move once per batch, not per event
         repeats = late = 0
         for cust in customers:
-            watermark = self.clocks[cust.tenant].shard(cust.shard)[1]
+            watermark = self.watermark(cust.tenant, cust.shard)
             fresh = []
-            for fact in facts[(cust.tenant, cust.customer)][1]:
+            for fact in groups[(cust.tenant, cust.customer)].items:
                 if is_repeat(cust.seen, fact.time, fingerprint(fact.event_id)):
                     repeats += 1
                 else:
                     fresh.append(fact)
-            late += self._take(cust, fresh, watermark, credits, dead)
+            late += self._take(cust, fresh, watermark, credits, batch.dead)
             applied[cust.tenant] = applied.get(cust.tenant, 0) + len(fresh)
         for tenant, n in applied.items():
             self.metrics.events.labels(tenant).inc(n)
         self.metrics.repeats.inc(repeats)
         self.metrics.late.inc(late)
         await self._emit(customers, credits)
-        await self._write(customers, offsets, dead)
-        self.fence.written(offsets)
-        self.metrics.invalid.inc(sum(len(d) for d in dead.values()))
-        await self.outbox.send(dead)
-
-    def _collect(
-        self, messages: Sequence[Message]
-    ) -> tuple[dict[str, int], dict[tuple[str, str], tuple[int, list[Fact]]], dict[int, dict[str, bytes]]]:
-        """New messages (past the applied-offset fence) decoded into facts grouped by customer;
-        what cannot be decoded or applied becomes a dead letter (outbox entries per shard)."""
-        offsets: dict[str, int] = {}
-        facts: dict[tuple[str, str], tuple[int, list[Fact]]] = {}
-        dead: dict[int, dict[str, bytes]] = {}
-        now = time.monotonic()
-        read, admit, clocks = self.read, self.fence.admit, self.clocks
-        redelivered = 0
-        for msg in messages:
-            if not admit(msg, offsets):
-                redelivered += 1
-                continue
-            try:
-                if msg.value is None:
-                    raise ValueError("null value")
-                schema, record = read(msg.value)
-                expected = TOPIC_SCHEMAS.get(msg.topic)
-                if expected is not None and schema not in expected:
-                    raise ValueError(f"wrong schema: {schema} on {msg.topic} (which carries {', '.join(expected)})")
-                origin = f"{msg.topic}|{msg.partition}|{msg.offset}"
-                mapped = to_fact(schema, record, origin)
-                self.values[origin] = msg.value
-            except Exception as exc:  # noqa: BLE001 - whatever the input, the partition flows on
-                ident, entry = dead_letter(self.codec, self.source, msg, f"undecodable: {type(exc).__name__}: {exc}")
-                dead.setdefault(msg.partition, {})[ident] = entry
-                continue
-            if mapped is None:
-                continue
-            tenant, customer, fact = mapped
-            clock = clocks.get(tenant)
-            if clock is None:
-                clock = clocks[tenant] = EventClock()
-            clock.saw(msg.partition, fact.time, now, msg.topic)
-            found = facts.get((tenant, customer))
-            if found is None:
-                facts[(tenant, customer)] = (msg.partition, [fact])
-            else:
-                found[1].append(fact)
-        self.metrics.redelivered.inc(redelivered)
-        return offsets, facts, dead
+        await self._write(customers, batch.offsets, batch.dead)
 
     # --- timers ------------------------------------------------------------------------------
-    async def tick(self) -> int:
-        """Move idle clocks forward and fire every timer due at or before its shard's watermark."""
-        now = time.monotonic()
-        fired = 0
-        async with self.lock:
-            owned = set(self.shards())
-            await self.outbox.recover(owned)
-            merge_shard_clocks(self.clocks, await self.redis.hgetall(keys.shard_clock_key()), owned)
-            for tenant, clock in self.clocks.items():
-                # No new events for a while: nothing older can still be on its way in order.
-                wall = self.settings.lateness_ms if self.settings.wall_clock_advance else None
-                if clock.flush_idle(owned, now, self.settings.idle_flush_seconds, wall, caught_up=not self.behind):
-                    self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
-                for shard in owned:
-                    if shard in clock.shards:
-                        fired += await self._fire(tenant, shard, clock.shards[shard][1])
-            await self._progress(owned)
-            if self.clocks:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    self._write_clocks(pipe)
-                    await pipe.execute()
-        return fired
+    async def after_tick(self, owned: set[int]) -> None:
+        await self._progress(owned)
+
+    async def fire(self, tenant: str, shard: int, watermark: int, customers: list[str], dead: DeadLetters) -> None:
+        """Customers of `shard` with a timer or a pending fact due at or before `watermark`."""
+        loaded = await self._load([(tenant, c, shard) for c in customers])
+        credits: list[tuple[str, str, Fact]] = []
+        late = 0
+        for cust in loaded:
+            late += self._take(cust, [], watermark, credits, dead)
+        self.metrics.late.inc(late)
+        await self._emit(loaded, credits)
+        await self._write(loaded, {}, dead)
 
     def _take(
         self,
@@ -270,11 +185,7 @@ class Engine:
         """Run the rules for one customer up to `watermark`; the number of late facts. A fact the
         rules cannot apply becomes a dead letter (with where it was read)."""
         outcome = take(cust.state, fresh, watermark, self.rules)
-        for fact, reason in outcome.rejected:
-            topic, partition, offset = fact.origin.rsplit("|", 2) if fact.origin else ("", "-1", "-1")
-            msg = Message(topic, int(partition), int(offset), self.values.get(fact.origin, b""))
-            ident, entry = dead_letter(self.codec, self.source, msg, reason)
-            dead.setdefault(cust.shard, {})[ident] = entry
+        self.reject(cust.shard, outcome.rejected, dead)
         cust.transitions += outcome.transitions
         credits += [(cust.tenant, referrer, fact) for referrer, fact in outcome.credits]
         horizon, limit = self.settings.repeat_horizon_ms, self.settings.repeat_limit
@@ -300,27 +211,6 @@ class Engine:
         if pending:
             await asyncio.gather(*pending)
             self.marked.update(written)
-
-    async def _fire(self, tenant: str, shard: int, watermark: int) -> int:
-        """Every customer of `shard` with a timer or a pending fact due at or before `watermark`."""
-        fired = 0
-        while True:
-            due = await self.redis.zrangebyscore(keys.timers_key(tenant, shard), "-inf", watermark, 0, 500)
-            if not due:
-                return fired
-            customers = await self._load([(tenant, c.decode(), shard) for c in due])
-            credits: list[tuple[str, str, Fact]] = []
-            dead: dict[int, dict[str, bytes]] = {}
-            late = 0
-            for cust in customers:
-                late += self._take(cust, [], watermark, credits, dead)
-            self.metrics.late.inc(late)
-            await self._emit(customers, credits)
-            await self._write(customers, {}, dead)
-            self.metrics.invalid.inc(sum(len(d) for d in dead.values()))
-            await self.outbox.send(dead)
-            fired += len(customers)
-            self.metrics.timers.inc(len(customers))
 
     # --- redis and kafka ---------------------------------------------------------------------
     async def _load(self, wanted: list[tuple[str, str, int]]) -> list[_Customer]:
@@ -402,10 +292,7 @@ class Engine:
                     pipe.hincrby(keys.counts_key(tenant, model), stage, delta)
             for key, members in logs.items():
                 pipe.zadd(key, members)
-            if self.clocks:
-                self._write_clocks(pipe)
-            self.outbox.queue(pipe, dead)
-            self.fence.queue(pipe, offsets)
+            self.queue_loop_writes(pipe, offsets, dead)
             await pipe.execute()
 
     def _plan(self, customers: list[_Customer]) -> _WritePlan:
@@ -438,12 +325,7 @@ class Engine:
     async def _hget_many(self, names: list[str]) -> list[bytes | None]:
         return list(await self.redis.eval(HGET_MANY, len(names), *names))
 
-    def _write_clocks(self, pipe: Any) -> None:
-        # this worker's view; `crm replay` and the dashboards read the shard clocks of all workers
+    def write_clocks(self, pipe: Any) -> None:
+        super().write_clocks(pipe)
+        # this worker's view of each tenant; `crm replay` and the dashboards read the shard clocks
         pipe.hset(keys.clock_key(), mapping={t: f"{c.latest}:{c.watermark}" for t, c in self.clocks.items()})
-        owned = set(self.shards())  # a shard another worker now owns is that worker's to write
-        shards = {
-            f"{t}|{p}": f"{v[0]}:{v[1]}" for t, c in self.clocks.items() for p, v in c.shards.items() if p in owned
-        }
-        if shards:
-            pipe.hset(keys.shard_clock_key(), mapping=shards)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import zlib
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from services.common.times import epoch_ms
 from services.stager.rules import Fact, Kind
 
 __all__ = ["FIELDS", "to_fact", "to_millis"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 _ORDER = {
     "created": Kind.ORDER_CREATED,
     "paid": Kind.ORDER_PAID,
@@ -35,11 +33,7 @@ MAX_TIME_MS = 10**14
 MAX_AMOUNT_CENTS = 10**13
 
 
-def to_millis(value: Any) -> int:
-    """Epoch milliseconds of a decoded `timestamp-millis` value (exact, no float rounding)."""
-    if isinstance(value, datetime):
-        return (value - _EPOCH) // _MS
-    return int(value)
+to_millis = epoch_ms  # the contract's one epoch-ms helper
 
 
 def _order_key(order_id: str) -> int:

@@ -30,7 +30,9 @@ class StagerMetrics:
         self.transitions = Counter(
             f"{PREFIX}stager_transitions", "Stage transitions emitted", ["model"], registry=registry
         )
-        self.timers = Counter(f"{PREFIX}stager_timers_fired", "Customers re-evaluated by a timer", registry=registry)
+        self.timers_fired = Counter(
+            f"{PREFIX}stager_timers_fired", "Customers re-evaluated by a timer", registry=registry
+        )
         self.watermark = Gauge(
             f"{PREFIX}stager_watermark_seconds", "Event-time watermark", ["tenant"], registry=registry
         )

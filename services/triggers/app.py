@@ -71,9 +71,8 @@ def create_app(
             return set()
         return {tp.partition for tp in kafka.consumer.assignment() if tp.topic in SOURCE_TOPICS}
 
-    engine = TriggerEngine(
-        redis, send, codec, config, settings, metrics, kafka_sent_since(settings.kafka_bootstrap, codec), shards
-    )
+    engine = TriggerEngine(redis=redis, send=send, codec=codec, config=config, settings=settings, metrics=metrics,
+                           sent_since=kafka_sent_since(settings.kafka_bootstrap, codec), shards=shards)  # fmt: skip
     ready = once(engine.start)
 
     @app.task  # type: ignore[untyped-decorator]

@@ -56,6 +56,12 @@ class TriggerMetrics:
         self.watermark = Gauge(
             f"{PREFIX}triggers_watermark_seconds", "Event-time watermark", ["tenant"], registry=registry
         )
+        self.batch = Histogram(
+            f"{PREFIX}triggers_batch_duration_seconds",
+            "Time to apply one batch",
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
         self.latency = Histogram(
             f"{PREFIX}triggers_decision_latency_seconds",
             "From a message's append to Kafka to its decisions being on Kafka",

@@ -183,7 +183,8 @@ async def test_stager_failures_mid_batch_apply_every_message_exactly_once(stack,
         await produce_many(producer, topic, items)
 
     metrics = StagerMetrics(CollectorRegistry())
-    engine = Engine(redis, send, default_codec(), StageRules(), settings, metrics, send_many=send_many)
+    engine = Engine(redis=redis, send=send, codec=default_codec(), rules=StageRules(), settings=settings,
+                    metrics=metrics, send_many=send_many)  # fmt: skip
     consumer = engine_consumer(stack.kafka_bootstrap, group)
     loop = BatchLoop(consumer=consumer, engine=engine, topics=[topic], health=Health("stager"),
                      ready=once(engine.start), batch_max=50, within_seconds=0.2)  # fmt: skip
@@ -237,8 +238,8 @@ async def test_triggers_failures_mid_batch_apply_every_message_exactly_once(stac
 
     codec = default_codec()
     metrics = TriggerMetrics(CollectorRegistry())
-    engine = TriggerEngine(redis, send, codec, TriggerConfig(), settings, metrics,
-                           kafka_sent_since(stack.kafka_bootstrap, codec))  # fmt: skip
+    engine = TriggerEngine(redis=redis, send=send, codec=codec, config=TriggerConfig(), settings=settings,
+                           metrics=metrics, sent_since=kafka_sent_since(stack.kafka_bootstrap, codec))  # fmt: skip
     consumer = engine_consumer(stack.kafka_bootstrap, group)
     loop = BatchLoop(consumer=consumer, engine=engine, topics=[topic], health=Health("triggers"),
                      ready=once(engine.start), batch_max=50, within_seconds=0.2)  # fmt: skip

@@ -44,7 +44,8 @@ async def test_a_batch_another_worker_applied_is_not_applied_twice(stack):
     try:
         workers = []
         for _ in range(2):  # both start before either applies anything
-            engine = Engine(redis, send, codec, StageRules(), settings, StagerMetrics(CollectorRegistry()))
+            engine = Engine(redis=redis, send=send, codec=codec, rules=StageRules(), settings=settings,
+                            metrics=StagerMetrics(CollectorRegistry()))  # fmt: skip
             await engine.start()
             workers.append(engine)
         await workers[0].process(messages)

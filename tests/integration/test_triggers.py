@@ -235,10 +235,9 @@ async def _engine(stack, group, send, lateness=300.0):
     )
     config = TriggerConfig(guardrails=Guardrails(holdout_share=0, global_holdout_share=0))
     redis = Redis.from_url(stack.redis_url)
-    engine = TriggerEngine(
-        redis, send, codec, config, settings, TriggerMetrics(CollectorRegistry()),
-        kafka_sent_since(stack.kafka_bootstrap, codec), lambda: range(12),
-    )  # fmt: skip
+    engine = TriggerEngine(redis=redis, send=send, codec=codec, config=config, settings=settings,
+                           metrics=TriggerMetrics(CollectorRegistry()),
+                           sent_since=kafka_sent_since(stack.kafka_bootstrap, codec))  # fmt: skip
     await engine.start()
     return engine, redis
 

@@ -1,0 +1,359 @@
+"""The skeleton every stream service runs on: a service supplies its rules, the base the loop.
+
+A batch of Kafka messages goes through these steps, the same for every service:
+
+1. **fence**: messages at or below the applied-offset fence in Redis were applied before (a
+   redelivery after a crash or a rebalance) and are skipped;
+2. **decode**: each message is decoded with the schema its topic carries; what cannot be decoded,
+   a null value or a record of another schema is dead-lettered with its topic, partition and
+   offset, and the partition flows on; the service maps a record to its input (`to_input`);
+3. **clocks**: each tenant's event clock notes the input's time per partition (shard); the
+   watermark of a shard passes a time only once every input topic feeding it has, and never runs
+   further than the allowed lateness behind the newest input;
+4. **apply** (the service): per customer, inputs and the timers due before them in one
+   event-time order, up to the shard's watermark; everything the batch changes is written in one
+   MULTI/EXEC together with the loop's own writes (`queue_loop_writes`: the clocks, the dead
+   letters into the outbox, the new fence);
+5. **outbox**: dead letters (and whatever the service put in the outbox) are sent after the MULTI
+   and cleared; a worker taking a shard over sends what a crash left there, once.
+
+`tick` runs between batches: idle clocks move on (no input for a while: nothing older can
+still come in order), and every customer whose timer is due at or before its shard's watermark
+is handed to the service's `fire`. A batch that fails on Kafka or Redis changes nothing (the
+batch loop waits and reads again from the fence); one that fails on its data is applied again
+one message at a time and the message failing alone is dead-lettered (`quarantine`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from redis.asyncio import Redis
+
+from services.common.avro import Codec
+from services.common.clock import EventClock, merge_shard_clocks
+from services.common.constants import TOPICS
+from services.common.deadletter import dead_letter, quarantine
+from services.common.fence import OffsetFence
+from services.common.messages import Message
+from services.common.outbox import Outbox, SentSince
+
+__all__ = ["Batch", "DeadLetters", "Group", "LoopMetrics", "LoopSettings", "StreamEngine", "Timed"]
+
+# outbox entries per shard: id -> packed entry
+DeadLetters = dict[int, dict[str, bytes]]
+# The schema each input topic carries: a record of another schema is dead-lettered.
+TOPIC_SCHEMAS = {spec.name: spec.schemas for spec in TOPICS}
+
+
+class Timed(Protocol):
+    """What the base needs of a service's input: its event time and where it was read."""
+
+    @property
+    def time(self) -> int: ...
+
+    @property
+    def origin(self) -> str: ...
+
+
+In = TypeVar("In", bound=Timed)
+
+
+class _Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class LoopMetrics(Protocol):
+    """The metrics the loop moves (each service names them under its own prefix)."""
+
+    @property
+    def redelivered(self) -> _Counter: ...
+
+    @property
+    def invalid(self) -> _Counter: ...
+
+    @property
+    def timers_fired(self) -> _Counter: ...
+
+    @property
+    def watermark(self) -> Any: ...  # a Gauge labelled by tenant
+
+    @property
+    def batch(self) -> Any: ...  # a Histogram of batch durations
+
+
+class LoopSettings(Protocol):
+    """The settings the loop reads (every stream service's settings have them)."""
+
+    @property
+    def kafka_bootstrap(self) -> str: ...
+
+    @property
+    def lateness_ms(self) -> int: ...
+
+    @property
+    def idle_flush_seconds(self) -> float: ...
+
+    @property
+    def wall_clock_advance(self) -> bool: ...
+
+    @property
+    def outbox_grace_seconds(self) -> float: ...
+
+
+@dataclass(slots=True)
+class Group(Generic[In]):
+    """One customer's new inputs of a batch, in the order read."""
+
+    shard: int
+    items: list[In] = field(default_factory=list)
+    arrived: int = 0  # Kafka timestamp (ms) of the newest of them
+
+
+@dataclass(slots=True)
+class Batch(Generic[In]):
+    """What a batch brings: the fence's new offsets, the inputs by (tenant, customer), and the
+    dead letters of what could not be decoded (more are added while applying)."""
+
+    offsets: dict[str, int] = field(default_factory=dict)
+    groups: dict[tuple[str, str], Group[In]] = field(default_factory=dict)
+    dead: DeadLetters = field(default_factory=dict)
+
+
+class StreamEngine(Generic[In]):
+    """The loop of a stream service. A service subclasses it and supplies:
+
+    - `to_input(schema, record, origin)`: its input of a decoded record (None: not read);
+    - `apply(batch)`: decide on the batch's inputs and write everything in one MULTI that also
+      carries `queue_loop_writes(pipe, batch.offsets, batch.dead)`;
+    - `fire(tenant, shard, watermark, customers, dead)`: the same for customers whose timers
+      are due (no offsets);
+    - optionally `control` (records that only move clocks), `new_clock`, `on_start` and
+      `after_tick`.
+    """
+
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        codec: Codec,
+        settings: LoopSettings,
+        metrics: LoopMetrics,
+        group: str,
+        source: str,
+        send: Callable[[str, bytes, bytes], Any],
+        sent_since: SentSince,
+        outbox_key: Callable[[int], str],
+        clock_key: str,
+        timers_key: Callable[[str, int], str],
+        shards: Callable[[], Iterable[int]],
+        fields: dict[str, tuple[str, ...]] | None = None,
+        on_recovered: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """`redis` answers bytes (decode_responses=False); `codec` decodes the input topics
+        (only `fields` of the schemas named there); `group` names the applied-offset fence;
+        `source` signs dead letters; `send(topic, key, value)` produces what the outbox holds and
+        `sent_since` finds what a crash left already sent; `outbox_key(shard)`, `clock_key` (a
+        hash "<tenant>|<shard>" -> "<latest>:<watermark>") and `timers_key(tenant, shard)` (a
+        sorted set of customers by due time) are the Redis keys of the service; `shards()` are
+        the partitions this worker owns now."""
+        self.redis: Any = redis  # redis-py's annotations do not know the bytes/str mode
+        self.codec = codec
+        self.read = codec.reader(fields or {})
+        self.settings = settings
+        self.metrics = metrics
+        self.source = source
+        self.send = send
+        self.clock_key = clock_key
+        self.timers_key = timers_key
+        self.shards = shards
+        self.lock = asyncio.Lock()
+        self.fence = OffsetFence(redis, group)
+        self.clocks: dict[str, EventClock] = {}
+        self.behind: Collection[tuple[str, int]] = ()  # as of the last batch
+        self.values: dict[str, bytes] = {}  # origin -> bytes of this batch's messages (for dead letters)
+        # dead letters (and the service's own records) go out through an outbox written with the
+        # fence: once, even across crashes
+        self.outbox = Outbox(
+            redis=redis,
+            key=outbox_key,
+            send=send,
+            sent_since=sent_since,
+            grace_seconds=settings.outbox_grace_seconds,
+            on_recovered=on_recovered or (lambda already, now: None),
+        )
+
+    # --- what a service supplies ---------------------------------------------------------------
+    def to_input(self, schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, In] | None:
+        """(tenant, customer, input) of a decoded record; None for records the service does not
+        read. Raise ValueError for a record the service cannot take (it is dead-lettered)."""
+        raise NotImplementedError
+
+    def control(self, shard: int, schema: str, record: dict[str, Any]) -> bool:
+        """Take a record that is not an input (e.g. another service's progress); True if taken."""
+        return False
+
+    async def apply(self, batch: Batch[In]) -> None:
+        raise NotImplementedError
+
+    async def fire(self, tenant: str, shard: int, watermark: int, customers: list[str], dead: DeadLetters) -> None:
+        raise NotImplementedError
+
+    def new_clock(self) -> EventClock:
+        return EventClock()
+
+    async def on_start(self) -> None:
+        """Checks before the first batch (the fence and the clocks are loaded by then)."""
+
+    async def after_tick(self, owned: set[int]) -> None:
+        """After the timers of a tick fired (the clocks are written next)."""
+
+    # --- the loop ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the applied-offset fence and the event clocks written by earlier runs."""
+        await self.fence.load()
+        merge_shard_clocks(self.clocks, await self.redis.hgetall(self.clock_key), None, self.new_clock)
+        await self.on_start()
+
+    def reset(self) -> None:
+        """After an outage: check every outbox again (a send may have failed after a MULTI)."""
+        self.outbox.recovered.clear()
+
+    async def quarantine(self, msg: Message, reason: str) -> None:
+        """Dead-letter `msg` and move the fence past it, in one MULTI (a message that cannot be
+        applied even alone)."""
+        async with self.lock:
+            parts = (self.redis, self.fence, self.outbox, self.codec, self.source)
+            if await quarantine(*parts, msg=msg, reason=reason):
+                self.metrics.invalid.inc()
+
+    async def process(self, messages: Sequence[Message], behind: Collection[tuple[str, int]] = ()) -> None:
+        """Apply a batch; `behind`: the (topic, partition)s with messages not yet read, which hold
+        their shards' watermarks back."""
+        async with self.lock:
+            started = time.perf_counter()
+            self.behind = behind
+            self.values = {}
+            await self.fence.refresh(messages)
+            await self.outbox.recover({m.partition for m in messages})
+            batch = self._collect(messages)
+            for tenant, clock in self.clocks.items():
+                clock.settle(self.settings.lateness_ms, behind)
+                self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
+            await self.apply(batch)
+            self.fence.written(batch.offsets)
+            self.metrics.invalid.inc(sum(len(d) for d in batch.dead.values()))
+            await self.outbox.send(batch.dead)
+            self.metrics.batch.observe(time.perf_counter() - started)
+
+    def _collect(self, messages: Sequence[Message]) -> Batch[In]:
+        batch: Batch[In] = Batch()
+        offsets, groups, dead = batch.offsets, batch.groups, batch.dead
+        now = time.monotonic()
+        read, admit, clocks, to_input = self.read, self.fence.admit, self.clocks, self.to_input
+        redelivered = 0
+        for msg in messages:
+            if not admit(msg, offsets):
+                redelivered += 1
+                continue
+            try:
+                if msg.value is None:
+                    raise ValueError("null value")
+                schema, record = read(msg.value)
+                expected = TOPIC_SCHEMAS.get(msg.topic)
+                if expected is not None and schema not in expected:
+                    raise ValueError(f"wrong schema: {schema} on {msg.topic} (which carries {', '.join(expected)})")
+                if self.control(msg.partition, schema, record):
+                    continue
+                origin = f"{msg.topic}|{msg.partition}|{msg.offset}"
+                mapped = to_input(schema, record, origin)
+                self.values[origin] = msg.value
+            except Exception as exc:  # noqa: BLE001 - whatever the input, the partition flows on
+                ident, entry = dead_letter(self.codec, self.source, msg, f"undecodable: {type(exc).__name__}: {exc}")
+                dead.setdefault(msg.partition, {})[ident] = entry
+                continue
+            if mapped is None:
+                continue
+            tenant, customer, item = mapped
+            clock = clocks.get(tenant)
+            if clock is None:
+                clock = clocks[tenant] = self.new_clock()
+            clock.saw(msg.partition, item.time, now, msg.topic)
+            found = groups.get((tenant, customer))
+            if found is None:
+                groups[(tenant, customer)] = Group(msg.partition, [item], msg.timestamp)
+            else:
+                found.items.append(item)
+                found.arrived = max(found.arrived, msg.timestamp)
+        self.metrics.redelivered.inc(redelivered)
+        return batch
+
+    def watermark(self, tenant: str, shard: int) -> int:
+        """The event time up to which `shard` of `tenant` is complete."""
+        return self.clocks[tenant].shard(shard)[1]
+
+    def reject(self, shard: int, rejected: Iterable[tuple[Timed, str]], dead: DeadLetters) -> None:
+        """Dead letters of inputs the rules could not apply, with where each was read."""
+        for item, reason in rejected:
+            topic, partition, offset = item.origin.rsplit("|", 2) if item.origin else ("", "-1", "-1")
+            msg = Message(topic, int(partition), int(offset), self.values.get(item.origin, b""))
+            ident, entry = dead_letter(self.codec, self.source, msg, reason)
+            dead.setdefault(shard, {})[ident] = entry
+
+    def queue_loop_writes(self, pipe: Any, offsets: dict[str, int], dead: DeadLetters) -> None:
+        """The loop's part of a batch's MULTI: the clocks, the dead letters, the new fence."""
+        if self.clocks:
+            self.write_clocks(pipe)
+        self.outbox.queue(pipe, dead)
+        self.fence.queue(pipe, offsets)
+
+    def write_clocks(self, pipe: Any) -> None:
+        owned = set(self.shards())  # a shard another worker now owns is that worker's to write
+        shards = {
+            f"{t}|{p}": f"{v[0]}:{v[1]}" for t, c in self.clocks.items() for p, v in c.shards.items() if p in owned
+        }
+        if shards:
+            pipe.hset(self.clock_key, mapping=shards)
+
+    # --- timers ------------------------------------------------------------------------------
+    async def tick(self) -> int:
+        """Move idle clocks forward and fire every timer due at or before its shard's watermark;
+        the number of customers whose timers fired."""
+        now = time.monotonic()
+        fired = 0
+        async with self.lock:
+            owned = set(self.shards())
+            await self.outbox.recover(owned)
+            merge_shard_clocks(self.clocks, await self.redis.hgetall(self.clock_key), owned, self.new_clock)
+            wall = self.settings.lateness_ms if self.settings.wall_clock_advance else None
+            for tenant, clock in self.clocks.items():
+                # No new input for a while: nothing older can still be on its way in order.
+                clock.flush_idle(owned, now, self.settings.idle_flush_seconds, wall, caught_up=not self.behind)
+                self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
+                for shard in owned:
+                    if shard in clock.shards:
+                        fired += await self._fire(tenant, shard, clock.shards[shard][1])
+            await self.after_tick(owned)
+            if self.clocks:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    self.write_clocks(pipe)
+                    await pipe.execute()
+        return fired
+
+    async def _fire(self, tenant: str, shard: int, watermark: int) -> int:
+        """Every customer of `shard` with a timer due at or before `watermark`, 500 at a time."""
+        fired = 0
+        while True:
+            due = await self.redis.zrangebyscore(self.timers_key(tenant, shard), "-inf", watermark, 0, 500)
+            if not due:
+                return fired
+            dead: DeadLetters = {}
+            await self.fire(tenant, shard, watermark, [c.decode() for c in due], dead)
+            self.metrics.invalid.inc(sum(len(d) for d in dead.values()))
+            await self.outbox.send(dead)
+            fired += len(due)
+            self.metrics.timers_fired.inc(len(due))
