@@ -31,7 +31,7 @@ from crm.localstack import LocalStack
 from services.common.avro import default_codec
 from services.common.clock import tenant_clock
 from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
-from services.common.produce import send_many
+from services.common.produce import engine_producer, send_many
 from services.common.settings import REPO_ROOT, CommonSettings
 from services.common.topics import ensure_topics
 from services.stager.config import StageRules
@@ -213,13 +213,7 @@ async def run_naive(total: int, limit: int) -> float:
 async def run_engine(total: int) -> float:
     """Our engine, fed by a plain aiokafka consumer (no Faust), transitions produced for real."""
     redis = Redis.from_url(SETTINGS.redis_url)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=SETTINGS.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        max_batch_size=512 * 1024,
-    )
+    producer = engine_producer(SETTINGS.kafka_bootstrap)
     await producer.start()
     settings = StagerSettings(**_stager_env(), stager_group="bench-engine")
 

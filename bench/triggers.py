@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from tqdm import tqdm
@@ -28,6 +27,7 @@ from services.common.avro import default_codec
 from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.messages import Message
 from services.common.outbox import kafka_sent_since
+from services.common.produce import engine_producer
 from services.common.settings import REPO_ROOT
 from services.triggers.app import SOURCE_TOPICS
 from services.triggers.config import TriggerConfig
@@ -82,8 +82,7 @@ def generate(customers: int, seed: int = 3) -> list[tuple[str, bytes, bytes]]:
 async def run_engine(total: int) -> tuple[float, int]:
     """The trigger engine fed by a plain aiokafka consumer; its decisions produced for real."""
     redis = Redis.from_url(SETTINGS.redis_url)
-    producer = AIOKafkaProducer(bootstrap_servers=SETTINGS.kafka_bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=5, max_batch_size=512 * 1024)  # fmt: skip
+    producer = engine_producer(SETTINGS.kafka_bootstrap)
     await producer.start()
     codec = default_codec()
     settings = TriggerSettings(kafka_bootstrap=SETTINGS.kafka_bootstrap, redis_url=SETTINGS.redis_url,

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,26 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from services.common.batchloop import BatchLoop
 from services.common.constants import DEFAULT_PARTITIONS
 from services.common.messages import Message
+from services.common.produce import engine_producer
+from services.common.produce import send_many as produce_many
 from services.common.resilience import OUTAGES, Health, dependency_of, retry
+from services.common.topics import ensure_topics
 
-__all__ = ["add_pages", "engine_consumer", "faust_app", "guarded", "once", "run_worker", "to_messages"]
+__all__ = [
+    "KafkaClients",
+    "add_pages",
+    "engine_consumer",
+    "faust_app",
+    "guarded",
+    "once",
+    "run_worker",
+    "serve_engine",
+    "start_worker",
+    "to_messages",
+]
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +194,85 @@ def run_worker(app: faust.App, log_level: str, web_port: int) -> None:
     level = "warn" if log_level in ("warn", "warning") else log_level
     sys.argv = [sys.argv[0], "worker", "--loglevel", level, "--web-port", str(web_port)]
     app.main()
+
+
+def start_worker(name: str, settings: Any, build: Callable[[], faust.App], web_port: int) -> None:
+    """Create the topic table (waiting for a broker that is away at start, as during work), then
+    run the app `build()` makes as a Faust worker."""
+    asyncio.run(retry(lambda: ensure_topics(settings.kafka_bootstrap), Health(name)))
+    run_worker(build(), settings.log_level, web_port)
+
+
+class KafkaClients:
+    """A stream worker's producer and consumer. They are made inside Faust's event loop (aiokafka
+    needs it), after the engine that sends through them."""
+
+    def __init__(self) -> None:
+        self.producer: Any = None
+        self.consumer: Any = None
+        self.started = False  # the producer is started: timers may send
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> Any:
+        return await self.producer.send(topic, value, key=key)
+
+    async def send_many(self, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+        await produce_many(self.producer, topic, items)
+
+    async def send_to(self, topic: str, partition: int, value: bytes) -> Any:
+        return await self.producer.send(topic, value, partition=partition)
+
+    def owned(self, topics: Collection[str]) -> set[int]:
+        """The partitions of `topics` assigned to this worker now (its shards)."""
+        if self.consumer is None:
+            return set()
+        return {tp.partition for tp in self.consumer.assignment() if tp.topic in topics}
+
+
+def serve_engine(
+    app: faust.App,
+    *,
+    engine: Any,
+    clients: KafkaClients,
+    consumer_group: str,
+    topics: Sequence[str],
+    settings: Any,
+    health: Health,
+    redis: Any,
+    registry: CollectorRegistry,
+) -> None:
+    """Run `engine` in `app`: a task feeds it batches of `topics` through the shared batch loop
+    (consumer group `consumer_group`), a timer ticks it every `settings.timer_interval_seconds`,
+    and the app serves /healthz and /metrics."""
+    ready = once(engine.start)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def consume() -> None:
+        clients.producer = engine_producer(settings.kafka_bootstrap)
+        clients.consumer = engine_consumer(settings.kafka_bootstrap, consumer_group)
+        await guarded(clients.producer.start, health)
+        clients.started = True
+        loop = BatchLoop(
+            consumer=clients.consumer,
+            engine=engine,
+            topics=topics,
+            health=health,
+            ready=ready,
+            batch_max=settings.batch_max,
+            within_seconds=settings.batch_within_seconds,
+        )
+        try:
+            await loop.run()
+        finally:
+            await clients.producer.stop()
+
+    @app.timer(interval=settings.timer_interval_seconds)  # type: ignore[untyped-decorator]
+    async def timers() -> None:
+        async def tick() -> None:
+            if clients.started:
+                await ready()
+                await engine.tick()
+
+        await guarded(tick, health, once_only=True)
+
+    add_pages(app, redis, registry, health, lambda: clients.producer)
+    app.crm_engine = engine  # type: ignore[attr-defined]

@@ -14,19 +14,37 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-__all__ = ["engine_producer", "send_many"]
+__all__ = ["engine_producer", "make_producer", "send_many"]
+
+
+def make_producer(
+    bootstrap: str, *, ack_timeout_seconds: float | None = None, max_request_size: int | None = None
+) -> AIOKafkaProducer:
+    """The one producer configuration: every record acknowledged by all in-sync replicas
+    (`acks=all`), batched (5 ms linger, 512 KiB batches).
+
+    Without `ack_timeout_seconds` (the stream workers) it is idempotent: a retry after a lost
+    acknowledgement writes nothing twice, and a record is retried until the broker takes it.
+    With it (ingest, which must answer its caller in bounded time) it is not: aiokafka never
+    expires a batch of an idempotent producer, so a record left unacknowledged at a caller's
+    deadline could still be written minutes later. Without idempotence a batch fails once
+    `request_timeout_ms` has passed since it was made (checked after each failed attempt, and an
+    attempt itself is bounded by the same timeout), so every record is settled within about
+    twice that. A retry may then write a record twice; the engines drop the repeat by event id.
+    """
+    options: dict[str, Any] = {"linger_ms": 5, "max_batch_size": 512 * 1024}
+    if max_request_size is not None:
+        options["max_request_size"] = max_request_size
+    if ack_timeout_seconds is None:
+        return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **options)
+    request_timeout_ms = max(500, int(ack_timeout_seconds * 1000 / 3))
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
+                            request_timeout_ms=request_timeout_ms, retry_backoff_ms=100, **options)  # fmt: skip
 
 
 def engine_producer(bootstrap: str) -> AIOKafkaProducer:
-    """The producer of a stream worker: every record acknowledged by all in-sync replicas,
-    idempotent (a retry after a lost acknowledgement writes nothing twice), batched."""
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        max_batch_size=512 * 1024,
-    )
+    """The producer of a stream worker (idempotent, see `make_producer`)."""
+    return make_producer(bootstrap)
 
 
 async def send_many(producer: AIOKafkaProducer, topic: str, items: Sequence[tuple[bytes, bytes]]) -> None:

@@ -41,8 +41,8 @@ class Backoff:
     def __init__(self, first: float = 0.2, cap: float = 5.0) -> None:
         self.first, self.cap, self.delay = first, cap, first
 
-    async def wait(self) -> None:
-        await asyncio.sleep(self.delay)
+    async def wait(self, at_most: float | None = None) -> None:
+        await asyncio.sleep(self.delay if at_most is None else max(0.0, min(self.delay, at_most)))
         self.delay = min(self.cap, self.delay * 2)
 
     def reset(self) -> None:
@@ -99,11 +99,12 @@ async def retry(
         try:
             result = await call()
         except OUTAGES as exc:
-            if deadline is not None and time.monotonic() + backoff.delay > deadline:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 raise
             marked.add(dependency_of(exc))
             health.down(dependency_of(exc), exc)
-            await backoff.wait()
+            await backoff.wait(at_most=left)  # the last try comes at the deadline, not before it
             continue
         for dependency in marked:
             health.up(dependency)

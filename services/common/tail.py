@@ -20,8 +20,8 @@ __all__ = ["read_topic", "to_json", "topic_partitions"]
 async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     """Partition numbers of `topic` (empty if it does not exist)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         described = await admin.describe_topics([topic])
     finally:
         await admin.close()
@@ -59,8 +59,8 @@ async def read_topic(
     decode yields `{"_error": reason}` instead, so nothing is hidden.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
     try:
+        await consumer.start()  # a broker that is away fails here: the consumer is closed all the same
         partitions = await topic_partitions(bootstrap, topic)
         if not partitions:
             raise SchemaError(f"topic {topic!r} does not exist")

@@ -9,6 +9,7 @@ happened to each item, so a caller retries only the items that were not written.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError, RequestTimedOutError
 
+from services.common import produce
 from services.common.avro import Codec
 from services.common.constants import TOPIC_DLQ, event_topic
 from services.common.errors import CrmError
@@ -34,6 +36,8 @@ __all__ = [
     "NotAcknowledged",
     "make_producer",
 ]
+
+log = logging.getLogger(__name__)
 
 ACCEPTED = "accepted"  # Kafka acknowledged the event
 REJECTED = "rejected"  # refused by validation; the reason says why (the item is in the DLQ)
@@ -77,26 +81,9 @@ class NotAcknowledged(CrmError, ConnectionError):
 
 
 def make_producer(bootstrap: str, ack_timeout_seconds: float = 10.0) -> AIOKafkaProducer:
-    """A producer whose records are acknowledged (`acks=all`) or failed within `ack_timeout_seconds`.
-
-    aiokafka never expires a batch of an idempotent producer: it retries until the broker takes
-    it, so a record left unacknowledged at a caller's deadline could still be written minutes
-    later. Without idempotence a batch fails once `request_timeout_ms` has passed since it was
-    made (checked after each failed attempt, and an attempt itself is bounded by the same
-    timeout), so every record is settled within about twice that. A retry may write a record
-    twice; the engine drops the repeat by `event_id`.
-    """
-    request_timeout_ms = max(500, int(ack_timeout_seconds * 1000 / 3))
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=False,
-        linger_ms=5,
-        max_batch_size=256 * 1024,
-        max_request_size=MAX_REQUEST_BYTES,
-        request_timeout_ms=request_timeout_ms,
-        retry_backoff_ms=100,
-    )
+    """Ingest's producer: records acknowledged (`acks=all`) or failed within `ack_timeout_seconds`
+    (not idempotent, see `services.common.produce.make_producer`)."""
+    return produce.make_producer(bootstrap, ack_timeout_seconds=ack_timeout_seconds, max_request_size=MAX_REQUEST_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +127,17 @@ class Ingestor:
         if self.producer is not None:
             cause = await self._produce(self.producer, outgoing, futures)
         results = [_settled(out.result, future) for out, future in zip(outgoing, futures, strict=True)]
+        lost = 0
         for out, future in zip(outgoing, futures, strict=True):
             if out.result.status == REJECTED:
                 self.metrics.rejected.labels(out.event_type, out.code).inc()
+                lost += not _acknowledged(future)
             elif _acknowledged(future):
                 self.metrics.accepted.labels(out.event_type).inc()
+        if lost:
+            self.metrics.dead_letters_lost.inc(lost)
+            log.warning("%d dead letters of rejected items were not written (%s); the client got their reasons",
+                        lost, cause or "not acknowledged")  # fmt: skip
         if cause or any(not _acknowledged(f) for f in futures):
             raise NotAcknowledged(results, cause or "a record was not acknowledged")
         return results

@@ -18,6 +18,11 @@ class IngestMetrics:
         self.rejected = Counter(
             f"{PREFIX}ingest_events_rejected", "Events rejected to the DLQ", ["type", "reason"], registry=registry
         )
+        self.dead_letters_lost = Counter(
+            f"{PREFIX}ingest_dead_letters_lost",
+            "Dead letters of rejected items Kafka did not take (the client still got each reason)",
+            registry=registry,
+        )
         self.requests = Counter(f"{PREFIX}ingest_requests", "HTTP requests by status code", ["code"], registry=registry)
         self.latency = Histogram(
             f"{PREFIX}ingest_request_duration_seconds",

@@ -27,24 +27,27 @@ def _env(redis_port: int, kafka_port: int, wait: float) -> dict[str, str]:
 
 
 def test_a_query_gives_up_in_one_line_when_redis_stays_away():
-    env = _env(_free_port(), _free_port(), wait=1.5)
+    env = _env(_free_port(), _free_port(), wait=3.5)
     started = time.monotonic()
     done = subprocess.run([*CRM, "stages", "counts", "--model", "aipl", "--tenant", "t"], env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
-    assert "crm: redis unreachable for 1.5 s, giving up" in done.stderr
+    assert "crm: redis unreachable for 3.5 s, giving up" in done.stderr
     assert done.stderr.count("redis unavailable") == 1  # the wait is logged once
-    assert 1.0 <= time.monotonic() - started < 30
+    assert 3.5 <= time.monotonic() - started < 30
 
 
 def test_a_kafka_command_gives_up_in_one_line_when_the_broker_stays_away():
-    env = _env(_free_port(), _free_port(), wait=1.0)
+    env = _env(_free_port(), _free_port(), wait=3.0)
+    started = time.monotonic()
     done = subprocess.run([*CRM, "tail", "crm.events.order", "--max", "1"], env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode != 0
+    assert time.monotonic() - started >= 3.0, "it gave up before the time it names"
     assert "Traceback" not in done.stderr
-    assert "crm: kafka unreachable for 1 s, giving up" in done.stderr
+    assert "Unclosed" not in done.stderr, "a failed try leaves its Kafka client open"
+    assert "crm: kafka unreachable for 3 s, giving up" in done.stderr
 
 
 def test_a_query_answers_once_redis_comes_back(tmp_path):

@@ -249,5 +249,7 @@ async def test_without_a_broker_ingest_answers_503_in_time_with_per_item_status_
         assert [r["status"] for r in answer["results"]] == ["not_written", "rejected"]
         assert answer["results"][1]["reason"].startswith("negative_amount")
         assert answer["accepted"] == 0 and answer["not_written"] == 1
+        metrics = await (await client.get("/metrics")).text()
+        assert "crm_ingest_dead_letters_lost_total 1.0" in metrics  # the rejection's dead letter, not written
         health = await asyncio.wait_for(client.get("/healthz"), 30)
         assert health.status == 503 and await health.json() == {"status": "degraded", "kafka": False}
