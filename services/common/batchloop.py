@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -53,9 +53,30 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self.loop.engine.lock:
             pass
+        if revoked:
+            log.info("%s: partitions revoked: %s", self.loop.health.service, describe(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.loop.unplaced.update(assigned)
+        log.info("%s: partitions assigned: %s", self.loop.health.service, describe(assigned) or "none")
+
+
+def describe(tps: Iterable[TopicPartition]) -> str:
+    """Topic partitions in one short line: "crm.events.order[0-5,7] crm.events.cart[0-11]"."""
+    by_topic: dict[str, list[int]] = {}
+    for tp in tps:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    parts = []
+    for topic, numbers in sorted(by_topic.items()):
+        numbers.sort()
+        runs: list[list[int]] = []
+        for n in numbers:
+            if runs and n == runs[-1][1] + 1:
+                runs[-1][1] = n
+            else:
+                runs.append([n, n])
+        parts.append(f"{topic}[{','.join(str(a) if a == b else f'{a}-{b}' for a, b in runs)}]")
+    return " ".join(parts)
 
 
 class BatchLoop:
@@ -86,11 +107,13 @@ class BatchLoop:
     async def run(self) -> None:
         """Consume until cancelled."""
         await retry(self._start, self.health)
+        log.info("%s: consuming %s", self.health.service, ", ".join(self.topics))
         try:
             while True:
                 await self.step()
         finally:
             await self.consumer.stop()
+            log.info("%s: stopped consuming", self.health.service)
 
     async def _start(self) -> None:
         self.consumer.subscribe(self.topics, listener=_Rebalance(self))
@@ -175,6 +198,7 @@ class BatchLoop:
         names = [f"{tp.topic}:{tp.partition}" for tp in tps]
         fences = await self.engine.fence.positions(names)
         assigned = self.consumer.assignment()
+        fenced = fresh = 0
         for tp, name in zip(tps, names, strict=True):
             self.unplaced.discard(tp)
             if tp not in assigned:
@@ -182,9 +206,15 @@ class BatchLoop:
             target = fences.get(name)
             if target is None:
                 target = firsts.get(tp)
+                fresh += 1
+            else:
+                fenced += 1
             if target is not None:
                 self.consumer.seek(tp, target)
                 self.read_to[tp] = target
+        if fenced or fresh:
+            log.info("%s: took over %d partitions: %d at their applied-offset fence, %d with none yet",
+                     self.health.service, fenced + fresh, fenced, fresh)  # fmt: skip
 
     async def _commit(self, messages: Sequence[Message]) -> None:
         """Commit the fence of the batch's partitions (what Redis holds, never more)."""

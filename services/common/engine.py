@@ -27,9 +27,11 @@ one message at a time and the message failing alone is dead-lettered (`quarantin
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from redis.asyncio import Redis
@@ -40,9 +42,12 @@ from services.common.constants import TOPICS
 from services.common.deadletter import dead_letter, quarantine
 from services.common.fence import OffsetFence
 from services.common.messages import Message
+from services.common.metrics import LoopMetrics
 from services.common.outbox import Outbox, SentSince
 
-__all__ = ["Batch", "DeadLetters", "Group", "LoopMetrics", "LoopSettings", "StreamEngine", "Timed"]
+__all__ = ["Batch", "DeadLetters", "Group", "LoopSettings", "StreamEngine", "Timed"]
+
+log = logging.getLogger(__name__)
 
 # outbox entries per shard: id -> packed entry
 DeadLetters = dict[int, dict[str, bytes]]
@@ -61,29 +66,6 @@ class Timed(Protocol):
 
 
 In = TypeVar("In", bound=Timed)
-
-
-class _Counter(Protocol):
-    def inc(self, amount: float = 1) -> None: ...
-
-
-class LoopMetrics(Protocol):
-    """The metrics the loop moves (each service names them under its own prefix)."""
-
-    @property
-    def redelivered(self) -> _Counter: ...
-
-    @property
-    def invalid(self) -> _Counter: ...
-
-    @property
-    def timers_fired(self) -> _Counter: ...
-
-    @property
-    def watermark(self) -> Any: ...  # a Gauge labelled by tenant
-
-    @property
-    def batch(self) -> Any: ...  # a Histogram of batch durations
 
 
 class LoopSettings(Protocol):
@@ -218,6 +200,8 @@ class StreamEngine(Generic[In]):
         await self.fence.load()
         merge_shard_clocks(self.clocks, await self.redis.hgetall(self.clock_key), None, self.new_clock)
         await self.on_start()
+        log.info("%s: started with the applied offsets of %d partitions and the clocks of %d tenants",
+                 self.source, len(self.fence.applied), len(self.clocks))  # fmt: skip
 
     def reset(self) -> None:
         """After an outage: check every outbox again (a send may have failed after a MULTI)."""
@@ -332,7 +316,11 @@ class StreamEngine(Generic[In]):
             wall = self.settings.lateness_ms if self.settings.wall_clock_advance else None
             for tenant, clock in self.clocks.items():
                 # No new input for a while: nothing older can still be on its way in order.
+                before = clock.watermark
                 clock.flush_idle(owned, now, self.settings.idle_flush_seconds, wall, caught_up=not self.behind)
+                if clock.watermark > before and wall is None:  # (a wall-clock advance moves it every tick)
+                    log.info("%s: no input for %gs: watermark of tenant %s moved on to %s", self.source,
+                             self.settings.idle_flush_seconds, tenant, _iso(clock.watermark))  # fmt: skip
                 self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
                 for shard in owned:
                     if shard in clock.shards:
@@ -357,3 +345,7 @@ class StreamEngine(Generic[In]):
             await self.outbox.send(dead)
             fired += len(due)
             self.metrics.timers_fired.inc(len(due))
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.common.metrics import PREFIX
+from services.common.metrics import PREFIX, LoopMetrics
 
 __all__ = ["TriggerMetrics"]
 
 
-class TriggerMetrics:
+class TriggerMetrics(LoopMetrics):
+    """The loop's metrics (crm_triggers_...) and the triggers' own: decisions, inputs, owned
+    shards and timer backlog, outbox recoveries, write conflicts and decision latency."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
+        super().__init__(registry, "triggers", late="late_inputs", timers="timer_customers")
         self.triggers = Counter(
             f"{PREFIX}triggers_decided", "Actions decided for delivery", ["action", "channel"], registry=registry
         )
@@ -19,21 +22,6 @@ class TriggerMetrics:
             f"{PREFIX}triggers_suppressed", "Decisions suppressed by a guardrail", ["reason"], registry=registry
         )
         self.inputs = Counter(f"{PREFIX}triggers_inputs", "Transitions and events applied", ["kind"], registry=registry)
-        self.redelivered = Counter(
-            f"{PREFIX}triggers_redelivered_messages",
-            "Messages skipped because their effects were already applied",
-            registry=registry,
-        )
-        self.repeats = Counter(
-            f"{PREFIX}triggers_repeated_events", "Events recognised as applied before", registry=registry
-        )
-        self.late = Counter(
-            f"{PREFIX}triggers_late_inputs", "Inputs read after the watermark had passed them", registry=registry
-        )
-        self.invalid = Counter(f"{PREFIX}triggers_invalid_messages", "Messages sent to the DLQ", registry=registry)
-        self.timers_fired = Counter(
-            f"{PREFIX}triggers_timer_customers", "Customers whose due timers were fired", registry=registry
-        )
         self.owned = Gauge(
             f"{PREFIX}triggers_owned_partitions",
             "Partitions (shards) this worker owns, with their customers' timers",
@@ -52,15 +40,6 @@ class TriggerMetrics:
             f"{PREFIX}triggers_write_conflicts",
             "Batches decided again because another worker wrote one of their customers first",
             registry=registry,
-        )
-        self.watermark = Gauge(
-            f"{PREFIX}triggers_watermark_seconds", "Event-time watermark", ["tenant"], registry=registry
-        )
-        self.batch = Histogram(
-            f"{PREFIX}triggers_batch_duration_seconds",
-            "Time to apply one batch",
-            registry=registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.latency = Histogram(
             f"{PREFIX}triggers_decision_latency_seconds",

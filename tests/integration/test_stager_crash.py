@@ -25,12 +25,28 @@ def test_a_crash_in_the_middle_of_a_replay_ends_with_the_same_counts(stack, tmp_
         asyncio.run(_wait_some_applied(stack, group))
     finally:
         first.kill()
-    second = StagerProcess(stack, group, 36067, tmp_path / "second.log").start()
+    second = StagerProcess(stack, group, 36067, tmp_path / "second.log", env={"CRM_LOG_LEVEL": "info"}).start()
     try:
         asyncio.run(replay(settings, TAOBAO, "taobao", tenant, timeout=600, say=print))
         assert_same(asyncio.run(live_counts(stack, tenant)), expected_counts(taobao_events(TAOBAO)))
     finally:
         second.stop()
+    _assert_lifecycle_logged(tmp_path / "second.log")
+
+
+def _assert_lifecycle_logged(path):
+    """The worker's life at INFO, one line each, and no customer id in those lines."""
+    lines = path.read_text().splitlines()
+    said = {}
+    for what in ("started with the applied offsets", "partitions assigned:", "took over", "stopped consuming"):
+        said[what] = [line for line in lines if what in line]
+        assert said[what], f"no line with {what!r} in {path}"
+    taken = said["took over"][0]
+    assert "at their applied-offset fence" in taken and " 0 at their" not in taken, taken  # it resumed
+    # (ids of a few digits would match counts in any line)
+    customers = {c for c in (line.split(",", 1)[0] for line in TAOBAO.read_text().splitlines()) if len(c) >= 5}
+    for line in (line for found in said.values() for line in found):
+        assert not any(f" {c} " in f" {line} " for c in customers), line
 
 
 async def _wait_some_applied(stack, group):
