@@ -18,6 +18,7 @@ import click
 
 from services.common.errors import CrmError
 from services.common.settings import CommonSettings, load_settings
+from services.stager.rules import MODELS
 
 __all__ = ["main"]
 
@@ -299,7 +300,7 @@ def stages() -> None:
     """Stage counts and flows (the dashboard's answers)."""
 
 
-MODEL = click.Choice(["pyramid", "aipl", "lifecycle", "path", "value_grid"])
+MODEL = click.Choice(MODELS)
 
 
 @stages.command("counts")
@@ -455,7 +456,6 @@ async def _show_triggers(settings: Any, settle_seconds: float = 4.0, timeout: fl
 async def _show_stages(settings: Any, latest: int) -> None:
     from crm.replay import wait_applied
     from services.stager import analytics
-    from services.stager.rules import MODELS
 
     redis = _redis()
     try:

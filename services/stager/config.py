@@ -29,6 +29,7 @@ class StageRules(BaseModel):
     advocate_min_referrals: int = Field(1, ge=1)
     aipl_window_ms: int = Field(90 * DAY_MS, gt=0)
     aipl_loyal_min_paid: int = Field(2, ge=1)
+    sicas_window_ms: int = Field(90 * DAY_MS, gt=0)
     lifecycle_churn_ms: int = Field(180 * DAY_MS, gt=0)
     lifecycle_decline_ms: int = Field(90 * DAY_MS, gt=0)
     lifecycle_mature_min_paid: int = Field(4, ge=1)
@@ -48,7 +49,7 @@ class StageRules(BaseModel):
     @property
     def order_memory_ms(self) -> int:
         """How long a paid order stays in the per-customer list (the longest window that needs it)."""
-        return max(self.aipl_window_ms, self.value_window_ms)
+        return max(self.aipl_window_ms, self.sicas_window_ms, self.value_window_ms)
 
 
 def load_rules(path: Path | None = None, env: dict[str, str] | None = None) -> StageRules:

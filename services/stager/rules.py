@@ -33,7 +33,7 @@ __all__ = [
     "stages_at",
 ]
 
-MODELS: tuple[str, ...] = ("pyramid", "aipl", "lifecycle", "path", "value_grid")
+MODELS: tuple[str, ...] = ("pyramid", "aipl", "lifecycle", "path", "value_grid", "sicas")
 RECENT = 8  # most recent behaviour events kept: interaction (5 in 30 days) and late session merges
 CREDITS = 64  # referral credits remembered against repeats
 
@@ -53,6 +53,7 @@ class Kind(IntEnum):
 
 
 INTEREST = frozenset({Kind.CART_ADD, Kind.JOIN, Kind.FAVOURITE})
+PRODUCT_INTEREST = frozenset({Kind.CART_ADD, Kind.FAVOURITE})  # SICAS Interest: no brand follow
 # shopping path step of each kind (0: activity that is no step)
 STEP = {Kind.BROWSE: 1, Kind.CART_ADD: 2, Kind.FAVOURITE: 2, Kind.ORDER_CREATED: 3, Kind.ORDER_PAID: 4}
 PATH_STAGES = {1: "browsing", 2: "selecting", 3: "ordered_unpaid", 4: "paid"}
@@ -63,6 +64,7 @@ STAGE_NAMES: dict[str, tuple[str, ...]] = {
     "lifecycle": ("prospect", "new", "developing", "mature", "declining", "churned"),
     "path": ("browsing", "selecting", "ordered_unpaid", "paid"),
     "value_grid": tuple(f"{v}_value_{i}_interaction" for v in ("low", "high") for i in ("low", "high")),
+    "sicas": ("sense", "interest", "connect", "action", "share"),
 }
 
 
@@ -105,6 +107,9 @@ class CustomerState:
     last_paid: int = 0
     last_browse: int = 0
     last_interest: int = 0
+    last_product_interest: int = 0  # favourite or cart add (last_interest also counts joins)
+    last_join: int = 0  # follow of the brand, a store or an official account
+    last_credit: int = 0  # referral credit
     clock: int = 0  # this customer's event-time clock: latest fact or timer applied
     seq: int = 0  # transitions emitted so far (orders a customer's transitions at the same instant)
     # (order_key, time, amount_cents, PAID|REFUNDED), newest first, within rules.order_memory_ms
@@ -218,7 +223,7 @@ def _in_window(t: int, now: int, window: int) -> bool:
 
 def stages_at(s: CustomerState, now: int, rules: StageRules) -> dict[str, str | None]:
     """Stage of every model at instant `now` (None: not in the model)."""
-    if s.events == 0 and s.paid == 0 and not s.orders:
+    if s.events == 0 and s.paid == 0 and not s.orders and not s.last_credit:
         return dict.fromkeys(MODELS)
     return {
         "pyramid": _pyramid(s, rules),
@@ -226,6 +231,7 @@ def stages_at(s: CustomerState, now: int, rules: StageRules) -> dict[str, str | 
         "lifecycle": _lifecycle(s, now, rules),
         "path": _path(s, now, rules),
         "value_grid": _value_grid(s, now, rules),
+        "sicas": _sicas(s, now, rules),
     }
 
 
@@ -252,6 +258,22 @@ def _aipl(s: CustomerState, now: int, rules: StageRules) -> str | None:
         return "I"
     if _in_window(s.last_browse, now, window):
         return "A"
+    return None
+
+
+def _sicas(s: CustomerState, now: int, rules: StageRules) -> str | None:
+    window = rules.sicas_window_ms
+    if _in_window(s.last_credit, now, window):
+        return "share"
+    # a refunded order counts nowhere, as in AIPL's Purchase
+    if any(status == PAID and _in_window(t, now, window) for _, t, _, status in s.orders):
+        return "action"
+    if _in_window(s.last_join, now, window):
+        return "connect"
+    if _in_window(s.last_product_interest, now, window):
+        return "interest"
+    if _in_window(s.last_browse, now, window):
+        return "sense"
     return None
 
 
@@ -315,6 +337,8 @@ def next_due(s: CustomerState, rules: StageRules) -> int | None:
         s.last_paid + rules.lifecycle_decline_ms if s.member_since and s.last_paid and s.paid else 0,
         s.member_since,
     ]
+    sicas = rules.sicas_window_ms
+    candidates += (t + sicas for t in (s.last_browse, s.last_product_interest, s.last_join, s.last_credit) if t)
     if s.session_end:
         candidates.append(s.session_end + rules.session_gap_ms)
     if s.recent:
@@ -323,7 +347,7 @@ def next_due(s: CustomerState, rules: StageRules) -> int | None:
             candidates.append(s.recent[k - 1][0] + rules.interaction_window_ms)
     for _, t, _, status in s.orders:
         if status == PAID:
-            candidates += (t + rules.aipl_window_ms, t + rules.value_window_ms)
+            candidates += (t + rules.aipl_window_ms, t + sicas, t + rules.value_window_ms)
     future = [c for c in candidates if c > now]
     return min(future) if future else None
 
@@ -372,20 +396,20 @@ def apply_fact(s: CustomerState, fact: Fact, rules: StageRules) -> tuple[list[Tr
 def _update(s: CustomerState, fact: Fact, rules: StageRules) -> str | None:
     kind, t = fact.kind, fact.time
     if kind == Kind.REFERRAL_CREDIT:
-        fp = zlib.crc32(fact.event_id.encode())
-        if fp not in s.credits:  # a credit sent twice counts once (beyond CREDITS kept, all count)
-            s.credits = sorted([fp, *s.credits])[:CREDITS]
-            s.referrals += 1
+        _credit(s, fact)
         return None
     s.events += 1
     s.last_event = max(s.last_event, t)
     if kind in INTEREST:
         s.interest += 1
         s.last_interest = max(s.last_interest, t)
+    if kind in PRODUCT_INTEREST:
+        s.last_product_interest = max(s.last_product_interest, t)
     if kind == Kind.BROWSE:
         s.last_browse = max(s.last_browse, t)
     if kind == Kind.JOIN:
         s.member_since = min(s.member_since, t) if s.member_since else t
+        s.last_join = max(s.last_join, t)
     step = STEP.get(kind, 0)
     _session(s, t, step, rules.session_gap_ms)
     fp = zlib.crc32(fact.event_id.encode()) & 0xFFFF
@@ -400,6 +424,14 @@ def _update(s: CustomerState, fact: Fact, rules: StageRules) -> str | None:
     if kind == Kind.ORDER_REFUNDED:
         _refund(s, fact)
     return None
+
+
+def _credit(s: CustomerState, fact: Fact) -> None:
+    fp = zlib.crc32(fact.event_id.encode())
+    if fp not in s.credits:  # a credit sent twice counts once (beyond CREDITS kept, all count)
+        s.credits = sorted([fp, *s.credits])[:CREDITS]
+        s.referrals += 1
+    s.last_credit = max(s.last_credit, fact.time)
 
 
 def _paid(s: CustomerState, fact: Fact, rules: StageRules) -> str | None:

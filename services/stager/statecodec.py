@@ -11,9 +11,13 @@ from services.stager.rules import MODELS, CustomerState, Fact, Kind, stage_names
 __all__ = ["decode_state", "encode_state"]
 
 # 2: session fields; 3: lists as deltas, fixed-width fingerprints; 4: path step inside the delta;
-# 5: recent events with a fingerprint, pending facts and referral credits at the end
-VERSION = 5
-READABLE = (4, 5)
+# 5: recent events with a fingerprint, pending facts and referral credits at the end;
+# 6: SICAS: its stage and three more times (last product interest, last join, last credit)
+VERSION = 6
+READABLE = (4, 5, 6)
+# the models whose stages each layout holds, in order (before 6: no SICAS)
+_BEFORE_6 = ("pyramid", "aipl", "lifecycle", "path", "value_grid")
+_LAYOUT_MODELS = {4: _BEFORE_6, 5: _BEFORE_6, 6: MODELS}
 _STAGE_CODE = {model: {name: i + 1 for i, name in enumerate(stage_names(model))} for model in MODELS}
 _STAGE_NAME = {model: {i + 1: name for i, name in enumerate(stage_names(model))} for model in MODELS}
 
@@ -42,6 +46,9 @@ def encode_state(s: CustomerState, seen: list[tuple[int, int]]) -> bytes:
         s.last_interest,
         s.session_start,
         s.session_end,
+        s.last_product_interest,
+        s.last_join,
+        s.last_credit,
     ):
         _put(out, clock - t + 1 if t else 0)
     out.append(s.session_best)
@@ -111,10 +118,20 @@ def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
     s = CustomerState(clock=clock)
     s.events, s.interest, s.paid, s.referrals, credited, s.seq = (get() for _ in range(6))
     s.credited_referrer = bool(credited)
-    times = [get() for _ in range(7)]
-    s.member_since, s.last_event, s.last_paid, s.last_browse, s.last_interest, s.session_start, s.session_end = (
-        clock - d + 1 if d else 0 for d in times
-    )
+    n = 10 if data[0] >= 6 else 7  # layouts before 6 kept no SICAS times
+    times = [clock - d + 1 if d else 0 for d in (get() for _ in range(n))] + [0] * (10 - n)
+    (
+        s.member_since,
+        s.last_event,
+        s.last_paid,
+        s.last_browse,
+        s.last_interest,
+        s.session_start,
+        s.session_end,
+        s.last_product_interest,
+        s.last_join,
+        s.last_credit,
+    ) = times
     s.session_best = data[pos]
     pos += 1
     orders = []
@@ -136,11 +153,8 @@ def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
         recent.append((previous, packed & 7, int.from_bytes(data[pos : pos + width], "little")))
         pos += width
     s.recent = recent
-    stages: dict[str, str | None] = {}
-    for model in MODELS:
-        code = data[pos]
-        pos += 1
-        stages[model] = _STAGE_NAME[model][code] if code else None
+    stages = _stages(data, pos, data[0])
+    pos += len(_LAYOUT_MODELS[data[0]])
     s.stages = stages if any(stages.values()) or s.events else {}
     seen = []
     previous = clock
@@ -151,6 +165,15 @@ def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
     if data[0] >= 5:
         s.pending, s.credits = _tail(data, pos, clock)
     return s, seen
+
+
+def _stages(data: bytes, pos: int, layout: int) -> dict[str, str | None]:
+    """The stage of every model, one byte each (0: none) from `pos` for the models `layout` holds."""
+    stages: dict[str, str | None] = dict.fromkeys(MODELS)
+    for i, model in enumerate(_LAYOUT_MODELS[layout]):
+        code = data[pos + i]
+        stages[model] = _STAGE_NAME[model][code] if code else None
+    return stages
 
 
 def _tail(data: bytes, pos: int, clock: int) -> tuple[list[Fact], list[int]]:

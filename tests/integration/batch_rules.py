@@ -114,6 +114,19 @@ def stages(evs, now):
     step = {"pv": 1, "cart": 2, "fav": 2, "buy": 4}
     best = max(step[b] for _, b, _ in times[start:])
     out["path"] = None if now - last >= 30 * MIN else {1: "browsing", 2: "selecting", 4: "paid"}[best]
+    # SICAS over its own 90-day window, highest first: share (a referral credit), action (a paid
+    # order), connect (a follow of the brand, a store or an official account), interest (a product
+    # favourite or a cart add), sense (a browse). Neither dataset has referrals or brand follows.
+    in_window = {b for t, b, _ in evs if now - t < 90 * DAY}
+    out["sicas"] = (
+        "action"
+        if "buy" in in_window
+        else "interest"
+        if in_window & {"fav", "cart"}
+        else "sense"
+        if "pv" in in_window
+        else None
+    )
     cents = sum(round(a * 100) for t, b, a in evs if b == "buy" and now - t < 365 * DAY)
     recent = sum(1 for t, _, _ in evs if now - t < 30 * DAY)
     out["value_grid"] = f"{'high' if cents >= 50000 else 'low'}_value_{'high' if recent >= 5 else 'low'}_interaction"

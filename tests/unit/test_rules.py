@@ -10,20 +10,21 @@ T0 = 1_500_000_000_000
 
 
 class Customer:
-    def __init__(self):
+    def __init__(self, rules=R):
         self.state = CustomerState()
+        self.rules = rules
         self.n = 0
         self.log = []
 
     def do(self, kind, at, order="o", cents=0, referrer=None):
         self.n += 1
         fact = Fact(f"e{self.n}", kind, at, hash(order) & 0xFFFFFFFF, cents, referrer)
-        transitions, credit = apply_fact(self.state, fact, R)
+        transitions, credit = apply_fact(self.state, fact, self.rules)
         self.log += transitions
         return credit
 
     def at(self, when):
-        self.log += advance(self.state, when, R)
+        self.log += advance(self.state, when, self.rules)
         return self.state.stages
 
     def stage(self, model, when):
@@ -149,6 +150,139 @@ def test_aipl_falls_back_from_interest_to_awareness():
     assert c.stage("aipl", T0 + 90 * DAY_MS - 1) == "I"
     assert c.stage("aipl", T0 + 90 * DAY_MS) == "A"
     assert c.stage("aipl", T0 + 100 * DAY_MS) is None
+
+
+# --- SICAS -------------------------------------------------------------------------------------
+W = 90 * DAY_MS
+
+
+def test_sicas_climbs_from_sense_to_share():
+    c = Customer()
+    c.do(Kind.BROWSE, T0)
+    assert c.state.stages["sicas"] == "sense"
+    c.do(Kind.FAVOURITE, T0 + 1)
+    assert c.state.stages["sicas"] == "interest"
+    c.do(Kind.JOIN, T0 + 2)
+    assert c.state.stages["sicas"] == "connect"
+    paid(c, T0 + 10, "o1")
+    assert c.state.stages["sicas"] == "action"
+    c.do(Kind.REFERRAL_CREDIT, T0 + 20)
+    assert c.state.stages["sicas"] == "share"
+
+
+@pytest.mark.parametrize(
+    ("kind", "stage"),
+    [
+        (Kind.BROWSE, "sense"),
+        (Kind.FAVOURITE, "interest"),
+        (Kind.CART_ADD, "interest"),
+        (Kind.JOIN, "connect"),
+        (Kind.ORDER_PAID, "action"),
+        (Kind.REFERRAL_CREDIT, "share"),
+    ],
+)
+def test_each_sicas_level_holds_until_exactly_90_days_after_its_event(kind, stage):
+    c = Customer()
+    c.do(kind, T0, "o1", 10_00)
+    assert c.state.stages["sicas"] == stage
+    assert c.stage("sicas", T0 + W - 1) == stage
+    assert c.stage("sicas", T0 + W) is None
+    timers = [(t.from_stage, t.to_stage, t.at) for t in c.log if t.model == "sicas" and t.cause.startswith("timer:")]
+    assert timers == [(stage, None, T0 + W)]
+
+
+def test_sicas_falls_back_one_level_at_a_time_as_each_event_leaves_the_window():
+    c = Customer()
+    c.do(Kind.REFERRAL_CREDIT, T0)
+    paid(c, T0 + DAY_MS, "o1")
+    c.do(Kind.JOIN, T0 + 2 * DAY_MS)
+    c.do(Kind.CART_ADD, T0 + 3 * DAY_MS)
+    c.do(Kind.BROWSE, T0 + 4 * DAY_MS)
+    assert c.state.stages["sicas"] == "share"
+    c.at(T0 + 4 * DAY_MS + W)
+    timers = [(t.from_stage, t.to_stage, t.at) for t in c.log if t.model == "sicas" and t.cause.startswith("timer:")]
+    assert timers == [
+        ("share", "action", T0 + W),
+        ("action", "connect", T0 + DAY_MS + W),
+        ("connect", "interest", T0 + 2 * DAY_MS + W),
+        ("interest", "sense", T0 + 3 * DAY_MS + W),
+        ("sense", None, T0 + 4 * DAY_MS + W),
+    ]
+
+
+def test_a_product_follow_is_interest_not_connect():
+    c = Customer()
+    c.do(Kind.FAVOURITE, T0)
+    assert c.state.stages["sicas"] == "interest"
+    assert c.state.stages["lifecycle"] == "prospect"  # nor does it make a member
+
+
+def test_a_cart_remove_is_not_interest():
+    c = Customer()
+    c.do(Kind.BROWSE, T0)
+    c.do(Kind.CART_REMOVE, T0 + 1)
+    assert c.state.stages["sicas"] == "sense"
+
+
+def test_connect_lasts_the_window_after_the_follow_even_with_an_unfollow():
+    c = Customer()
+    c.do(Kind.CART_ADD, T0)
+    c.do(Kind.JOIN, T0 + 10 * DAY_MS)
+    assert c.state.stages["sicas"] == "connect"
+    c.do(Kind.UNFOLLOW, T0 + 11 * DAY_MS)  # the follow happened: it still counts in the window
+    assert c.stage("sicas", T0 + W) == "connect"
+    assert c.stage("sicas", T0 + 10 * DAY_MS + W) is None  # the cart add left long before
+
+
+def test_a_refund_takes_its_order_out_of_action_as_out_of_aipl_purchase():
+    c = Customer()
+    c.do(Kind.BROWSE, T0)
+    paid(c, T0 + 10, "o1")
+    paid(c, T0 + 20, "o2")
+    c.do(Kind.ORDER_REFUNDED, T0 + 30, "o2")
+    assert c.state.stages["sicas"] == "action"  # o1 still counts
+    c.do(Kind.ORDER_REFUNDED, T0 + 40, "o1")
+    assert c.state.stages["sicas"] == "sense"
+    assert c.state.stages["aipl"] == "A"
+
+
+def test_only_an_order_paid_counts_as_action():
+    c = Customer()
+    c.do(Kind.ORDER_CREATED, T0, "o1")
+    c.do(Kind.ORDER_CANCELLED, T0 + 1, "o1")
+    assert c.state.stages["sicas"] is None
+
+
+def test_a_referrer_seen_nowhere_else_shares():
+    c = Customer()
+    c.do(Kind.REFERRAL_CREDIT, T0)
+    assert c.state.stages == {**dict.fromkeys(c.state.stages), "sicas": "share"}
+
+
+def test_a_credit_older_than_the_window_at_the_clock_is_no_share():
+    c = Customer()
+    c.do(Kind.BROWSE, T0 + 100 * DAY_MS)
+    c.do(Kind.REFERRAL_CREDIT, T0)  # late: it left the window before the clock
+    assert c.state.stages["sicas"] == "sense"
+    assert c.state.referrals == 1  # all-time counts still move
+
+
+def test_the_configured_sicas_window_is_honoured_apart_from_aipl():
+    c = Customer(StageRules(sicas_window_ms=10 * DAY_MS))
+    c.do(Kind.BROWSE, T0)
+    paid(c, T0 + DAY_MS, "o1")
+    assert c.stage("sicas", T0 + 11 * DAY_MS - 1) == "action"
+    assert c.stage("sicas", T0 + 11 * DAY_MS) is None  # the browse left a day earlier
+    assert c.state.stages["aipl"] == "P"  # the AIPL window is still 90 days
+
+
+def test_orders_are_kept_for_a_sicas_window_longer_than_the_others():
+    rules = StageRules(sicas_window_ms=400 * DAY_MS)
+    assert rules.order_memory_ms == 400 * DAY_MS
+    c = Customer(rules)
+    paid(c, T0, "o1")
+    assert c.stage("sicas", T0 + 400 * DAY_MS - 1) == "action"
+    assert c.stage("sicas", T0 + 400 * DAY_MS) is None
 
 
 # --- lifecycle ---------------------------------------------------------------------------------

@@ -190,3 +190,40 @@ def test_a_repeat_arriving_any_time_later_changes_nothing(facts, data):
     assert after == before
     assert len(outcome.rejected) == len(repeats) - len(kept)
     assert all(reason.startswith("too_late") for _, reason in outcome.rejected)
+
+
+def _sicas_by_definition(facts, now, window):
+    """SICAS at `now` straight from the text: the highest level with an event in (now - W, now]."""
+    past = [f for f in facts if f.time <= now]
+    refunded = {f.order_key for f in past if f.kind == Kind.ORDER_REFUNDED}
+    first_paid = {}
+    for f in sorted(past, key=lambda f: f.time):
+        if f.kind == Kind.ORDER_PAID:
+            first_paid.setdefault(f.order_key, f.time)
+    paid = [t for key, t in first_paid.items() if key not in refunded]
+
+    def any_in(times):
+        return any(now - t < window for t in times)
+
+    if any_in(f.time for f in past if f.kind == Kind.REFERRAL_CREDIT):
+        return "share"
+    if any_in(paid):
+        return "action"
+    if any_in(f.time for f in past if f.kind == Kind.JOIN):
+        return "connect"
+    if any_in(f.time for f in past if f.kind in (Kind.FAVOURITE, Kind.CART_ADD)):
+        return "interest"
+    if any_in(f.time for f in past if f.kind == Kind.BROWSE):
+        return "sense"
+    return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(facts=histories(), data=st.data())
+def test_sicas_at_any_instant_is_its_definition_including_the_window_boundaries(facts, data):
+    window = R.sicas_window_ms
+    edges = [f.time + window + d for f in facts for d in (-1, 0)]
+    instants = data.draw(st.lists(st.sampled_from(edges) | st.integers(T0, T0 + SPAN + window), max_size=8))
+    for now in instants:
+        state = replay(sorted((f for f in facts if f.time <= now), key=lambda f: (f.time, f.event_id)), now, R)
+        assert state.stages.get("sicas") == _sicas_by_definition(facts, now, window), now

@@ -35,6 +35,37 @@ def test_state_survives_encoding(events):
     assert back_seen == seen
 
 
+# Layout 5 (before SICAS) of a customer who browsed, joined, favourited, paid, was credited a
+# referral and has one browse pending; its clock is T0 + 5 days.
+LAYOUT_5 = bytes.fromhex(
+    "0580c8ddc5d52b04020101000f81e0e5a40181f0b25281f0b2528198ffcd0181a8cc7b81f0b25281f0b25204010700000080f0b252"
+    "e20901048480979305336b82c0cbc902e4de80c0cbc902e89181c0cbc902e01b030302000101002a0000000180f0b2520102623200"
+    "00000000000001a12ad75e"
+)
+
+
+def test_a_state_of_the_previous_layout_decodes_with_the_sicas_fields_empty():
+    state, seen = decode_state(LAYOUT_5)
+    assert (state.clock, state.events, state.paid, state.referrals) == (T0 + 5 * DAY_MS, 4, 1, 1)
+    assert (state.last_browse, state.last_interest, state.last_paid) == (T0, T0 + 2 * DAY_MS, T0 + 3 * DAY_MS)
+    assert state.orders == [(7, T0 + 3 * DAY_MS, 12_50, 1)]
+    assert [f.event_id for f in state.pending] == ["b2"] and seen == [(T0 + 5 * DAY_MS, 42)]
+    assert (state.last_product_interest, state.last_join, state.last_credit) == (0, 0, 0)
+    assert state.stages == {
+        "pyramid": "first_purchase",
+        "aipl": "P",
+        "lifecycle": "new",
+        "path": None,
+        "value_grid": "low_value_low_interaction",
+        "sicas": None,
+    }
+    again = encode_state(state, seen)
+    assert again[0] == 6 and decode_state(again) == (state, seen)
+    # the customer's next change places it in SICAS, from what the old state kept (its paid order)
+    transitions, _ = apply_fact(state, Fact("b3", Kind.BROWSE, T0 + 6 * DAY_MS), R)
+    assert [(t.from_stage, t.to_stage) for t in transitions if t.model == "sicas"] == [(None, "action")]
+
+
 def test_a_typical_customer_is_small():
     """Twelve events over half a day, three paid orders, a two-hour repeat horizon (the eight
     recent events carry 2-byte fingerprints, so repeats of them are known however late)."""
