@@ -6,6 +6,7 @@ usual recent times take two to four bytes. Version byte first, so the layout can
 
 from __future__ import annotations
 
+from services.common.varint import VarintReader, put_uvarint, zigzag
 from services.stager.rules import MODELS, CustomerState, Fact, Kind, stage_names
 
 __all__ = ["decode_state", "encode_state"]
@@ -22,13 +23,7 @@ _STAGE_CODE = {model: {name: i + 1 for i, name in enumerate(stage_names(model))}
 _STAGE_NAME = {model: {i + 1: name for i, name in enumerate(stage_names(model))} for model in MODELS}
 
 
-def _put(out: bytearray, n: int) -> None:
-    if n < 0:
-        raise ValueError(f"negative varint {n}")
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
+_put = put_uvarint
 
 
 def encode_state(s: CustomerState, seen: list[tuple[int, int]]) -> bytes:
@@ -79,7 +74,7 @@ def encode_state(s: CustomerState, seen: list[tuple[int, int]]) -> bytes:
     _put(out, len(s.pending))
     for fact in s.pending:
         d = fact.time - clock
-        _put(out, (d << 1) ^ (d >> 63))  # zig-zag: a pending fact is normally after the clock
+        _put(out, zigzag(d))  # zig-zag: a pending fact is normally after the clock
         out.append(fact.kind)
         _text(out, fact.event_id)
         out += fact.order_key.to_bytes(4, "little")
@@ -101,24 +96,14 @@ def _text(out: bytearray, text: str) -> None:
 def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
     if not data or data[0] not in READABLE:
         raise ValueError(f"unknown state layout version {data[:1].hex() or 'empty'}")
-    pos = 1
-
-    def get() -> int:
-        nonlocal pos
-        n = shift = 0
-        while True:
-            b = data[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            if b < 0x80:
-                return n
-            shift += 7
-
+    layout = data[0]
+    r = VarintReader(data, 1)
+    get = r.uint
     clock = get()
     s = CustomerState(clock=clock)
     s.events, s.interest, s.paid, s.referrals, credited, s.seq = (get() for _ in range(6))
     s.credited_referrer = bool(credited)
-    n = 10 if data[0] >= 6 else 7  # layouts before 6 kept no SICAS times
+    n = 10 if layout >= 6 else 7  # layouts before 6 kept no SICAS times
     times = [clock - d + 1 if d else 0 for d in (get() for _ in range(n))] + [0] * (10 - n)
     (
         s.member_since,
@@ -132,38 +117,33 @@ def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
         s.last_join,
         s.last_credit,
     ) = times
-    s.session_best = data[pos]
-    pos += 1
+    s.session_best = r.byte()
     orders = []
     previous = clock
     for _ in range(get()):
-        key = int.from_bytes(data[pos : pos + 4], "little")
-        pos += 4
+        key = r.fixed(4)
         previous -= get()
         cents = get()
-        orders.append((key, previous, cents, data[pos]))
-        pos += 1
+        orders.append((key, previous, cents, r.byte()))
     s.orders = orders
     recent = []
     previous = clock
-    width = 2 if data[0] >= 5 else 0  # layout 4 kept no fingerprints
+    width = 2 if layout >= 5 else 0  # layout 4 kept no fingerprints
     for _ in range(get()):
         packed = get()
         previous -= packed >> 3
-        recent.append((previous, packed & 7, int.from_bytes(data[pos : pos + width], "little")))
-        pos += width
+        recent.append((previous, packed & 7, r.fixed(width)))
     s.recent = recent
-    stages = _stages(data, pos, data[0])
-    pos += len(_LAYOUT_MODELS[data[0]])
+    stages = _stages(data, r.pos, layout)
+    r.pos += len(_LAYOUT_MODELS[layout])
     s.stages = stages if any(stages.values()) or s.events else {}
     seen = []
     previous = clock
     for _ in range(get()):
         previous -= get()
-        seen.append((previous, int.from_bytes(data[pos : pos + 4], "little")))
-        pos += 4
-    if data[0] >= 5:
-        s.pending, s.credits = _tail(data, pos, clock)
+        seen.append((previous, r.fixed(4)))
+    if layout >= 5:
+        s.pending, s.credits = _tail(r, clock)
     return s, seen
 
 
@@ -176,40 +156,16 @@ def _stages(data: bytes, pos: int, layout: int) -> dict[str, str | None]:
     return stages
 
 
-def _tail(data: bytes, pos: int, clock: int) -> tuple[list[Fact], list[int]]:
-    """The pending facts and the referral credits (layout 5)."""
-
-    def get() -> int:
-        nonlocal pos
-        n = shift = 0
-        while True:
-            b = data[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            if b < 0x80:
-                return n
-            shift += 7
-
-    def text() -> str:
-        nonlocal pos
-        n = get()
-        pos += n
-        return data[pos - n : pos].decode()
-
+def _tail(r: VarintReader, clock: int) -> tuple[list[Fact], list[int]]:
+    """The pending facts and the referral credits (layouts 5 on)."""
     out = []
-    for _ in range(get()):
-        z = get()
-        time = clock + ((z >> 1) ^ -(z & 1))
-        kind = Kind(data[pos])
-        pos += 1
-        event_id = text()
-        order_key = int.from_bytes(data[pos : pos + 4], "little")
-        pos += 4
-        cents = get()
-        referrer = text() or None
-        out.append(Fact(event_id, kind, time, order_key, cents, referrer, text()))
-    credits = []
-    for _ in range(get()):
-        credits.append(int.from_bytes(data[pos : pos + 4], "little"))
-        pos += 4
+    for _ in range(r.uint()):
+        time = clock + r.sint()
+        kind = Kind(r.byte())
+        event_id = r.text()
+        order_key = r.fixed(4)
+        cents = r.uint()
+        referrer = r.text() or None
+        out.append(Fact(event_id, kind, time, order_key, cents, referrer, r.text()))
+    credits = [r.fixed(4) for _ in range(r.uint())]
     return out, credits
