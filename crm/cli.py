@@ -279,20 +279,64 @@ def triggers_rules() -> None:
 @click.option("--tenant", required=True, help="Brand the events belong to.")
 @click.option("--speed", type=float, default=None, help="Replay at N times the original pace.")
 @click.option("--max", "as_fast", is_flag=True, help="As fast as possible (the default).")
-@click.option("--wait/--no-wait", default=True, help="Return only once the stager has applied everything.")
+@click.option("--wait/--no-wait", default=True, help="Return only once every stream service has applied everything.")
+@click.option("--stager-only", is_flag=True, help="Wait for the stager alone (no triggers worker runs).")
 @click.option("--force", is_flag=True, help="Replay even if this file was already replayed under the tenant.")
 @click.option("--timeout", default=900.0, show_default=True)
 def replay(
-    path: Path, fmt: str, tenant: str, speed: float | None, as_fast: bool, wait: bool, force: bool, timeout: float
+    path: Path,
+    fmt: str,
+    tenant: str,
+    speed: float | None,
+    as_fast: bool,
+    wait: bool,
+    stager_only: bool,
+    force: bool,
+    timeout: float,
 ) -> None:
     """Replay a dataset in event-time order through the ingest path, under TENANT."""
     from crm.replay import replay as run
     from services.stager.settings import StagerSettings
+    from services.triggers.settings import TriggerSettings
 
     settings = load_settings(StagerSettings)
-    report = asyncio.run(run(settings, path, fmt, tenant, None if as_fast else speed, wait, force, timeout, click.echo))
+    triggers = None if stager_only else load_settings(TriggerSettings)
+    report = asyncio.run(run(settings, path, fmt, tenant, None if as_fast else speed, wait, force, timeout, click.echo,
+                             triggers=triggers))  # fmt: skip
     if not report.skipped and wait:
-        click.echo(f"the stager has applied all {report.accepted} events; clock at {_iso(report.latest_ms)}")
+        who = "the stager has" if stager_only else "every stream service has"
+        click.echo(f"{who} applied all {report.accepted} events; clock at {_iso(report.latest_ms)}")
+
+
+@cli.command("wait")
+@click.option("--tenant", required=True)
+@click.option("--stager-only", is_flag=True, help="Wait for the stager alone (no triggers worker runs).")
+@click.option("--timeout", default=900.0, show_default=True)
+def wait_cmd(tenant: str, stager_only: bool, timeout: float) -> None:
+    """Until every stream service has applied what is on its topics for TENANT and fired the
+    timers due by the tenant's latest event time."""
+    from crm.replay import wait_applied
+    from services.common import keys
+    from services.common.clock import tenant_clock
+    from services.stager.settings import StagerSettings
+    from services.triggers.settings import TriggerSettings
+
+    settings = load_settings(StagerSettings)
+    triggers = None if stager_only else load_settings(TriggerSettings)
+
+    async def run() -> int:
+        redis = _redis()
+        try:
+            latest, _ = tenant_clock(await redis.hgetall(keys.shard_clock_key()), tenant)
+            if not latest:
+                raise CrmError(f"no event of tenant {tenant!r} has been applied")
+            await wait_applied(settings, redis, tenant, latest, timeout, click.echo, triggers)
+            return latest
+        finally:
+            await redis.aclose()
+
+    latest = _ride_out(run)
+    click.echo(f"tenant {tenant!r} is complete up to {_iso(latest)} in every service waited for")
 
 
 @cli.group()
@@ -456,10 +500,11 @@ async def _show_triggers(settings: Any, settle_seconds: float = 4.0, timeout: fl
 async def _show_stages(settings: Any, latest: int) -> None:
     from crm.replay import wait_applied
     from services.stager import analytics
+    from services.triggers.settings import TriggerSettings
 
     redis = _redis()
     try:
-        await wait_applied(settings, redis, "demo", latest, 300, click.echo)
+        await wait_applied(settings, redis, "demo", latest, 300, click.echo, load_settings(TriggerSettings))
         click.echo(f"stages of tenant 'demo' (crm stages counts --tenant demo --model M), clock at {_iso(latest)}:")
         for model in MODELS:
             counts = await analytics.counts_now(redis, "demo", model)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
@@ -29,17 +28,16 @@ from tqdm import tqdm
 
 from crm.datasets import read_dataset
 from crm.pacing import event_times, plan_chunks
-from services.common import keys
+from crm.pipeline import pipeline, wait_pipeline
 from services.common.avro import default_codec
-from services.common.clock import tenant_clock
 from services.common.constants import REDIS_PREFIX
 from services.common.errors import CrmError
 from services.common.topics import ensure_topics
 from services.ingest.core import Ingestor, ItemResult, make_producer
 from services.ingest.metrics import IngestMetrics
 from services.ingest.validate import Limits, RawItem
-from services.stager.app import SOURCE_TOPICS
 from services.stager.settings import StagerSettings
+from services.triggers.settings import TriggerSettings
 
 __all__ = ["ReplayReport", "replay", "wait_applied"]
 
@@ -97,8 +95,10 @@ async def replay(
     force: bool = False,
     timeout: float = 600.0,
     say: Callable[[str], None] = print,
+    triggers: TriggerSettings | None = None,
 ) -> ReplayReport:
-    """Produce every event of `path` under `tenant`; with `wait`, return once the stager has applied them."""
+    """Produce every event of `path` under `tenant`; with `wait`, return once the stager (and,
+    given `triggers`, the triggers) has applied them and fired the timers due by their time."""
     redis: Any = Redis.from_url(settings.redis_url)
     ledger = _ledger_key(tenant)
     digest = f"{fmt}:{hashlib.sha256(path.read_bytes()).hexdigest()[:20]}"
@@ -119,7 +119,7 @@ async def replay(
             accepted, latest = await _produce(settings, events, produced, accepted, latest, path.name, speed, progress)
             say(f"produced {len(events) - produced} events; {len(events) - accepted} rejected to crm.events.dlq")
         if wait:
-            await wait_applied(settings, redis, tenant, latest, timeout, say)
+            await wait_applied(settings, redis, tenant, latest, timeout, say, triggers)
         return ReplayReport(len(events), accepted, len(events) - accepted, latest, skipped=produced >= len(events))
     finally:
         await redis.aclose()
@@ -166,51 +166,18 @@ async def _produce(
     return accepted, latest
 
 
-async def _end_offsets(bootstrap: str) -> dict[str, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in SOURCE_TOPICS for p in range(12)]
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    return {f"{tp.topic}:{tp.partition}": end for tp, end in ends.items() if end > 0}
-
-
 async def wait_applied(
-    settings: StagerSettings, redis: Any, tenant: str, latest_ms: int, timeout: float, say: Callable[[str], None]
+    settings: StagerSettings,
+    redis: Any,
+    tenant: str,
+    latest_ms: int,
+    timeout: float,
+    say: Callable[[str], None],
+    triggers: TriggerSettings | None = None,
 ) -> None:
-    """Until the stager has applied every message now on its topics, its clock for `tenant` stands
-    at `latest_ms` or later, and no timer of the tenant is due at or before that clock."""
-    ends = await _retrying("reading the topics' end offsets", lambda: _end_offsets(settings.kafka_bootstrap))
-    deadline = time.monotonic() + timeout
-    offsets_key = keys.applied_offsets_key(settings.stager_group)
-    said = 0.0
-    while True:
-        offsets, clocks = await _retrying(
-            "reading the stager's progress",
-            lambda: asyncio.gather(redis.hgetall(offsets_key), redis.hgetall(keys.shard_clock_key())),
-        )
-        applied = {k.decode(): int(v) for k, v in offsets.items()}
-        behind = sum(max(0, end - applied.get(tp, 0)) for tp, end in ends.items())
-        # over every worker's shards, so this holds with one stager worker or several
-        latest, watermark = tenant_clock(clocks, tenant)
-        due = 0
-        if behind == 0 and watermark >= latest_ms and watermark == latest:
-            timers = [keys.timers_key(tenant, shard) for shard in range(12)]
-            counts: list[int] = await _retrying(
-                "reading the stager's timers",
-                lambda: asyncio.gather(*(redis.zcount(k, "-inf", watermark) for k in timers)),  # noqa: B023
-            )
-            due = sum(counts)
-            if due == 0:
-                return
-        if time.monotonic() > deadline:
-            raise CrmError(
-                f"the stager did not catch up within {timeout:.0f}s ({behind} messages behind); "
-                "is it running? (crm stager worker)"
-            )
-        if time.monotonic() - said > 5:
-            say(f"waiting for the stager: {behind} messages to apply, {due} timers due")
-            said = time.monotonic()
-        await asyncio.sleep(0.2)
+    """Until the stager (and, given `triggers`, the triggers after it) has applied every message
+    now on its topics, its clock for `tenant` stands at `latest_ms` or later, and no timer of
+    the tenant is due by then; at once an error when no worker of a service is consuming."""
+    await wait_pipeline(pipeline(settings, triggers), bootstrap=settings.kafka_bootstrap, redis=redis, tenant=tenant,
+                        latest_ms=latest_ms, timeout=timeout, partitions=settings.partitions, say=say,
+                        retrying=_retrying)  # fmt: skip

@@ -33,6 +33,7 @@ from services.common.constants import (
 )
 from services.common.tail import read_topic
 from services.stager.settings import StagerSettings
+from services.triggers.settings import TriggerSettings
 from tests.integration.batch_triggers import CHANNELS, expected_decisions
 from tests.integration.stager_process import StagerProcess, TriggersProcess
 
@@ -124,8 +125,10 @@ def _run(stack, data, tmp_path, name, speed, batch, workers, port, fmt="cdnow", 
             proc.start()
         settings = StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
                                   stager_group=stager_group)  # fmt: skip
-        report = asyncio.run(replay(settings, data, fmt, tenant, speed=speed, timeout=600, say=print))
-        asyncio.run(_wait_triggers(stack, triggers_group, tenant, report.latest_ms))
+        triggers = TriggerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                                   triggers_group=triggers_group)  # fmt: skip
+        # returns once both services applied everything and fired what was due (crm.pipeline)
+        asyncio.run(replay(settings, data, fmt, tenant, speed=speed, timeout=600, say=print, triggers=triggers))
     finally:
         for proc in procs:
             proc.stop()

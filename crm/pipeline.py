@@ -1,0 +1,173 @@
+"""Waiting for the whole pipeline: every stream service has applied all its inputs for a tenant
+and fired its due timers, read from what the shared engine writes (the applied-offset fence,
+the shard clocks, the timer sets), so it holds for any number of workers of each service."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from services.common import keys
+from services.common.clock import tenant_clock
+from services.common.errors import CrmError
+from services.stager.app import SOURCE_TOPICS as STAGER_TOPICS
+from services.stager.settings import StagerSettings
+from services.triggers.app import SOURCE_TOPICS as TRIGGER_TOPICS
+from services.triggers.settings import TriggerSettings
+
+__all__ = ["Service", "pipeline", "wait_pipeline", "wait_service"]
+
+T = TypeVar("T")
+Retrying = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+# how long a service may take to show a consumer group member (a worker just started joins)
+JOIN_GRACE_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class Service:
+    """A stream service as a waiting tool sees it: where its positions, clocks and timers are."""
+
+    name: str
+    consumer_group: str  # the Kafka consumer group of its workers
+    topics: tuple[str, ...]
+    fence_key: str  # applied offsets, "topic:partition" -> next offset not applied
+    clock_key: str  # shard clocks, "tenant|shard" -> "latest:watermark"
+    timers_key: Callable[[str, int], str]
+
+    @property
+    def start_hint(self) -> str:
+        return f"crm {self.name} worker"
+
+
+def pipeline(stager: StagerSettings, triggers: TriggerSettings | None = None) -> list[Service]:
+    """The stream services in the order data flows through them (the triggers read what the
+    stager writes); without `triggers`, the stager alone."""
+    out = [
+        Service("stager", f"{stager.stager_group}-events", STAGER_TOPICS,
+                keys.applied_offsets_key(stager.stager_group), keys.shard_clock_key(), keys.timers_key),
+    ]  # fmt: skip
+    if triggers is not None:
+        out.append(
+            Service(
+                "triggers",
+                f"{triggers.triggers_group}-inputs",
+                TRIGGER_TOPICS,
+                keys.applied_offsets_key(triggers.triggers_group),
+                keys.trigger_clock_key(),
+                keys.trigger_timers_key,
+            )  # fmt: skip
+        )
+    return out
+
+
+async def members(bootstrap: str, group: str) -> int:
+    """How many consumers are in `group` now."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        described = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    count = 0
+    for response in described:
+        for found in response.groups:
+            count += len(found[5])  # (error, group, state, protocol type, protocol, members, ...)
+    return count
+
+
+async def end_offsets(bootstrap: str, topics: Sequence[str], partitions: int) -> dict[str, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        await consumer.start()
+        ends = await consumer.end_offsets([TopicPartition(t, p) for t in topics for p in range(partitions)])
+    finally:
+        await consumer.stop()
+    return {f"{tp.topic}:{tp.partition}": end for tp, end in ends.items() if end > 0}
+
+
+async def _plain(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    return await attempt()
+
+
+async def wait_service(
+    service: Service,
+    *,
+    bootstrap: str,
+    redis: Any,
+    tenant: str,
+    latest_ms: int,
+    timeout: float,
+    partitions: int,
+    say: Callable[[str], None],
+    retrying: Retrying = _plain,
+) -> None:
+    """Until `service` has applied every message now on its topics, its clock for `tenant`
+    stands at `latest_ms` or later (over every worker's shards), and none of the tenant's timers
+    is due by then. CrmError at once when no worker of the service is consuming, and after
+    `timeout` seconds otherwise."""
+    started = time.monotonic()
+    while not await retrying(f"asking who consumes for the {service.name}",
+                             lambda: members(bootstrap, service.consumer_group)):  # fmt: skip
+        if time.monotonic() - started > JOIN_GRACE_SECONDS:
+            raise CrmError(
+                f"no {service.name} worker is consuming {', '.join(service.topics)}; "
+                f"start one with `{service.start_hint}`"
+            )
+        await asyncio.sleep(1.0)
+    ends = await retrying("reading the topics' end offsets", lambda: end_offsets(bootstrap, service.topics, partitions))
+    deadline = time.monotonic() + timeout
+    said = 0.0
+    while True:
+        fence, clocks = await retrying(
+            f"reading the {service.name}'s progress",
+            lambda: asyncio.gather(redis.hgetall(service.fence_key), redis.hgetall(service.clock_key)),
+        )
+        applied = {k.decode(): int(v) for k, v in fence.items()}
+        behind = sum(max(0, end - applied.get(tp, 0)) for tp, end in ends.items())
+        latest, watermark = tenant_clock(clocks, tenant)  # over every worker's shards
+        due = 0
+        if behind == 0 and watermark >= latest_ms:
+            timers = [service.timers_key(tenant, shard) for shard in range(partitions)]
+            counts = await retrying(
+                f"reading the {service.name}'s timers",
+                lambda: asyncio.gather(*(redis.zcount(k, "-inf", watermark) for k in timers)),  # noqa: B023
+            )
+            due = sum(counts)
+            if due == 0:
+                return
+        if time.monotonic() > deadline:
+            raise CrmError(
+                f"the {service.name} did not catch up within {timeout:.0f}s ({behind} messages behind, "
+                f"{due} timers due); is it running? (`{service.start_hint}`)"
+            )
+        if time.monotonic() - said > 5:
+            say(f"waiting for the {service.name}: {behind} messages to apply, {due} timers due")
+            said = time.monotonic()
+        await asyncio.sleep(0.2)
+
+
+async def wait_pipeline(
+    services: Sequence[Service],
+    *,
+    bootstrap: str,
+    redis: Any,
+    tenant: str,
+    latest_ms: int,
+    timeout: float,
+    partitions: int,
+    say: Callable[[str], None],
+    retrying: Retrying = _plain,
+) -> None:
+    """`wait_service` for each service in turn, in the order data flows (what the triggers read
+    is complete only once the stager is), within one overall `timeout`."""
+    deadline = time.monotonic() + timeout
+    for service in services:
+        await wait_service(service, bootstrap=bootstrap, redis=redis, tenant=tenant, latest_ms=latest_ms,
+                           timeout=max(1.0, deadline - time.monotonic()), partitions=partitions, say=say,
+                           retrying=retrying)  # fmt: skip

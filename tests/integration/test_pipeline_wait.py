@@ -1,0 +1,35 @@
+"""Waiting for the pipeline says at once when a service has no worker, instead of timing out."""
+
+import time
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+import crm.pipeline
+from crm.pipeline import pipeline, wait_pipeline
+from services.common.errors import CrmError
+from services.stager.settings import StagerSettings
+from services.triggers.settings import TriggerSettings
+
+
+async def test_a_service_without_a_worker_is_named_at_once(stack, monkeypatch):
+    monkeypatch.setattr(crm.pipeline, "JOIN_GRACE_SECONDS", 1.0)
+    run = uuid.uuid4().hex[:8]
+    stager = StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                            stager_group=f"nobody-{run}")  # fmt: skip
+    triggers = TriggerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                               triggers_group=f"nobody-{run}")  # fmt: skip
+    services = pipeline(stager, triggers)
+    assert [s.name for s in services] == ["stager", "triggers"]
+    redis = Redis.from_url(stack.redis_url)
+    started = time.monotonic()
+    try:
+        with pytest.raises(
+            CrmError, match=r"no stager worker is consuming crm\.events\..*start one with `crm stager worker`"
+        ):
+            await wait_pipeline(services, bootstrap=stack.kafka_bootstrap, redis=redis, tenant=f"t-{run}",
+                                latest_ms=1, timeout=600, partitions=stager.partitions, say=print)  # fmt: skip
+    finally:
+        await redis.aclose()
+    assert time.monotonic() - started < 60, "it waited for its timeout instead of saying so"
