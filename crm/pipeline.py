@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from services.common import keys
 from services.common.clock import tenant_clock
@@ -72,6 +73,8 @@ async def members(bootstrap: str, group: str) -> int:
     try:
         await admin.start()
         described = await admin.describe_consumer_groups([group])
+    except GroupCoordinatorNotAvailableError:  # no group has ever committed on this broker
+        return 0
     finally:
         await admin.close()
     count = 0
