@@ -16,7 +16,15 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-__all__ = ["EventClock", "merge_shard_clocks", "tenant_clock"]
+__all__ = ["EventClock", "ShardClock", "merge_shard_clocks", "tenant_clock"]
+
+
+@dataclass(slots=True)
+class ShardClock:
+    """One partition's time for one tenant."""
+
+    latest: int = 0  # the latest event time read from the partition
+    watermark: int = 0  # every input of the partition up to here is applied, in event-time order
 
 
 @dataclass
@@ -24,7 +32,7 @@ class EventClock:
     """One tenant's clock."""
 
     latest: int = 0  # latest event time seen in any shard
-    shards: dict[int, list[int]] = field(default_factory=dict)  # shard -> [latest, watermark]
+    shards: dict[int, ShardClock] = field(default_factory=dict)
     topics: dict[int, dict[str, int]] = field(default_factory=dict)  # shard -> topic -> latest read
     last_arrival: float = field(default_factory=time.monotonic)
     # shard -> how far an upstream service has declared the tenant's time complete (None: no
@@ -42,16 +50,19 @@ class EventClock:
     @property
     def watermark(self) -> int:
         """What every shard of the tenant has passed."""
-        return min((wm for _, wm in self.shards.values()), default=0)
+        return min((s.watermark for s in self.shards.values()), default=0)
 
-    def shard(self, shard: int) -> list[int]:
-        return self.shards.setdefault(shard, [0, 0])
+    def shard(self, shard: int) -> ShardClock:
+        found = self.shards.get(shard)
+        if found is None:
+            found = self.shards[shard] = ShardClock()
+        return found
 
     def saw(self, shard: int, event_time: int, now: float, topic: str = "") -> None:
         """An event of `event_time` was read from partition `shard` of `topic` at monotonic time `now`."""
         self.latest = max(self.latest, event_time)
         state = self.shard(shard)
-        state[0] = max(state[0], event_time)
+        state.latest = max(state.latest, event_time)
         per_topic = self.topics.get(shard)
         if per_topic is None:
             per_topic = self.topics[shard] = {}
@@ -67,10 +78,10 @@ class EventClock:
         for topic, shard in behind:
             held.setdefault(shard, []).append(topic)
         for shard, state in self.shards.items():
-            target = state[0]
+            target = state.latest
             for topic in held.get(shard, ()):
                 target = min(target, self.topics.get(shard, {}).get(topic, 0))
-            state[1] = max(state[1], self._limit(shard, target - lateness_ms))
+            state.watermark = max(state.watermark, self._limit(shard, target - lateness_ms))
 
     def flush_idle(
         self,
@@ -92,7 +103,7 @@ class EventClock:
             state = self.shard(shard)
             # following an upstream service, an idle shard's time is what it declared complete
             reach = target if self.ceilings is None else self.ceilings.get(shard, 0)
-            state[1] = max(state[1], reach)
+            state.watermark = max(state.watermark, reach)
         return True
 
 
@@ -122,7 +133,7 @@ def merge_shard_clocks(
         clock.latest = max(clock.latest, latest)
         if owned is None or shard in owned:
             state = clock.shard(shard)
-            state[0], state[1] = max(state[0], latest), max(state[1], watermark)
+            state.latest, state.watermark = max(state.latest, latest), max(state.watermark, watermark)
             clock.ceil(shard, watermark)  # what was reached before stays reached
 
 

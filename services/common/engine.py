@@ -44,8 +44,9 @@ from services.common.fence import OffsetFence
 from services.common.messages import Message
 from services.common.metrics import LoopMetrics
 from services.common.outbox import Outbox, SentSince
+from services.common.redisbatch import HSET_MANY
 
-__all__ = ["Batch", "DeadLetters", "Group", "LoopSettings", "StreamEngine", "Timed"]
+__all__ = ["Batch", "DeadLetters", "Group", "LoopSettings", "StreamEngine", "Timed", "WritePlan"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,40 @@ class Batch(Generic[In]):
     offsets: dict[str, int] = field(default_factory=dict)
     groups: dict[tuple[str, str], Group[In]] = field(default_factory=dict)
     dead: DeadLetters = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class WritePlan:
+    """What a batch writes of its customers: their states (one Redis hash field each, all in
+    one script call), the changes of the timer sets, and records for the outbox."""
+
+    states: list[str] = field(default_factory=list)  # keys of the states, with `blobs` in order
+    blobs: list[bytes] = field(default_factory=list)
+    timers_set: dict[str, dict[str, int]] = field(default_factory=dict)  # timer set -> customer -> due
+    timers_del: dict[str, list[str]] = field(default_factory=dict)  # timer set -> customers with none due
+    outbox: DeadLetters = field(default_factory=dict)  # shard -> id -> packed record
+
+    def state(self, key: str, blob: bytes) -> None:
+        self.states.append(key)
+        self.blobs.append(blob)
+
+    def timer(self, timers: str, customer: str, due: int | None) -> None:
+        """`customer`'s next due time in the timer set `timers` (None: nothing due)."""
+        if due is None:
+            self.timers_del.setdefault(timers, []).append(customer)
+        else:
+            self.timers_set.setdefault(timers, {})[customer] = due
+
+    def queue(self, pipe: Any) -> None:
+        """Queue the states and timer changes on `pipe` (in its MULTI); the outbox entries are
+        queued by the engine's `Outbox`."""
+        if self.states:
+            # EVAL, not EVALSHA: a script missing from the cache must not fail half a MULTI
+            pipe.eval(HSET_MANY, len(self.states), *self.states, *self.blobs)
+        for key, members in self.timers_set.items():
+            pipe.zadd(key, members)
+        for key, gone in self.timers_del.items():
+            pipe.zrem(key, *gone)
 
 
 class StreamEngine(Generic[In]):
@@ -278,7 +313,7 @@ class StreamEngine(Generic[In]):
 
     def watermark(self, tenant: str, shard: int) -> int:
         """The event time up to which `shard` of `tenant` is complete."""
-        return self.clocks[tenant].shard(shard)[1]
+        return self.clocks[tenant].shard(shard).watermark
 
     def reject(self, shard: int, rejected: Iterable[tuple[Timed, str]], dead: DeadLetters) -> None:
         """Dead letters of inputs the rules could not apply, with where each was read."""
@@ -298,7 +333,10 @@ class StreamEngine(Generic[In]):
     def write_clocks(self, pipe: Any) -> None:
         owned = set(self.shards())  # a shard another worker now owns is that worker's to write
         shards = {
-            f"{t}|{p}": f"{v[0]}:{v[1]}" for t, c in self.clocks.items() for p, v in c.shards.items() if p in owned
+            f"{t}|{p}": f"{v.latest}:{v.watermark}"
+            for t, c in self.clocks.items()
+            for p, v in c.shards.items()
+            if p in owned
         }
         if shards:
             pipe.hset(self.clock_key, mapping=shards)
@@ -324,7 +362,7 @@ class StreamEngine(Generic[In]):
                 self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
                 for shard in owned:
                     if shard in clock.shards:
-                        fired += await self._fire(tenant, shard, clock.shards[shard][1])
+                        fired += await self._fire(tenant, shard, clock.shards[shard].watermark)
             await self.after_tick(owned)
             if self.clocks:
                 async with self.redis.pipeline(transaction=True) as pipe:

@@ -24,10 +24,10 @@ from redis.exceptions import ResponseError
 from services.common import keys
 from services.common.avro import Codec
 from services.common.constants import TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS
-from services.common.engine import Batch, DeadLetters, StreamEngine
+from services.common.engine import Batch, DeadLetters, StreamEngine, WritePlan
 from services.common.messages import Message
 from services.common.outbox import SentSince, kafka_sent_since
-from services.common.redisbatch import HGET_MANY, HSET_MANY
+from services.common.redisbatch import HGET_MANY
 from services.stager.config import StageRules
 from services.stager.dedup import fingerprint, is_repeat, remember
 from services.stager.facts import FIELDS, to_fact
@@ -61,14 +61,12 @@ class _Customer:
     transitions: list[Transition] = field(default_factory=list)
 
 
-@dataclass
-class _WritePlan:
-    states: list[str] = field(default_factory=list)
-    blobs: list[bytes] = field(default_factory=list)
-    timers_set: dict[str, dict[str, int]] = field(default_factory=dict)
-    timers_del: dict[str, list[str]] = field(default_factory=dict)
-    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    logs: dict[str, dict[str, int]] = field(default_factory=dict)
+@dataclass(slots=True)
+class _WritePlan(WritePlan):
+    """The states and timers, and the dashboard counts and transition logs."""
+
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (tenant, model, stage) -> delta
+    logs: dict[str, dict[str, int]] = field(default_factory=dict)  # transition log -> member -> time
 
 
 class Engine(StreamEngine[Fact]):
@@ -202,12 +200,12 @@ class Engine(StreamEngine[Fact]):
         for tenant, clock in self.clocks.items():
             for shard in owned:
                 state = clock.shards.get(shard)
-                if state is None or state[1] <= self.marked.get((tenant, shard), 0):
+                if state is None or state.watermark <= self.marked.get((tenant, shard), 0):
                     continue
-                record = {"tenant": tenant, "partition": shard, "watermark": state[1], "source": self.source}
+                record = {"tenant": tenant, "partition": shard, "watermark": state.watermark, "source": self.source}
                 value = self.codec.encode("crm.stage.Progress", record)
                 pending.append(await self.send_to(TOPIC_STAGE_TRANSITIONS, shard, value))
-                written[(tenant, shard)] = state[1]
+                written[(tenant, shard)] = state.watermark
         if pending:
             await asyncio.gather(*pending)
             self.marked.update(written)
@@ -270,27 +268,14 @@ class Engine(StreamEngine[Fact]):
         """Everything of one batch in one MULTI/EXEC, with few commands: one script call for all
         states, one ZADD per timer set and per transition log, one HINCRBY per changed count."""
         plan = self._plan(customers)
-        states, blobs, timers_set, timers_del, counts, logs = (
-            plan.states,
-            plan.blobs,
-            plan.timers_set,
-            plan.timers_del,
-            plan.counts,
-            plan.logs,
-        )
         async with self.redis.pipeline(transaction=True) as pipe:
-            if states:
-                # EVAL, not EVALSHA: a script missing from the cache must not fail half a MULTI
-                pipe.eval(HSET_MANY, len(states), *states, *blobs)
+            plan.queue(pipe)
+            if customers:
                 pipe.sadd(keys.tenants_key(), *{c.tenant for c in customers})
-            for key, members in timers_set.items():
-                pipe.zadd(key, members)
-            for key, gone in timers_del.items():
-                pipe.zrem(key, *gone)
-            for (tenant, model, stage), delta in counts.items():
+            for (tenant, model, stage), delta in plan.counts.items():
                 if delta:
                     pipe.hincrby(keys.counts_key(tenant, model), stage, delta)
-            for key, members in logs.items():
+            for key, members in plan.logs.items():
                 pipe.zadd(key, members)
             self.queue_loop_writes(pipe, offsets, dead)
             await pipe.execute()
@@ -301,16 +286,10 @@ class Engine(StreamEngine[Fact]):
         for cust in customers:
             state = cust.state
             # fingerprints the tenant's watermark has left behind can no longer meet a repeat in time
-            watermark = self.clocks[cust.tenant].shard(cust.shard)[1] if cust.tenant in self.clocks else 0
+            watermark = self.watermark(cust.tenant, cust.shard) if cust.tenant in self.clocks else 0
             seen = [item for item in cust.seen if watermark - item[0] < horizon]
-            plan.states.append(keys.customer_key(cust.tenant, cust.customer))
-            plan.blobs.append(encode_state(state, seen))
-            due = next_wake(state, self.rules)
-            timers = keys.timers_key(cust.tenant, cust.shard)
-            if due is None:
-                plan.timers_del.setdefault(timers, []).append(cust.customer)
-            else:
-                plan.timers_set.setdefault(timers, {})[cust.customer] = due
+            plan.state(keys.customer_key(cust.tenant, cust.customer), encode_state(state, seen))
+            plan.timer(keys.timers_key(cust.tenant, cust.shard), cust.customer, next_wake(state, self.rules))
             seq = state.seq - len(cust.transitions)
             for tr in cust.transitions:
                 seq += 1

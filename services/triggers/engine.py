@@ -32,9 +32,9 @@ from services.common.constants import (
     TOPIC_TRIGGERS_REMINDERS,
     TOPIC_TRIGGERS_SUPPRESSED,
 )
-from services.common.engine import Batch, DeadLetters, StreamEngine
+from services.common.engine import Batch, DeadLetters, StreamEngine, WritePlan
 from services.common.outbox import SentSince, pack
-from services.common.redisbatch import HGET_MANY, HSET_MANY
+from services.common.redisbatch import HGET_MANY
 from services.triggers.config import TriggerConfig
 from services.triggers.domain import (
     Decision,
@@ -232,38 +232,24 @@ class TriggerEngine(StreamEngine[Input]):
     def _queue(self, pipe: Any, customers: list[_Customer], offsets: dict[str, int], dead: DeadLetters) -> DeadLetters:
         """Queue every write of a batch on `pipe` (then in MULTI); returns the decisions' outbox
         entries (the dead letters are the loop's to send)."""
-        outbox, timers_set, timers_del = self._plan(customers)
+        plan = self._plan(customers)
         pipe.multi()
-        if customers:
-            names = [keys.trigger_state_key(c.tenant, c.customer) for c in customers]
-            pipe.eval(HSET_MANY, len(names), *names, *[encode_state(c.state) for c in customers])
-        for key, members in timers_set.items():
-            pipe.zadd(key, members)
-        for key, gone in timers_del.items():
-            pipe.zrem(key, *gone)
-        self.outbox.queue(pipe, outbox)
+        plan.queue(pipe)
+        self.outbox.queue(pipe, plan.outbox)
         self.queue_loop_writes(pipe, offsets, dead)
-        return outbox
+        return plan.outbox
 
-    def _plan(
-        self, customers: list[_Customer]
-    ) -> tuple[dict[int, dict[str, bytes]], dict[str, dict[str, int]], dict[str, list[str]]]:
-        """Outbox entries per shard, and the timer indexes to set and to clear."""
+    def _plan(self, customers: list[_Customer]) -> WritePlan:
+        """States, timer sets, and the decisions for the outbox."""
         written = int(time.time() * 1000)
-        outbox: dict[int, dict[str, bytes]] = {}
-        timers_set: dict[str, dict[str, int]] = {}
-        timers_del: dict[str, list[str]] = {}
+        plan = WritePlan()
         for cust in customers:
+            plan.state(keys.trigger_state_key(cust.tenant, cust.customer), encode_state(cust.state))
             for d in cust.decisions:
                 topic, payload = self._record(cust, d)
-                outbox.setdefault(cust.shard, {})[d.trigger_id] = pack(written, topic, cust.customer, payload)
-            due = cust.state.next_due()
-            timers = keys.trigger_timers_key(cust.tenant, cust.shard)
-            if due is None:
-                timers_del.setdefault(timers, []).append(cust.customer)
-            else:
-                timers_set.setdefault(timers, {})[cust.customer] = due
-        return outbox, timers_set, timers_del
+                plan.outbox.setdefault(cust.shard, {})[d.trigger_id] = pack(written, topic, cust.customer, payload)
+            plan.timer(keys.trigger_timers_key(cust.tenant, cust.shard), cust.customer, cust.state.next_due())
+        return plan
 
     def _count(self, customers: list[_Customer]) -> None:
         now = time.time() * 1000
