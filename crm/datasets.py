@@ -1,4 +1,4 @@
-"""Public e-commerce datasets mapped to our events (shared/DOMAIN.md "Datasets for replay").
+"""Public e-commerce datasets (Taobao user behaviour, CDNOW, UCI Online Retail) mapped to our events.
 
 Each reader yields event dicts in the ingest JSON shape, with a deterministic `event_id` from the
 dataset and line number, so a replay always produces the same events.
@@ -15,7 +15,7 @@ from typing import Any
 
 from services.common.errors import CrmError
 
-__all__ = ["FORMATS", "read_dataset"]
+__all__ = ["FORMATS", "DatasetError", "read_dataset"]
 
 FORMATS = ("taobao", "cdnow", "online-retail", "ndjson")
 

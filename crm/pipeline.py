@@ -22,7 +22,7 @@ from services.stager.settings import StagerSettings
 from services.triggers.app import SOURCE_TOPICS as TRIGGER_TOPICS
 from services.triggers.settings import TriggerSettings
 
-__all__ = ["Service", "pipeline", "wait_pipeline", "wait_service"]
+__all__ = ["Service", "end_offsets", "members", "pipeline", "wait_pipeline", "wait_service"]
 
 T = TypeVar("T")
 Retrying = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
