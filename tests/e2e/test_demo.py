@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -16,7 +17,7 @@ CRM = [sys.executable, "-m", "crm.cli"]
 
 
 @pytest.fixture
-def env(tmp_path):
+def env(tmp_path: Path) -> dict[str, str]:
     return {
         **os.environ,
         "CRM_STATE_DIR": str(tmp_path / "state"),
@@ -30,18 +31,18 @@ def env(tmp_path):
     }
 
 
-def crm(env, *args, timeout=300):
+def crm(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CRM, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
 
 
-def listening(port):
+def listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_demo_twice_then_down_leaves_nothing(env, tmp_path):
+def test_demo_twice_then_down_leaves_nothing(env: dict[str, str], tmp_path: Path) -> None:
     try:
         first = crm(env, "demo", "--customers", "200")
         assert first.returncode == 0, first.stdout + first.stderr
@@ -58,7 +59,7 @@ def test_demo_twice_then_down_leaves_nothing(env, tmp_path):
         decisions = first.stdout.split("trigger decisions for tenant 'demo'")[1]
         for rule in ("considering_coupon", "first_purchase_gift", "welcome"):
             assert f"  {rule} " in decisions
-        assert int(re.search(r"  welcome +sent (\d+)", decisions).group(1)) > 0
+        assert int(cast(re.Match[str], re.search(r"  welcome +sent (\d+)", decisions)).group(1)) > 0
 
         second = crm(env, "demo", "--customers", "200")
         assert second.returncode == 0, second.stdout + second.stderr

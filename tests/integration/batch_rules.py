@@ -2,14 +2,18 @@
 directly from the text, to check the streaming stager against. It shares no code with it."""
 
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+Event = tuple[int, str, float]  # (time_ms, behaviour, amount)
 
 DAY = 86_400_000
 MIN = 60_000
 
 
-def taobao_events(path):
+def taobao_events(path: str | Path) -> defaultdict[str, list[Event]]:
     """customer -> [(time_ms, behaviour)] of the Taobao sample."""
-    out = defaultdict(list)
+    out: defaultdict[str, list[Event]] = defaultdict(list)
     with open(path) as fh:
         for line in fh:
             user, _item, _cat, behaviour, ts = line.strip().split(",")
@@ -17,10 +21,10 @@ def taobao_events(path):
     return out
 
 
-def cdnow_events(path):
+def cdnow_events(path: str | Path) -> defaultdict[str, list[Event]]:
     from datetime import UTC, datetime
 
-    out = defaultdict(list)
+    out: defaultdict[str, list[Event]] = defaultdict(list)
     with open(path) as fh:
         for line in fh:
             parts = line.split()
@@ -33,9 +37,9 @@ def cdnow_events(path):
     return out
 
 
-def expected_stages(events_by_customer, now):
+def expected_stages(events_by_customer: Mapping[str, Iterable[Event]], now: int) -> defaultdict[str, dict[str, str]]:
     """model -> {customer: stage} at instant `now`, from the events at or before it."""
-    out = defaultdict(dict)
+    out: defaultdict[str, dict[str, str]] = defaultdict(dict)
     for customer, evs in events_by_customer.items():
         past = sorted(e for e in evs if e[0] <= now)
         if past:
@@ -45,22 +49,24 @@ def expected_stages(events_by_customer, now):
     return out
 
 
-def expected_counts(events_by_customer, now=None):
+def expected_counts(
+    events_by_customer: Mapping[str, Iterable[Event]], now: int | None = None
+) -> dict[str, dict[str, int]]:
     """model -> {stage: customers} at `now` (default: the latest event time of the data)."""
     if now is None:
         now = max(t for evs in events_by_customer.values() for t, _, _ in evs)
-    counts = defaultdict(lambda: defaultdict(int))
+    counts: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
     for model, by_customer in expected_stages(events_by_customer, now).items():
         for stage in by_customer.values():
             counts[model][stage] += 1
     return {m: dict(c) for m, c in counts.items()}
 
 
-def expected_flow(events_by_customer, model, t0, t1):
+def expected_flow(events_by_customer: Mapping[str, Iterable[Event]], model: str, t0: int, t1: int) -> dict[str, int]:
     """ "from->to" -> customers whose stage at t0 differs from the one at t1 ("none": no stage)."""
     before = expected_stages(events_by_customer, t0)[model]
     after = expected_stages(events_by_customer, t1)[model]
-    moves = defaultdict(int)
+    moves: defaultdict[str, int] = defaultdict(int)
     for customer in before.keys() | after.keys():
         a, b = before.get(customer, "none"), after.get(customer, "none")
         if a != b:
@@ -68,12 +74,12 @@ def expected_flow(events_by_customer, model, t0, t1):
     return dict(sorted(moves.items()))
 
 
-def stages(evs, now):
+def stages(evs: list[Event], now: int) -> dict[str, str | None]:
     buys = [t for t, b, _ in evs if b == "buy"]
     interest = [t for t, b, _ in evs if b in ("fav", "cart")]
     browses = [t for t, b, _ in evs if b == "pv"]
     last = max(t for t, _, _ in evs)
-    out = {}
+    out: dict[str, str | None] = {}
     n = len(buys)
     out["pyramid"] = (
         "loyal"

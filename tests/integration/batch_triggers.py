@@ -18,9 +18,15 @@ order placed exactly 180 days after the last.
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
+from pathlib import Path
 from zoneinfo import ZoneInfo
+
+Order = tuple[str, str, int, float]  # (customer, event_id, time_ms, amount)
+# trigger_id -> (rule, customer, cause, decided_at, deliver_after, suppressed reason or None)
+Decisions = dict[str, tuple[str, str, str, int, int, str | None]]
 
 DAY = 86_400_000
 DECLINE, CHURN = 90 * DAY, 180 * DAY
@@ -44,11 +50,11 @@ REPURCHASE_MIN = DAY  # repurchase_reminder's delay_seconds: the shortest interv
 TIMER, STAGE_TIMER, ORDER = 0, 1, 2
 
 
-def cdnow_orders(path):
+def cdnow_orders(path: str | Path) -> list[Order]:
     """[(customer, event_id, time_ms, amount)] of a CDNOW file (master or sample), in file order:
     event id "cdnow:<line number>" counting the header, customer id without leading zeros, the
     day at 00:00 UTC."""
-    out = []
+    out: list[Order] = []
     with open(path) as fh:
         for n, line in enumerate(fh, 1):
             parts = line.split()
@@ -61,20 +67,20 @@ def cdnow_orders(path):
     return out
 
 
-def transition_id(tenant, customer, model, cause):
+def transition_id(tenant: str, customer: str, model: str, cause: str) -> str:
     return hashlib.blake2b(f"{tenant}|{customer}|{model}|{cause}".encode(), digest_size=12).hexdigest()
 
 
-def trigger_id(rule, tenant, customer, cause):
+def trigger_id(rule: str, tenant: str, customer: str, cause: str) -> str:
     return hashlib.blake2b(f"{rule}|{tenant}|{customer}|{cause}".encode(), digest_size=16).hexdigest()
 
 
-def holdout_unit(tenant, customer, salt):
+def holdout_unit(tenant: str, customer: str, salt: str) -> float:
     digest = hashlib.blake2b(f"{tenant}|{customer}|{salt}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
-def quiet_deferral(at):
+def quiet_deferral(at: int) -> int:
     """Delivery time of a "defer" rule decided at `at`: `at` itself outside the quiet hours
     [21:00, 09:00) of the default zone, else the end of those quiet hours."""
     local = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=at)).astimezone(ZONE)
@@ -86,14 +92,16 @@ def quiet_deferral(at):
     return (end - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
-def candidates(tenant, customer, orders, until):
+def candidates(
+    tenant: str, customer: str, orders: list[tuple[str, int]], until: int
+) -> list[tuple[int, int, int, str, str]]:
     """Every rule firing of one customer (before the guardrails) as (time, phase, seq, rule,
     cause), from its paid orders [(event_id, time)] sorted by time (ties by event id), with
     every timer due at or before `until` fired."""
-    out = []
+    out: list[tuple[int, int, int, str, str]] = []
     times = [t for _, t in orders]
 
-    def on_transition(rule, model, cause, at, phase, seq):
+    def on_transition(rule: str, model: str, cause: str, at: int, phase: int, seq: int) -> None:
         out.append((at, phase, seq, rule, f"transition:{transition_id(tenant, customer, model, cause)}"))
 
     for k, (event_id, t) in enumerate(orders):
@@ -120,7 +128,15 @@ def candidates(tenant, customer, orders, until):
     return sorted(out)
 
 
-def guard(tenant, customer, rule, at, sends, shares, holdout_deliver_like_send):
+def guard(
+    tenant: str,
+    customer: str,
+    rule: str,
+    at: int,
+    sends: dict[str, list[int]],
+    shares: tuple[float, float],
+    holdout_deliver_like_send: bool,
+) -> tuple[str | None, int]:
     """(suppressed reason or None, deliver_after) of one decision through the guardrails in the
     documented order: consent (no consent data: opted in), global control group, campaign
     control group, quiet hours (every rule here defers), the channel's frequency caps at the
@@ -141,27 +157,27 @@ def guard(tenant, customer, rule, at, sends, shares, holdout_deliver_like_send):
 
 
 def decisions_from_orders(
-    orders,
-    tenant,
-    rules=DEFAULT_RULES,
-    until=None,
+    orders: list[Order],
+    tenant: str,
+    rules: Collection[str] = DEFAULT_RULES,
+    until: int | None = None,
     *,
-    holdout_deliver_like_send=True,
-    holdout_share=HOLDOUT_SHARE,
-    global_holdout_share=GLOBAL_HOLDOUT_SHARE,
-):
+    holdout_deliver_like_send: bool = True,
+    holdout_share: float = HOLDOUT_SHARE,
+    global_holdout_share: float = GLOBAL_HOLDOUT_SHARE,
+) -> Decisions:
     """trigger_id -> (rule, customer, cause, decided_at, deliver_after, suppressed reason or None)
     for the decisions of `rules`, from paid orders [(customer, event_id, time_ms, amount)] (ties in
     time by event id) and the clock at `until` (default: the latest order time)."""
     if until is None:
         until = max((t for _, _, t, _ in orders), default=0)
-    by_customer = defaultdict(list)
+    by_customer: defaultdict[str, list[tuple[str, int]]] = defaultdict(list)
     for customer, event_id, t, _amount in orders:
         by_customer[customer].append((event_id, t))
-    out = {}
+    out: Decisions = {}
     for customer, mine in by_customer.items():
         mine.sort(key=lambda o: (o[1], o[0]))  # one instant: by event id, as the engines do
-        sends = defaultdict(list)
+        sends: defaultdict[str, list[int]] = defaultdict(list)
         for at, _phase, _seq, rule, cause in candidates(tenant, customer, mine, until):
             shares = (holdout_share, global_holdout_share)
             reason, deliver = guard(tenant, customer, rule, at, sends, shares, holdout_deliver_like_send)
@@ -170,7 +186,9 @@ def decisions_from_orders(
     return out
 
 
-def expected_decisions(path, tenant, rules=DEFAULT_RULES, *, holdout_deliver_like_send=True):
+def expected_decisions(
+    path: str | Path, tenant: str, rules: Collection[str] = DEFAULT_RULES, *, holdout_deliver_like_send: bool = True
+) -> Decisions:
     """The decisions of `rules` after replaying the CDNOW file at `path` as `tenant`, the clock
     standing at the latest event time of the data."""
     return decisions_from_orders(cdnow_orders(path), tenant, rules, holdout_deliver_like_send=holdout_deliver_like_send)

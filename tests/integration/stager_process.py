@@ -6,13 +6,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Self, cast
+
+from tests.conftest import StackInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess:
-    def __init__(self, module, stack, port, log_path, env):
+    def __init__(self, module: str, stack: StackInfo, port: int, log_path: Path, env: Mapping[str, str]) -> None:
         self.module = module
         self.env = {
             **os.environ,
@@ -25,9 +29,9 @@ class WorkerProcess:
         }
         self.port = port
         self.log_path = log_path
-        self.proc = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout=60):
+    def start(self, timeout: float = 60) -> Self:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", self.module],
@@ -48,16 +52,16 @@ class WorkerProcess:
                 time.sleep(0.3)
         raise RuntimeError(f"{self.module} did not answer /healthz")
 
-    def metrics(self):
+    def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as reply:
-            return reply.read().decode()
+            return cast(str, reply.read().decode())
 
-    def kill(self):
+    def kill(self) -> None:
         """As a crash would: no shutdown, no final commit."""
-        self.proc.kill()
-        self.proc.wait()
+        cast("subprocess.Popen[bytes]", self.proc).kill()
+        cast("subprocess.Popen[bytes]", self.proc).wait()
 
-    def stop(self):
+    def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -68,35 +72,41 @@ class WorkerProcess:
 
 
 class StagerProcess(WorkerProcess):
-    def __init__(self, stack, group, port, log_path, env=None):
+    def __init__(
+        self, stack: StackInfo, group: str, port: int, log_path: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         env = {"CRM_STAGER_GROUP": group, "CRM_STAGER_WEB_PORT": str(port), **(env or {})}
         super().__init__("services.stager", stack, port, log_path, env)
 
 
 class TriggersProcess(WorkerProcess):
-    def __init__(self, stack, group, port, log_path, env=None):
+    def __init__(
+        self, stack: StackInfo, group: str, port: int, log_path: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         env = {"CRM_TRIGGERS_GROUP": group, "CRM_TRIGGERS_WEB_PORT": str(port), **(env or {})}
         super().__init__("services.triggers", stack, port, log_path, env)
 
 
 class IngestProcess(WorkerProcess):
-    def __init__(self, stack, port, log_path, key="test-key", env=None):
+    def __init__(
+        self, stack: StackInfo, port: int, log_path: Path, key: str = "test-key", env: Mapping[str, str] | None = None
+    ) -> None:
         env = {"CRM_INGEST_PORT": str(port), "CRM_API_KEYS": key, **(env or {})}
         super().__init__("services.ingest", stack, port, log_path, env)
 
 
-def health(port):
+def health(port: int) -> int | None:
     """The status /healthz answers on `port` (None: no answer)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
-            return reply.status
+            return cast(int, reply.status)
     except urllib.error.HTTPError as exc:
         return exc.code
     except OSError:
         return None
 
 
-def await_health(ports, status, within):
+def await_health(ports: Iterable[int], status: int | None, within: float) -> dict[int, int | None]:
     """Wait until every port's /healthz answers `status`; the answers seen last otherwise."""
     deadline = time.monotonic() + within
     while True:

@@ -7,6 +7,8 @@ the shared batch loop against the real broker and Redis."""
 import asyncio
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -39,6 +41,7 @@ from services.triggers.engine import TriggerEngine
 from services.triggers.metrics import TriggerMetrics
 from services.triggers.settings import TriggerSettings
 from services.triggers.state import decode_state as decode_trigger_state
+from tests.conftest import StackInfo
 
 DAY = 86_400_000
 T0 = 1_600_000_000_000
@@ -50,19 +53,19 @@ class FlakyRedis:
     """Redis whose MULTI/EXEC number n fails as planned: "before" (nothing written) or "after"
     (written, but the reply is lost)."""
 
-    def __init__(self, real, plan):
+    def __init__(self, real: Redis, plan: Mapping[int, str]) -> None:
         self.real, self.plan, self.calls = real, plan, 0
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
-    def pipeline(self, transaction=True):
-        pipe = self.real.pipeline(transaction=transaction)
+    def pipeline(self, transaction: bool = True) -> Any:
+        pipe: Any = self.real.pipeline(transaction=transaction)
         if not transaction:
             return pipe
         execute = pipe.execute
 
-        async def flaky(*args, **kwargs):
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             mode = self.plan.get(self.calls)
             if mode == "before":
@@ -76,7 +79,7 @@ class FlakyRedis:
         return pipe
 
 
-async def _topic(bootstrap, name):
+async def _topic(bootstrap: str, name: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -85,12 +88,12 @@ async def _topic(bootstrap, name):
         await admin.close()
 
 
-async def _produce(bootstrap, topic, tenant, poison):
+async def _produce(bootstrap: str, topic: str, tenant: str, poison: str) -> dict[TopicPartition, int]:
     """ORDERS paid orders per customer, each order `created` first; returns the end offsets."""
     codec = default_codec()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
-    ends = {}
+    ends: dict[TopicPartition, int] = {}
     try:
         for n in range(ORDERS):
             for c in range(CUSTOMERS):
@@ -109,12 +112,13 @@ async def _produce(bootstrap, topic, tenant, poison):
     return ends
 
 
-async def _run(loop, engine, ends, consumer, redis):
+async def _run(loop: BatchLoop, engine: Any, ends: Mapping[TopicPartition, int], consumer: Any, redis: Redis) -> None:
     """Step the loop until the fence holds every end offset; checks every commit on the way."""
     commit = consumer.commit
 
-    async def checked(offsets):
-        fence = {k.decode(): int(v) for k, v in (await redis.hgetall(engine.fence.key)).items()}
+    async def checked(offsets: Mapping[TopicPartition, int]) -> None:
+        stored = cast(dict[bytes, bytes], await redis.hgetall(engine.fence.key))
+        fence = {k.decode(): int(v) for k, v in stored.items()}
         for tp, offset in offsets.items():
             assert offset <= fence.get(f"{tp.topic}:{tp.partition}", 0), "commit ahead of the applied state"
         await commit(offsets)
@@ -123,7 +127,8 @@ async def _run(loop, engine, ends, consumer, redis):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         await loop.step()
-        fence = {k.decode(): int(v) for k, v in (await redis.hgetall(engine.fence.key)).items()}
+        stored = cast(dict[bytes, bytes], await redis.hgetall(engine.fence.key))
+        fence = {k.decode(): int(v) for k, v in stored.items()}
         if all(fence.get(f"{tp.topic}:{tp.partition}", 0) >= end for tp, end in ends.items()):
             await asyncio.sleep(0.05)
             await engine.tick()  # the input is read to its end: the clock moves to its last event
@@ -131,17 +136,17 @@ async def _run(loop, engine, ends, consumer, redis):
     raise AssertionError("the loop did not apply every message")
 
 
-async def _dead(bootstrap, source):
+async def _dead(bootstrap: str, source: str) -> list[dict[str, Any]]:
     return [
         r async for r in read_topic(bootstrap, TOPIC_DLQ, default_codec(), idle_timeout=1.0) if r["source"] == source
     ]
 
 
-def _choke_on(module, name, poison):
+def _choke_on(module: Any, name: str, poison: str) -> Callable[..., Any]:
     """Make `module.name` (a rules function) raise for the input with event id `poison`."""
     real = getattr(module, name)
 
-    def choking(state, item, *args, **kwargs):
+    def choking(state: Any, item: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(item, "event_id", None) == poison:
             raise RuntimeError("the rules choke on this one")
         return real(state, item, *args, **kwargs)
@@ -150,7 +155,9 @@ def _choke_on(module, name, poison):
 
 
 @pytest.mark.timeout(300)
-async def test_stager_failures_mid_batch_apply_every_message_exactly_once(stack, monkeypatch):
+async def test_stager_failures_mid_batch_apply_every_message_exactly_once(
+    stack: StackInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = uuid.uuid4().hex[:8]
     topic, tenant, group = f"test.orders.{run}", f"flaky-{run}", f"stager-flaky-{run}"
     poison = f"{tenant}-7-1-paid"
@@ -167,15 +174,15 @@ async def test_stager_failures_mid_batch_apply_every_message_exactly_once(stack,
         idle_flush_seconds=0.01,
     )
     real = Redis.from_url(stack.redis_url)
-    redis = FlakyRedis(real, {2: "before", 4: "after", 7: "before"})
+    redis: Any = FlakyRedis(real, {2: "before", 4: "after", 7: "before"})
     producer = engine_producer(stack.kafka_bootstrap)
     await producer.start()
     sends = 0
 
-    async def send(topic, key, value):
+    async def send(topic: str, key: bytes, value: bytes) -> Any:
         return await producer.send(topic, value, key=key)
 
-    async def send_many(topic, items):
+    async def send_many(topic: str, items: Sequence[tuple[bytes, bytes]]) -> None:
         nonlocal sends
         sends += 1
         if sends == 5:
@@ -203,9 +210,9 @@ async def test_stager_failures_mid_batch_apply_every_message_exactly_once(stack,
         await producer.stop()
 
     assert redis.calls > 7 and sends > 5  # every injected failure happened
-    paid = {}
+    paid: dict[int, int] = {}
     for c in range(CUSTOMERS):
-        state, _ = decode_state(await real.hget(keys.customer_key(tenant, f"c{c}"), "s"))
+        state, _ = decode_state(cast(bytes, await real.hget(keys.customer_key(tenant, f"c{c}"), "s")))
         paid[c] = state.paid
     assert paid == {c: ORDERS - (c == 7) for c in range(CUSTOMERS)}  # the poison order alone is missing
     assert metrics.repeats._value.get() == 0  # nothing was applied twice (the fence kept it out)
@@ -217,7 +224,9 @@ async def test_stager_failures_mid_batch_apply_every_message_exactly_once(stack,
 
 
 @pytest.mark.timeout(300)
-async def test_triggers_failures_mid_batch_apply_every_message_exactly_once(stack, monkeypatch):
+async def test_triggers_failures_mid_batch_apply_every_message_exactly_once(
+    stack: StackInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = uuid.uuid4().hex[:8]
     topic, tenant, group = f"test.orders.{run}", f"flaky-{run}", f"triggers-flaky-{run}"
     poison = f"{tenant}-11-2-paid"
@@ -229,11 +238,11 @@ async def test_triggers_failures_mid_batch_apply_every_message_exactly_once(stac
                                triggers_group=group, batch_max=50, outbox_grace_seconds=0,
                                idle_flush_seconds=0.01, triggers_follow_stager=False)  # fmt: skip
     real = Redis.from_url(stack.redis_url)
-    redis = FlakyRedis(real, {2: "before", 4: "after", 7: "before"})
+    redis: Any = FlakyRedis(real, {2: "before", 4: "after", 7: "before"})
     producer = engine_producer(stack.kafka_bootstrap)
     await producer.start()
 
-    async def send(topic, key, value):
+    async def send(topic: str, key: bytes, value: bytes) -> Any:
         return await producer.send(topic, value, key=key)
 
     codec = default_codec()
@@ -253,9 +262,9 @@ async def test_triggers_failures_mid_batch_apply_every_message_exactly_once(stac
         await producer.stop()
 
     assert redis.calls > 7
-    paid = {}
+    paid: dict[int, int] = {}
     for c in range(CUSTOMERS):
-        state = decode_trigger_state(await real.hget(keys.trigger_state_key(tenant, f"c{c}"), "s"))
+        state = decode_trigger_state(cast(bytes, await real.hget(keys.trigger_state_key(tenant, f"c{c}"), "s")))
         paid[c] = state.paid_count
     await real.aclose()
     assert paid == {c: ORDERS - (c == 11) for c in range(CUSTOMERS)}

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 CRM = [sys.executable, "-c", "from crm.cli import main; main()"]
 
@@ -26,7 +27,7 @@ def _env(redis_port: int, kafka_port: int, wait: float) -> dict[str, str]:
     }
 
 
-def test_a_query_gives_up_in_one_line_when_redis_stays_away():
+def test_a_query_gives_up_in_one_line_when_redis_stays_away() -> None:
     env = _env(_free_port(), _free_port(), wait=3.5)
     started = time.monotonic()
     done = subprocess.run([*CRM, "stages", "counts", "--model", "aipl", "--tenant", "t"], env=env,
@@ -38,7 +39,7 @@ def test_a_query_gives_up_in_one_line_when_redis_stays_away():
     assert 3.5 <= time.monotonic() - started < 30
 
 
-def test_a_kafka_command_gives_up_in_one_line_when_the_broker_stays_away():
+def test_a_kafka_command_gives_up_in_one_line_when_the_broker_stays_away() -> None:
     env = _env(_free_port(), _free_port(), wait=3.0)
     started = time.monotonic()
     done = subprocess.run([*CRM, "tail", "crm.events.order", "--max", "1"], env=env,
@@ -50,7 +51,7 @@ def test_a_kafka_command_gives_up_in_one_line_when_the_broker_stays_away():
     assert "crm: kafka unreachable for 3 s, giving up" in done.stderr
 
 
-def test_a_query_answers_once_redis_comes_back(tmp_path):
+def test_a_query_answers_once_redis_comes_back(tmp_path: Path) -> None:
     port = _free_port()
     env = _env(port, _free_port(), wait=60)
     query = subprocess.Popen([*CRM, "stages", "counts", "--model", "aipl", "--tenant", "t", "--json"], env=env,

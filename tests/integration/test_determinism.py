@@ -12,7 +12,9 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -34,8 +36,9 @@ from services.common.constants import (
 from services.common.tail import read_topic
 from services.stager.settings import StagerSettings
 from services.triggers.settings import TriggerSettings
+from tests.conftest import StackInfo
 from tests.integration.batch_triggers import CHANNELS, expected_decisions
-from tests.integration.stager_process import StagerProcess, TriggersProcess
+from tests.integration.stager_process import StagerProcess, TriggersProcess, WorkerProcess
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CDNOW_SAMPLE = DATA / "cdnow" / "CDNOW_sample.txt"
@@ -53,7 +56,7 @@ RUNS = {
 }
 
 
-async def _ends(bootstrap, topics):
+async def _ends(bootstrap: str, topics: Iterable[str]) -> dict[str, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -63,7 +66,7 @@ async def _ends(bootstrap, topics):
         await consumer.stop()
 
 
-async def _wait_triggers(stack, group, tenant, latest, timeout=600):
+async def _wait_triggers(stack: StackInfo, group: str, tenant: str, latest: int, timeout: float = 600) -> None:
     """Until the triggers applied every message on their topics, their clock for `tenant`
     stands at `latest` and no timer of the tenant is due by then."""
     redis = Redis.from_url(stack.redis_url)
@@ -71,9 +74,10 @@ async def _wait_triggers(stack, group, tenant, latest, timeout=600):
     try:
         while time.monotonic() < deadline:
             ends = await _ends(stack.kafka_bootstrap, TRIGGER_INPUTS)
-            fence = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.applied_offsets_key(group))).items()}
+            stored = cast(dict[bytes, bytes], await redis.hgetall(keys.applied_offsets_key(group)))
+            fence = {k.decode(): int(v) for k, v in stored.items()}
             behind = sum(max(0, end - fence.get(tp, 0)) for tp, end in ends.items())
-            _, watermark = tenant_clock(await redis.hgetall(keys.trigger_clock_key()), tenant)
+            _, watermark = tenant_clock(cast(dict[bytes, bytes], await redis.hgetall(keys.trigger_clock_key())), tenant)
             due = 0
             for shard in range(12):
                 due += await redis.zcount(keys.trigger_timers_key(tenant, shard), "-inf", watermark)
@@ -85,9 +89,10 @@ async def _wait_triggers(stack, group, tenant, latest, timeout=600):
         await redis.aclose()
 
 
-def _subset(path, customers, out):
+def _subset(path: Path, customers: int, out: Path) -> Path:
     """The lines of the first `customers` customers of a CDNOW file."""
-    kept, lines = set(), []
+    kept: set[str] = set()
+    lines: list[str] = []
     for line in path.read_text().splitlines(keepends=True):
         who = line.split()[0]
         if who in kept or len(kept) < customers:
@@ -97,26 +102,37 @@ def _subset(path, customers, out):
     return out
 
 
-async def start_at_end(stack, group, topics):
+async def start_at_end(stack: StackInfo, group: str, topics: Iterable[str]) -> None:
     """Start `group` at the current end of `topics` (its applied-offset fence, which the workers
     seek to), so it does not first read what earlier runs left there."""
     redis = Redis.from_url(stack.redis_url)
     try:
-        ends = {tp: end for tp, end in (await _ends(stack.kafka_bootstrap, topics)).items() if end}
+        ends: dict[Any, Any] = {tp: end for tp, end in (await _ends(stack.kafka_bootstrap, topics)).items() if end}
         if ends:
             await redis.hset(keys.applied_offsets_key(group), mapping=ends)
     finally:
         await redis.aclose()
 
 
-def _run(stack, data, tmp_path, name, speed, batch, workers, port, fmt="cdnow", env=None):
+def _run(
+    stack: StackInfo,
+    data: Path,
+    tmp_path: Path,
+    name: str,
+    speed: float | None,
+    batch: int,
+    workers: int,
+    port: int,
+    fmt: str = "cdnow",
+    env: Mapping[str, str] | None = None,
+) -> str:
     """Replay `data` under a new tenant with new worker groups; returns the tenant."""
     run = uuid.uuid4().hex[:6]
     tenant, stager_group, triggers_group = f"det-{name}-{run}", f"stager-{name}-{run}", f"triggers-{name}-{run}"
     env = {"CRM_BATCH_MAX": str(batch), **(env or {})}
     asyncio.run(start_at_end(stack, stager_group, STAGER_INPUTS))
     asyncio.run(start_at_end(stack, triggers_group, TRIGGER_INPUTS))
-    procs = []
+    procs: list[WorkerProcess] = []
     for i in range(workers):
         procs.append(StagerProcess(stack, stager_group, port + 2 * i, tmp_path / f"{name}-stager{i}.log", env))
         procs.append(TriggersProcess(stack, triggers_group, port + 2 * i + 1, tmp_path / f"{name}-trg{i}.log", env))
@@ -135,14 +151,16 @@ def _run(stack, data, tmp_path, name, speed, batch, workers, port, fmt="cdnow", 
     return tenant
 
 
-async def _outputs(bootstrap, tenants, with_ids=False):
+async def _outputs(
+    bootstrap: str, tenants: Collection[str], with_ids: bool = False
+) -> tuple[defaultdict[str, set[tuple[Any, ...]]], defaultdict[str, list[dict[str, Any]]]]:
     codec = default_codec()
-    transitions = defaultdict(set)
+    transitions: defaultdict[str, set[tuple[Any, ...]]] = defaultdict(set)
     async for r in read_topic(bootstrap, TOPIC_STAGE_TRANSITIONS, codec, idle_timeout=2.0):
         if r.get("tenant") in tenants and "transition_id" in r:
             said = (r["customer_id"], r["model"], r["from_stage"], r["to_stage"], _millis(r["at"]), r["cause"])
             transitions[r["tenant"]].add((*said, r["transition_id"]) if with_ids else said)
-    decisions = defaultdict(list)
+    decisions: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
     for topic in DECISIONS:
         async for r in read_topic(bootstrap, topic, codec, idle_timeout=2.0):
             if r.get("tenant") in tenants:
@@ -150,12 +168,14 @@ async def _outputs(bootstrap, tenants, with_ids=False):
     return transitions, decisions
 
 
-def _millis(value):
+def _millis(value: Any) -> int:
     return int(value.timestamp() * 1000)
 
 
 @pytest.mark.timeout(1800)
-def test_replays_at_any_pace_batch_size_and_worker_count_give_the_same_transitions_and_decisions(quiet_stack, tmp_path):
+def test_replays_at_any_pace_batch_size_and_worker_count_give_the_same_transitions_and_decisions(
+    quiet_stack: StackInfo, tmp_path: Path
+) -> None:
     data = _subset(CDNOW_SAMPLE, 600, tmp_path / "cdnow-600.txt")
     tenants = {}
     for i, (name, (speed, batch, workers)) in enumerate(RUNS.items()):
@@ -192,9 +212,10 @@ TAOBAO_RUNS = {
 }
 
 
-def _taobao_subset(users, out):
+def _taobao_subset(users: int, out: Path) -> Path:
     """The complete histories of the first `users` users of the Taobao sample (grouped by user)."""
-    kept, lines = set(), []
+    kept: set[str] = set()
+    lines: list[str] = []
     for line in TAOBAO.read_text().splitlines(keepends=True):
         who = line.split(",", 1)[0]
         if who not in kept and len(kept) == users:
@@ -205,12 +226,12 @@ def _taobao_subset(users, out):
     return out
 
 
-def _normalised(decisions, transitions):
+def _normalised(decisions: Iterable[dict[str, Any]], transitions: Iterable[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
     """Decisions as what they say, with a transition cause replaced by the transition it names."""
-    by_id = {}
+    by_id: dict[str, tuple[str, str, str]] = {}
     for customer, model, _from, _to, _at, cause, transition_id in transitions:
         by_id[transition_id] = (customer, model, cause)
-    out = set()
+    out: set[tuple[Any, ...]] = set()
     for r in decisions:
         cause = r["cause"]
         if cause.startswith("transition:"):
@@ -221,7 +242,9 @@ def _normalised(decisions, transitions):
 
 
 @pytest.mark.timeout(1800)
-def test_taobao_browsing_carts_and_orders_give_the_same_answers_at_any_pace_and_batch_size(quiet_stack, tmp_path):
+def test_taobao_browsing_carts_and_orders_give_the_same_answers_at_any_pace_and_batch_size(
+    quiet_stack: StackInfo, tmp_path: Path
+) -> None:
     """Several input topics read at different paces: browse, cart, follow and order events of
     the same customers, and the transitions they cause. No control groups here, so decisions of
     different tenants can be compared."""

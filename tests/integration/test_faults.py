@@ -10,15 +10,19 @@ import signal
 import threading
 import time
 import uuid
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
 
 from crm.localstack import LocalStack
 from crm.replay import replay
+from services.common.settings import CommonSettings
 from services.stager import analytics
 from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
+from tests.conftest import StackInfo
 from tests.integration.batch_rules import cdnow_events, expected_counts
 from tests.integration.batch_triggers import expected_decisions
 from tests.integration.stager_process import IngestProcess, StagerProcess, TriggersProcess, await_health
@@ -28,7 +32,7 @@ PAST = (859852800000, 875664000000, 891388800000)  # 1997-04-01, 1997-10-01, 199
 RULES = {"first_purchase_gift", "repurchase_reminder", "winback_declining"}
 
 
-def _kill(local, name):
+def _kill(local: LocalStack, name: str) -> None:
     pid = int(local.pid_file(name).read_text())
     os.kill(pid, signal.SIGKILL)
     while True:  # reap it, so its port is free for the restart
@@ -40,7 +44,9 @@ def _kill(local, name):
         time.sleep(0.1)
 
 
-async def _answers(stack, tenant):
+async def _answers(
+    stack: StackInfo, tenant: str
+) -> tuple[dict[str, dict[str, int]], dict[tuple[str, int], dict[str, int]]]:
     redis = Redis.from_url(stack.redis_url)
     try:
         now = {m: await analytics.counts_now(redis, tenant, m) for m in MODELS}
@@ -51,9 +57,11 @@ async def _answers(stack, tenant):
 
 
 @pytest.mark.timeout(1200)
-def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_answer(fault_stack, tmp_path):
+def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_answer(
+    fault_stack: StackInfo, tmp_path: Path
+) -> None:
     assert fault_stack.kind == "local", "the fault test kills the local stack's processes"
-    local = LocalStack(fault_stack.settings)
+    local = LocalStack(cast(CommonSettings, fault_stack.settings))
     data = _subset(CDNOW_SAMPLE, 600, tmp_path / "cdnow-600.txt")
     run = uuid.uuid4().hex[:6]
     tenant, stager_group, triggers_group = f"fault-{run}", f"stager-fault-{run}", f"triggers-fault-{run}"
@@ -63,9 +71,9 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
     workers, everyone = (36401, 36402), (36401, 36402, 36403)
     settings = StagerSettings(kafka_bootstrap=fault_stack.kafka_bootstrap, redis_url=fault_stack.redis_url,
                               stager_group=stager_group)  # fmt: skip
-    outcome = {}
+    outcome: dict[str, Any] = {}
 
-    def replaying():
+    def replaying() -> None:
         try:
             outcome["report"] = asyncio.run(replay(settings, data, "cdnow", tenant, speed=1_000_000.0, timeout=900))
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below

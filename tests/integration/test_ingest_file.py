@@ -4,19 +4,25 @@ import asyncio
 import json
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from crm.cli import cli
 from services.common.avro import default_codec
 from services.common.tail import read_topic
+from tests.conftest import StackInfo
 
 
-async def _collect(bootstrap, topic, run):
+async def _collect(bootstrap: str, topic: str, run: str) -> list[dict[str, Any]]:
     return [r async for r in read_topic(bootstrap, topic, default_codec()) if run in json.dumps(str(r))]
 
 
-def test_file_load_produces_valid_lines_and_dead_letters_bad_ones(stack, tmp_path, monkeypatch):
+def test_file_load_produces_valid_lines_and_dead_letters_bad_ones(
+    stack: StackInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CRM_KAFKA_BOOTSTRAP", stack.kafka_bootstrap)
     run = uuid.uuid4().hex[:10]
     now = int(time.time() * 1000)

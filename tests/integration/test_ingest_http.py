@@ -5,8 +5,11 @@ import json
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
@@ -14,29 +17,31 @@ from services.common.avro import default_codec
 from services.common.tail import read_topic
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
+from tests.conftest import StackInfo
 
 KEY = "test-key-1"
+Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture
-async def client(stack):
+async def client(stack: StackInfo) -> AsyncIterator[Client]:
     settings = IngestSettings(kafka_bootstrap=stack.kafka_bootstrap, api_keys=f"other,{KEY}", max_body_bytes=64 * 1024)
     registry = CollectorRegistry()
     app = create_app(settings, registry=registry)
     async with TestClient(TestServer(app)) as client:
-        client.registry = registry
+        client.registry = registry  # type: ignore[attr-defined]
         yield client
 
 
-async def _records(bootstrap, topic, predicate):
+async def _records(bootstrap: str, topic: str, predicate: Callable[..., bool]) -> list[dict[str, Any]]:
     return [r async for r in read_topic(bootstrap, topic, default_codec()) if predicate(r)]
 
 
-async def test_mixed_batch_valid_on_topics_bad_in_dlq_and_all_listed(stack, client):
+async def test_mixed_batch_valid_on_topics_bad_in_dlq_and_all_listed(stack: StackInfo, client: Client) -> None:
     run = uuid.uuid4().hex[:10]
     now = int(time.time() * 1000)
 
-    def ev(kind, n, **fields):
+    def ev(kind: str, n: int, **fields: Any) -> dict[str, Any]:
         return {
             "type": kind,
             "event_id": f"{run}-{n}",
@@ -107,7 +112,7 @@ async def test_mixed_batch_valid_on_topics_bad_in_dlq_and_all_listed(stack, clie
     assert by_original[bad[2][0]]["topic"] == "crm.events.cart"
 
 
-async def test_all_rejected_is_422_and_all_valid_is_200(stack, client):
+async def test_all_rejected_is_422_and_all_valid_is_200(stack: StackInfo, client: Client) -> None:
     run = uuid.uuid4().hex[:10]
     now = int(time.time() * 1000)
     good = {"type": "browse", "event_id": f"{run}-a", "customer_id": "c", "tenant": "t", "event_time": now}
@@ -118,7 +123,7 @@ async def test_all_rejected_is_422_and_all_valid_is_200(stack, client):
     assert (await response.json())["results"][0]["reason"].startswith("missing_field")
 
 
-async def test_api_key_is_required(client):
+async def test_api_key_is_required(client: Client) -> None:
     response = await client.post("/v1/events", data=b"[]")
     assert response.status == 401
     response = await client.post("/v1/events", data=b"[]", headers={"X-API-Key": "wrong"})
@@ -127,13 +132,13 @@ async def test_api_key_is_required(client):
     assert response.status == 400  # authorised, but empty
 
 
-async def test_oversized_body_is_413(client):
+async def test_oversized_body_is_413(client: Client) -> None:
     big = b"[" + b",".join([b'{"type":"browse"}'] * 5000) + b"]"
     response = await client.post("/v1/events", data=big, headers={"X-API-Key": KEY})
     assert response.status == 413
 
 
-async def test_health_and_metrics_count_by_type_and_reason(stack, client):
+async def test_health_and_metrics_count_by_type_and_reason(stack: StackInfo, client: Client) -> None:
     run = uuid.uuid4().hex[:10]
     now = int(time.time() * 1000)
     events = [
@@ -167,7 +172,7 @@ async def test_health_and_metrics_count_by_type_and_reason(stack, client):
     assert "crm_ingest_request_duration_seconds_count 1.0" in text
 
 
-def _event(run, n, **fields):
+def _event(run: str, n: int, **fields: Any) -> dict[str, Any]:
     return {
         "type": "browse",
         "event_id": f"{run}-{n}",
@@ -178,7 +183,7 @@ def _event(run, n, **fields):
     }
 
 
-async def test_negative_amount_is_422_and_dead_lettered_with_its_reason(stack, client):
+async def test_negative_amount_is_422_and_dead_lettered_with_its_reason(stack: StackInfo, client: Client) -> None:
     run = uuid.uuid4().hex[:10]
     raw = json.dumps(_event(run, 1, type="order", order_id="o1", status="paid", amount=-0.01)).encode()
     response = await client.post("/v1/events", data=raw, headers={"X-API-Key": KEY})
@@ -189,14 +194,14 @@ async def test_negative_amount_is_422_and_dead_lettered_with_its_reason(stack, c
     assert dead[0]["topic"] == "crm.events.order"
 
 
-async def test_deep_nesting_is_a_client_error_not_500(big_client):
+async def test_deep_nesting_is_a_client_error_not_500(big_client: Client) -> None:
     for body in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000):
         response = await big_client.post("/v1/events", data=body, headers={"X-API-Key": KEY})
         assert response.status == 422
         assert (await response.json())["results"][0]["reason"].startswith("too_deep")
 
 
-async def test_lone_surrogate_in_one_item_rejects_that_item_only(stack, client):
+async def test_lone_surrogate_in_one_item_rejects_that_item_only(stack: StackInfo, client: Client) -> None:
     run = uuid.uuid4().hex[:10]
     good = [_event(run, 1, product_id="p1"), _event(run, 3, product_id="p3")]
     bad = json.dumps(_event(run, 2, product_id="bad\ud800")).encode()  # json.dumps writes "\ud800"
@@ -213,13 +218,15 @@ async def test_lone_surrogate_in_one_item_rejects_that_item_only(stack, client):
 
 
 @pytest.fixture
-async def big_client(stack):
+async def big_client(stack: StackInfo) -> AsyncIterator[Client]:
     settings = IngestSettings(kafka_bootstrap=stack.kafka_bootstrap, api_keys=KEY, max_body_bytes=4 * 1024 * 1024)
     async with TestClient(TestServer(create_app(settings, registry=CollectorRegistry()))) as client:
         yield client
 
 
-async def test_two_megabyte_item_is_rejected_alone_and_its_dead_letter_fits(stack, big_client):
+async def test_two_megabyte_item_is_rejected_alone_and_its_dead_letter_fits(
+    stack: StackInfo, big_client: Client
+) -> None:
     run = uuid.uuid4().hex[:10]
     huge = json.dumps(_event(run, 1, product_id="x" * (2 * 1024 * 1024))).encode()
     small = json.dumps(_event(run, 2, product_id="p")).encode()
@@ -232,13 +239,13 @@ async def test_two_megabyte_item_is_rejected_alone_and_its_dead_letter_fits(stac
     assert len(dead) == 1 and "truncated" in dead[0]["reason"]
 
 
-def _free_port():
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return cast(int, sock.getsockname()[1])
 
 
-async def test_without_a_broker_ingest_answers_503_in_time_with_per_item_status_and_health_is_503():
+async def test_without_a_broker_ingest_answers_503_in_time_with_per_item_status_and_health_is_503() -> None:
     settings = IngestSettings(kafka_bootstrap=f"127.0.0.1:{_free_port()}", api_keys=KEY, ack_timeout_seconds=2)
     run = uuid.uuid4().hex[:10]
     body = json.dumps([_event(run, 1), _event(run, 2, price=-1)]).encode()

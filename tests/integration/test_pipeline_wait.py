@@ -11,9 +11,10 @@ from crm.pipeline import pipeline, wait_pipeline
 from services.common.errors import CrmError
 from services.stager.settings import StagerSettings
 from services.triggers.settings import TriggerSettings
+from tests.conftest import StackInfo
 
 
-async def test_a_service_without_a_worker_is_named_at_once(stack, monkeypatch):
+async def test_a_service_without_a_worker_is_named_at_once(stack: StackInfo, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(crm.pipeline, "JOIN_GRACE_SECONDS", 1.0)
     run = uuid.uuid4().hex[:8]
     stager = StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,

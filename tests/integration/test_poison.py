@@ -6,28 +6,33 @@ partition and offset, and the workers stay alive, also across a SIGKILL and a re
 On a stack of its own, so the new consumer groups read only what this test produced."""
 
 import asyncio
+import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from services.common import keys
-from services.common.avro import default_codec
+from services.common.avro import Codec, default_codec
 from services.common.constants import TOPIC_DLQ, TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.tail import read_topic
+from tests.conftest import StackInfo
 from tests.integration.stager_process import StagerProcess, TriggersProcess
 from tests.integration.test_determinism import start_at_end
 
 T0 = 1_700_000_000_000
 STAGER_TOPICS = {event_topic(t) for t in ("browse", "cart", "follow", "order")} | {TOPIC_REFERRALS}
-LABELS = {}  # (topic, partition, offset) -> what the bad record is
+LABELS: dict[tuple[str, int, int], str] = {}  # (topic, partition, offset) -> what the bad record is
 TRIGGER_TOPICS = {TOPIC_STAGE_TRANSITIONS, event_topic("order"), event_topic("cart"), event_topic("profile")}
 
 
-def _valid(topic, tenant, customer, n, **override):
+def _valid(topic: str, tenant: str, customer: str, n: int, **override: Any) -> tuple[str, dict[str, Any]]:
     """(schema, record) of a valid record for `topic`."""
     base = {"event_id": f"{tenant}-{customer}-{n}", "customer_id": customer, "tenant": tenant, "event_time": T0 + n}
     if topic == event_topic("browse"):
@@ -49,13 +54,13 @@ def _valid(topic, tenant, customer, n, **override):
     return "crm.stage.StageTransition", record
 
 
-def _bad(codec, topic, tenant, n):
+def _bad(codec: Codec, topic: str, tenant: str, n: int) -> list[tuple[str, bytes | None, set[str]]]:
     """(label, value, readers that must refuse it) of each bad record for `topic`."""
-    readers = {"stager"} if topic in STAGER_TOPICS else set()
+    readers: set[str] = {"stager"} if topic in STAGER_TOPICS else set()
     readers |= {"triggers"} if topic in TRIGGER_TOPICS else set()
     good = codec.encode(*_valid(topic, tenant, "bad", n))
     other = event_topic("browse") if topic == event_topic("order") else event_topic("order")
-    out = [
+    out: list[tuple[str, bytes | None, set[str]]] = [
         ("garbage", b"\x00\x01 this is not avro", readers),
         ("null", None, readers),
         ("wrong schema", codec.encode(*_valid(other, tenant, "bad", n + 1)), readers),
@@ -69,15 +74,17 @@ def _bad(codec, topic, tenant, n):
     return out
 
 
-async def _produce(bootstrap, tenant, round_no):
+async def _produce(
+    bootstrap: str, tenant: str, round_no: int
+) -> tuple[dict[str, set[str]], dict[str, set[tuple[str, int, int]]], dict[tuple[str, int], int]]:
     """Canaries and bad records on every input topic; (canaries per reader, expected dead letters
     per reader as {(topic, partition, offset)}, last offset per topic-partition)."""
     codec = default_codec()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
-    canaries = {"stager": set(), "triggers": set()}
-    dead = {"stager": set(), "triggers": set()}
-    ends = {}
+    canaries: dict[str, set[str]] = {"stager": set(), "triggers": set()}
+    dead: dict[str, set[tuple[str, int, int]]] = {"stager": set(), "triggers": set()}
+    ends: dict[tuple[str, int], int] = {}
     try:
         for i, topic in enumerate(sorted(STAGER_TOPICS | TRIGGER_TOPICS | {event_topic("profile")})):
             for j in range(3):
@@ -101,14 +108,17 @@ async def _produce(bootstrap, tenant, round_no):
     return canaries, dead, ends
 
 
-async def _wait_applied(redis_url, groups, ends, timeout=120):
+async def _wait_applied(
+    redis_url: str, groups: Mapping[str, Collection[str]], ends: Mapping[tuple[str, int], int], timeout: float = 120
+) -> None:
     redis = Redis.from_url(redis_url)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             behind = 0
             for group, topics in groups.items():
-                fence = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.applied_offsets_key(group))).items()}
+                stored = cast(dict[bytes, bytes], await redis.hgetall(keys.applied_offsets_key(group)))
+                fence = {k.decode(): int(v) for k, v in stored.items()}
                 behind += sum(1 for (t, p), end in ends.items() if t in topics and fence.get(f"{t}:{p}", 0) < end)
             if behind == 0:
                 return
@@ -118,7 +128,7 @@ async def _wait_applied(redis_url, groups, ends, timeout=120):
         await redis.aclose()
 
 
-async def _states(redis_url, tenant, customers, key):
+async def _states(redis_url: str, tenant: str, customers: Iterable[str], key: Callable[[str, str], str]) -> set[str]:
     redis = Redis.from_url(redis_url)
     try:
         return {c for c in customers if await redis.exists(key(tenant, c))}
@@ -126,21 +136,23 @@ async def _states(redis_url, tenant, customers, key):
         await redis.aclose()
 
 
-async def _dead_letters(bootstrap, source):
-    out = []
+async def _dead_letters(bootstrap: str, source: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     async for record in read_topic(bootstrap, TOPIC_DLQ, default_codec(), idle_timeout=1.0):
         if record.get("source") == source:
             out.append(record)
     return out
 
 
-def _healthy(port):
+def _healthy(port: int) -> bool:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
-        return reply.status == 200
+        return cast(int, reply.status) == 200
 
 
 @pytest.mark.timeout(600)
-def test_bad_records_on_every_input_topic_are_dead_lettered_once_and_the_rest_flows(quiet_stack, tmp_path):
+def test_bad_records_on_every_input_topic_are_dead_lettered_once_and_the_rest_flows(
+    quiet_stack: StackInfo, tmp_path: Path
+) -> None:
     stack = quiet_stack
     run = uuid.uuid4().hex[:8]
     tenant = f"poison-{run}"
@@ -158,7 +170,7 @@ def test_bad_records_on_every_input_topic_are_dead_lettered_once_and_the_rest_fl
         worker.start()
     try:
         asyncio.run(_wait_applied(stack.redis_url, groups, ends))
-        assert all(w.proc.poll() is None for w in workers)
+        assert all(cast("subprocess.Popen[bytes]", w.proc).poll() is None for w in workers)
         for worker in workers:  # a crash: no shutdown, no final commit
             worker.kill()
         more_canaries, more_dead, more_ends = asyncio.run(_produce(stack.kafka_bootstrap, tenant, 2))

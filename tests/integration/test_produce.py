@@ -9,13 +9,14 @@ from services.common.avro import default_codec
 from services.common.constants import TOPIC_DLQ
 from services.common.produce import send_many
 from services.common.tail import read_topic
+from tests.conftest import StackInfo
 
 
-async def test_send_many_partitions_like_send_and_delivers_everything(stack):
+async def test_send_many_partitions_like_send_and_delivers_everything(stack: StackInfo) -> None:
     codec = default_codec()
     run = uuid.uuid4().hex[:8]
 
-    def letter(i, how):
+    def letter(i: int, how: str) -> bytes:
         envelope = {"original": b"x" * 2000, "topic": "", "reason": f"{run}:{how}:{i}", "received_at": 0}
         return codec.encode("crm.events.DeadLetter", envelope)
 

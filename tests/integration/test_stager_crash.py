@@ -3,19 +3,21 @@ again ends with the same stage counts as an uninterrupted run."""
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from crm.replay import replay
 from services.common import keys
+from tests.conftest import StackInfo
 from tests.integration.batch_rules import expected_counts, taobao_events
 from tests.integration.stager_process import StagerProcess
 from tests.integration.test_stager_replay import TAOBAO, assert_same, live_counts, settings_for
 
 
 @pytest.mark.timeout(900)
-def test_a_crash_in_the_middle_of_a_replay_ends_with_the_same_counts(stack, tmp_path):
+def test_a_crash_in_the_middle_of_a_replay_ends_with_the_same_counts(stack: StackInfo, tmp_path: Path) -> None:
     group = f"crm-stager-crash-{uuid.uuid4().hex[:8]}"
     tenant = f"crash-{uuid.uuid4().hex[:6]}"
     settings = settings_for(stack, group)
@@ -34,7 +36,7 @@ def test_a_crash_in_the_middle_of_a_replay_ends_with_the_same_counts(stack, tmp_
     _assert_lifecycle_logged(tmp_path / "second.log")
 
 
-def _assert_lifecycle_logged(path):
+def _assert_lifecycle_logged(path: Path) -> None:
     """The worker's life at INFO, one line each, and no customer id in those lines."""
     lines = path.read_text().splitlines()
     said = {}
@@ -49,7 +51,7 @@ def _assert_lifecycle_logged(path):
         assert not any(f" {c} " in f" {line} " for c in customers), line
 
 
-async def _wait_some_applied(stack, group):
+async def _wait_some_applied(stack: StackInfo, group: str) -> None:
     redis = Redis.from_url(stack.redis_url)
     try:
         for _ in range(600):

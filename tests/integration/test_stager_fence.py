@@ -3,6 +3,7 @@ partition (a rebalance), even when Kafka redelivers it: the applied-offset fence
 Redis for each batch, not only at start."""
 
 import uuid
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
@@ -14,11 +15,12 @@ from services.stager.config import StageRules
 from services.stager.engine import Engine
 from services.stager.metrics import StagerMetrics
 from services.stager.settings import StagerSettings
+from tests.conftest import StackInfo
 
 T0 = 1_700_000_000_000
 
 
-async def test_a_batch_another_worker_applied_is_not_applied_twice(stack):
+async def test_a_batch_another_worker_applied_is_not_applied_twice(stack: StackInfo) -> None:
     tenant = f"fence-{uuid.uuid4().hex[:6]}"
     group = f"stager-fence-{tenant}"
     codec = default_codec()
@@ -27,12 +29,12 @@ async def test_a_batch_another_worker_applied_is_not_applied_twice(stack):
         record = {"event_id": f"{tenant}-{i}", "customer_id": f"c{i % 5}", "tenant": tenant, "event_time": T0 + i,
                   "order_id": f"o{i}", "status": "paid", "amount": 10.0}  # fmt: skip
         messages.append(Message("crm.events.order", 0, i, codec.encode("crm.events.Order", record)))
-    sent = []
+    sent: list[str] = []
 
-    async def send(topic, key, value):
+    async def send(topic: str, key: bytes, value: bytes) -> Any:
         sent.append(topic)
 
-        async def done():
+        async def done() -> None:
             return None
 
         return done()
@@ -49,7 +51,7 @@ async def test_a_batch_another_worker_applied_is_not_applied_twice(stack):
             await engine.start()
             workers.append(engine)
         await workers[0].process(messages)
-        counts = await redis.hgetall(keys.counts_key(tenant, "pyramid"))
+        counts = cast(dict[bytes, bytes], await redis.hgetall(keys.counts_key(tenant, "pyramid")))
         transitions = len(sent)
         await workers[1].process(messages)  # redelivered to the worker that now owns the partition
         assert await redis.hgetall(keys.counts_key(tenant, "pyramid")) == counts

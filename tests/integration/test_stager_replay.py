@@ -6,7 +6,9 @@ import json
 import os
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -16,7 +18,8 @@ from services.common import keys
 from services.stager import analytics
 from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
-from tests.integration.batch_rules import cdnow_events, expected_counts, expected_flow, taobao_events
+from tests.conftest import StackInfo
+from tests.integration.batch_rules import Event, cdnow_events, expected_counts, expected_flow, taobao_events
 from tests.integration.stager_process import StagerProcess
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -27,22 +30,22 @@ WEB_PORT = 36066 + int(os.environ.get("CRM_TEST_PORT_OFFSET", "0"))
 
 
 @pytest.fixture(scope="module")
-def group():
+def group() -> str:
     return f"crm-stager-test-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
-def stager(stack, group, tmp_path_factory):
+def stager(stack: StackInfo, group: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StagerProcess]:
     proc = StagerProcess(stack, group, WEB_PORT, tmp_path_factory.mktemp("stager") / "stager.log").start()
     yield proc
     proc.stop()
 
 
-def settings_for(stack, group):
+def settings_for(stack: StackInfo, group: str) -> StagerSettings:
     return StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url, stager_group=group)
 
 
-async def live_counts(stack, tenant):
+async def live_counts(stack: StackInfo, tenant: str) -> dict[str, dict[str, int]]:
     redis = Redis.from_url(stack.redis_url)
     try:
         return {m: await analytics.counts_now(redis, tenant, m) for m in MODELS}
@@ -50,7 +53,7 @@ async def live_counts(stack, tenant):
         await redis.aclose()
 
 
-def assert_same(live, expected):
+def assert_same(live: Mapping[str, dict[str, int]], expected: Mapping[str, dict[str, int]]) -> None:
     assert set(expected) <= set(MODELS)  # no model of the batch computation goes unchecked
     for model in MODELS:
         assert live[model] == expected.get(model, {}), model
@@ -58,7 +61,14 @@ def assert_same(live, expected):
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(("path", "fmt", "reader"), [(TAOBAO, "taobao", taobao_events), (CDNOW, "cdnow", cdnow_events)])
-def test_replay_matches_an_independent_batch_computation(stack, stager, group, path, fmt, reader):
+def test_replay_matches_an_independent_batch_computation(
+    stack: StackInfo,
+    stager: StagerProcess,
+    group: str,
+    path: Path,
+    fmt: str,
+    reader: Callable[[Path], Mapping[str, list[Event]]],
+) -> None:
     tenant = f"{fmt}-{uuid.uuid4().hex[:6]}"
     report = asyncio.run(replay(settings_for(stack, group), path, fmt, tenant, timeout=600, say=print))
     events = reader(path)
@@ -68,16 +78,18 @@ def test_replay_matches_an_independent_batch_computation(stack, stager, group, p
     assert asyncio.run(_clock(stack, tenant)) == (report.latest_ms, report.latest_ms)  # not a moment later
 
 
-async def _clock(stack, tenant):
+async def _clock(stack: StackInfo, tenant: str) -> tuple[int, int]:
     redis = Redis.from_url(stack.redis_url)
     try:
-        latest, watermark = (await redis.hget(keys.clock_key(), tenant)).split(b":")
+        latest, watermark = cast(bytes, await redis.hget(keys.clock_key(), tenant)).split(b":")
         return int(latest), int(watermark)
     finally:
         await redis.aclose()
 
 
-def test_counts_at_an_instant_and_flows_between_two_match_the_batch_computation(stack, stager, group):
+def test_counts_at_an_instant_and_flows_between_two_match_the_batch_computation(
+    stack: StackInfo, stager: StagerProcess, group: str
+) -> None:
     from click.testing import CliRunner
 
     from crm.cli import cli
@@ -111,7 +123,7 @@ def test_counts_at_an_instant_and_flows_between_two_match_the_batch_computation(
         assert json.loads(result.output) == expected_flow(events, model, t0, t1), model
 
 
-def test_two_tenants_are_fully_separate(stack, stager, group):
+def test_two_tenants_are_fully_separate(stack: StackInfo, stager: StagerProcess, group: str) -> None:
     sample = DATA / "cdnow" / "CDNOW_sample.txt"
     a, b = f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
     asyncio.run(replay(settings_for(stack, group), sample, "cdnow", a, timeout=300, say=print))
@@ -127,7 +139,7 @@ def test_two_tenants_are_fully_separate(stack, stager, group):
     assert f'crm_stager_watermark_seconds{{tenant="{b}"}}' in text
 
 
-def test_replaying_the_same_file_twice_changes_nothing(stack, stager, group):
+def test_replaying_the_same_file_twice_changes_nothing(stack: StackInfo, stager: StagerProcess, group: str) -> None:
     sample = DATA / "cdnow" / "CDNOW_sample.txt"
     tenant = f"twice-{uuid.uuid4().hex[:6]}"
     asyncio.run(replay(settings_for(stack, group), sample, "cdnow", tenant, timeout=300, say=print))

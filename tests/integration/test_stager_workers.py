@@ -3,23 +3,25 @@ independent batch computation; `crm replay` waits on the clock over both workers
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 
 from crm.replay import replay
+from tests.conftest import StackInfo
 from tests.integration.batch_rules import cdnow_events, expected_counts
 from tests.integration.stager_process import StagerProcess
 from tests.integration.test_stager_replay import CDNOW, assert_same, live_counts, settings_for
 
 
-def _applied(metrics_text):
+def _applied(metrics_text: str) -> float:
     return sum(
         float(line.split()[-1]) for line in metrics_text.splitlines() if line.startswith("crm_stager_events_total{")
     )
 
 
 @pytest.mark.timeout(900)
-def test_two_workers_give_the_counts_of_one(stack, tmp_path):
+def test_two_workers_give_the_counts_of_one(stack: StackInfo, tmp_path: Path) -> None:
     group = f"crm-stager-pair-{uuid.uuid4().hex[:8]}"
     tenant = f"pair-{uuid.uuid4().hex[:6]}"
     workers = [StagerProcess(stack, group, 36070 + i, tmp_path / f"worker{i}.log").start() for i in range(2)]

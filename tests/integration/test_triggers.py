@@ -9,7 +9,10 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -29,9 +32,10 @@ from services.common.messages import Message
 from services.common.outbox import kafka_sent_since
 from services.common.tail import read_topic
 from services.triggers.config import Guardrails, TriggerConfig
-from services.triggers.engine import TriggerEngine
+from services.triggers.engine import Send, TriggerEngine
 from services.triggers.metrics import TriggerMetrics
 from services.triggers.settings import TriggerSettings
+from tests.conftest import StackInfo
 from tests.integration.stager_process import StagerProcess, TriggersProcess
 
 MIN = 60_000
@@ -44,32 +48,34 @@ SCHEMA = {"order": "crm.events.Order", "cart": "crm.events.Cart", "browse": "crm
 
 
 @pytest.fixture
-def no_holdout(tmp_path):
+def no_holdout(tmp_path: Path) -> Path:
     """Rules file with no control groups, so every decision in these tests is a delivery."""
     path = tmp_path / "rules.json"
     path.write_text(json.dumps({"guardrails": {"holdout_share": 0, "global_holdout_share": 0}}))
     return path
 
 
-def event(kind, tenant, customer, at, **fields):
+def event(kind: str, tenant: str, customer: str, at: int, **fields: Any) -> tuple[str, dict[str, Any]]:
     base = {"event_id": f"{tenant}-{customer}-{kind}-{at}-{uuid.uuid4().hex[:6]}", "customer_id": customer,
             "tenant": tenant, "event_time": at}  # fmt: skip
     return kind, {**base, **fields}
 
 
-def order(tenant, customer, at, order_id, status, amount=100.0):
+def order(
+    tenant: str, customer: str, at: int, order_id: str, status: str, amount: float = 100.0
+) -> tuple[str, dict[str, Any]]:
     return event("order", tenant, customer, at, order_id=order_id, status=status, amount=amount)
 
 
-def cart(tenant, customer, at):
+def cart(tenant: str, customer: str, at: int) -> tuple[str, dict[str, Any]]:
     return event("cart", tenant, customer, at, action="add", product_id="p1")
 
 
-def browse(tenant, customer, at):
+def browse(tenant: str, customer: str, at: int) -> tuple[str, dict[str, Any]]:
     return event("browse", tenant, customer, at, page_type="product", product_id="p1")
 
 
-async def produce(stack, events):
+async def produce(stack: StackInfo, events: Iterable[tuple[str, dict[str, Any]]]) -> None:
     codec = default_codec()
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
     await producer.start()
@@ -81,9 +87,9 @@ async def produce(stack, events):
         await producer.stop()
 
 
-async def outputs(stack, tenant):
+async def outputs(stack: StackInfo, tenant: str) -> list[dict[str, Any]]:
     codec = default_codec()
-    out = []
+    out: list[dict[str, Any]] = []
     for topic in OUTPUTS:
         async for record in read_topic(stack.kafka_bootstrap, topic, codec, idle_timeout=1.0):
             if record.get("tenant") == tenant:
@@ -91,7 +97,7 @@ async def outputs(stack, tenant):
     return out
 
 
-async def wait_for(check, timeout=120.0, every=0.5):
+async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 120.0, every: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = await check()
@@ -101,7 +107,7 @@ async def wait_for(check, timeout=120.0, every=0.5):
     raise AssertionError(f"timed out waiting for {check.__name__}")
 
 
-async def timer_registered(stack, tenant, customer):
+async def timer_registered(stack: StackInfo, tenant: str, customer: str) -> bool:
     redis = Redis.from_url(stack.redis_url)
     try:
         for shard in range(12):
@@ -112,16 +118,18 @@ async def timer_registered(stack, tenant, customer):
         await redis.aclose()
 
 
-def of(records, customer, rule=None):
+def of(records: list[dict[str, Any]], customer: str, rule: str | None = None) -> list[dict[str, Any]]:
     return [r for r in records if r["customer_id"] == customer and (rule is None or r["rule"] == rule)]
 
 
-def millis(value):
+def millis(value: Any) -> Any:
     return int(value.timestamp() * 1000) if isinstance(value, datetime) else value
 
 
 @pytest.mark.timeout(600)
-def test_scripted_stream_gives_exactly_the_expected_triggers(quiet_stack, tmp_path, no_holdout):
+def test_scripted_stream_gives_exactly_the_expected_triggers(
+    quiet_stack: StackInfo, tmp_path: Path, no_holdout: Path
+) -> None:
     stack = quiet_stack
     tenant = f"shop-{uuid.uuid4().hex[:6]}"
     env = {"CRM_TRIGGER_RULES_FILE": str(no_holdout)}
@@ -141,7 +149,7 @@ def test_scripted_stream_gives_exactly_the_expected_triggers(quiet_stack, tmp_pa
             )
         )
 
-        async def registered():
+        async def registered() -> bool:
             return await timer_registered(stack, tenant, "never-paid") and await timer_registered(
                 stack, tenant, "cart-only"
             )
@@ -151,7 +159,7 @@ def test_scripted_stream_gives_exactly_the_expected_triggers(quiet_stack, tmp_pa
         # the lapsing customer's 90 days without a paid order.
         asyncio.run(produce(stack, [browse(tenant, "later", T0 + 91 * DAY)]))
 
-        async def winback_seen():
+        async def winback_seen() -> list[dict[str, Any]] | None:
             records = await outputs(stack, tenant)
             return records if of(records, "lapsing", "winback_declining") else None
 
@@ -188,7 +196,9 @@ def test_scripted_stream_gives_exactly_the_expected_triggers(quiet_stack, tmp_pa
 
 
 @pytest.mark.timeout(600)
-def test_kill_between_timer_registration_and_firing_gives_one_reminder(quiet_stack, tmp_path, no_holdout):
+def test_kill_between_timer_registration_and_firing_gives_one_reminder(
+    quiet_stack: StackInfo, tmp_path: Path, no_holdout: Path
+) -> None:
     stack = quiet_stack
     tenant = f"kill-{uuid.uuid4().hex[:6]}"
     group = f"triggers-{tenant}"
@@ -199,7 +209,7 @@ def test_kill_between_timer_registration_and_firing_gives_one_reminder(quiet_sta
         asyncio.run(produce(stack, [order(tenant, "buyer", T0, "o-1", "created")]))
         asyncio.run(wait_for(lambda: timer_registered(stack, tenant, "buyer")))
 
-        async def backlog_shown():
+        async def backlog_shown() -> bool:
             return _counter(first.metrics(), "crm_triggers_timer_backlog ") >= 1
 
         asyncio.run(wait_for(backlog_shown, timeout=30))
@@ -210,7 +220,7 @@ def test_kill_between_timer_registration_and_firing_gives_one_reminder(quiet_sta
     try:
         asyncio.run(produce(stack, [cart(tenant, "someone-else", T0 + 2 * HOUR)]))
 
-        async def reminded():
+        async def reminded() -> list[dict[str, Any]]:
             return of(await outputs(stack, tenant), "buyer", "unpaid_order_reminder")
 
         asyncio.run(wait_for(reminded))
@@ -222,7 +232,7 @@ def test_kill_between_timer_registration_and_firing_gives_one_reminder(quiet_sta
     assert len(reminders) == 1 and millis(reminders[0]["decided_at"]) == T0 + 30 * MIN
 
 
-async def _engine(stack, group, send, lateness=300.0):
+async def _engine(stack: StackInfo, group: str, send: Send, lateness: float = 300.0) -> tuple[TriggerEngine, Redis]:
     codec = default_codec()
     settings = TriggerSettings(
         allowed_lateness_seconds=lateness,
@@ -247,7 +257,7 @@ class Crash(Exception):
 
 
 @pytest.mark.timeout(300)
-async def test_a_crash_while_sending_neither_duplicates_nor_loses_a_decision(quiet_stack):
+async def test_a_crash_while_sending_neither_duplicates_nor_loses_a_decision(quiet_stack: StackInfo) -> None:
     stack = quiet_stack
     tenant = f"outbox-{uuid.uuid4().hex[:6]}"
     group = f"triggers-{tenant}"
@@ -267,14 +277,14 @@ async def test_a_crash_while_sending_neither_duplicates_nor_loses_a_decision(qui
     await producer.start()
     sent = 0
 
-    async def send_then_crash(topic, key, value):
+    async def send_then_crash(topic: str, key: bytes, value: bytes) -> Any:
         nonlocal sent
         if sent == 15:
             raise Crash("the worker dies with part of the decisions sent")
         sent += 1
         return await dying.send(topic, value, key=key)
 
-    async def send(topic, key, value):
+    async def send(topic: str, key: bytes, value: bytes) -> Any:
         return await producer.send(topic, value, key=key)
 
     try:
@@ -301,7 +311,7 @@ async def test_a_crash_while_sending_neither_duplicates_nor_loses_a_decision(qui
     assert sorted(r["customer_id"] for r in records) == sorted(customers)
 
 
-async def _outbox_size(stack):
+async def _outbox_size(stack: StackInfo) -> int:
     redis = Redis.from_url(stack.redis_url)
     try:
         return sum([await redis.hlen(keys.trigger_outbox_key(shard)) for shard in range(12)])
@@ -310,7 +320,9 @@ async def _outbox_size(stack):
 
 
 @pytest.mark.timeout(600)
-def test_two_workers_share_the_timers_and_fire_each_once(quiet_stack, tmp_path, no_holdout):
+def test_two_workers_share_the_timers_and_fire_each_once(
+    quiet_stack: StackInfo, tmp_path: Path, no_holdout: Path
+) -> None:
     stack = quiet_stack
     tenant = f"pair-{uuid.uuid4().hex[:6]}"
     group = f"triggers-{tenant}"
@@ -321,21 +333,21 @@ def test_two_workers_share_the_timers_and_fire_each_once(quiet_stack, tmp_path, 
     two = TriggersProcess(stack, group, 37172, tmp_path / "two.log", env).start()
     try:
 
-        async def both_own_partitions():
+        async def both_own_partitions() -> bool:
             owned = [_counter(w.metrics(), "crm_triggers_owned_partitions ") for w in (one, two)]
             return all(n > 0 for n in owned) and sum(owned) == 12
 
         asyncio.run(wait_for(both_own_partitions, timeout=120))
         asyncio.run(produce(stack, [order(tenant, b, T0, f"o-{b}", "created") for b in buyers]))
 
-        async def all_registered():
+        async def all_registered() -> bool:
             return all([await timer_registered(stack, tenant, b) for b in buyers])
 
         asyncio.run(wait_for(all_registered))
         # one customer's later event moves the tenant's time past every reminder
         asyncio.run(produce(stack, [cart(tenant, "clock", T0 + 2 * HOUR)]))
 
-        async def reminded():
+        async def reminded() -> bool:
             records = await outputs(stack, tenant)
             return len({r["customer_id"] for r in records if r["rule"] == "unpaid_order_reminder"}) == len(buyers)
 
@@ -351,12 +363,12 @@ def test_two_workers_share_the_timers_and_fire_each_once(quiet_stack, tmp_path, 
     assert all(n > 0 for n in fired), fired  # each worker fired the timers of its own partitions
 
 
-def _counter(text, name):
+def _counter(text: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
 @pytest.mark.timeout(300)
-async def test_a_customer_written_by_another_worker_meanwhile_is_decided_again(quiet_stack):
+async def test_a_customer_written_by_another_worker_meanwhile_is_decided_again(quiet_stack: StackInfo) -> None:
     """Two workers briefly holding the same partition (a rebalance) cannot both decide a cause:
     the second write finds the state changed, and decides again on what the first wrote."""
     stack = quiet_stack
@@ -368,7 +380,7 @@ async def test_a_customer_written_by_another_worker_meanwhile_is_decided_again(q
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
     await producer.start()
 
-    async def send(topic, key, value):
+    async def send(topic: str, key: bytes, value: bytes) -> Any:
         return await producer.send(topic, value, key=key)
 
     try:
@@ -376,13 +388,13 @@ async def test_a_customer_written_by_another_worker_meanwhile_is_decided_again(q
         first, redis1 = await _engine(stack, f"first-{tenant}", send, lateness=0)
         second, redis2 = await _engine(stack, f"second-{tenant}", send, lateness=0)
         original_pipeline = redis1.pipeline
-        interleaved = []
+        interleaved: list[bool] = []
 
-        def pipeline(*args, **kwargs):
-            pipe = original_pipeline(*args, **kwargs)
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe: Any = original_pipeline(*args, **kwargs)
             read = pipe.eval
 
-            async def read_then_interleave(*a, **kw):
+            async def read_then_interleave(*a: Any, **kw: Any) -> Any:
                 pipe.eval = read  # only the first read (of the WATCHed state) is interleaved
                 result = await read(*a, **kw)
                 if not interleaved:
@@ -393,7 +405,7 @@ async def test_a_customer_written_by_another_worker_meanwhile_is_decided_again(q
             pipe.eval = read_then_interleave
             return pipe
 
-        redis1.pipeline = pipeline
+        redis1.pipeline = pipeline  # type: ignore[method-assign]
         await first.process([message])
         assert interleaved and first.metrics.conflicts._value.get() == 1
         state = await redis1.hget(keys.trigger_state_key(tenant, "c"), "s")

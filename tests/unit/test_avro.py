@@ -1,4 +1,5 @@
 import struct
+from pathlib import Path
 
 import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -7,20 +8,20 @@ from services.common.avro import MAGIC, Codec, crc64_avro, default_codec, schema
 from services.common.errors import SchemaError
 
 
-def test_crc64_avro_matches_the_specification_vector():
+def test_crc64_avro_matches_the_specification_vector() -> None:
     # Avro's own test data: the parsing fingerprint of "int" is 8247732601305521295.
     assert crc64_avro(b'"int"') == 8247732601305521295
 
 
 @pytest.mark.parametrize("name", default_codec().names)
-def test_header_is_marker_plus_little_endian_fingerprint(name):
+def test_header_is_marker_plus_little_endian_fingerprint(name: str) -> None:
     codec = default_codec()
     canonical = to_parsing_canonical_form(codec._entry(name).parsed)
     assert codec.fingerprint(name).hex() == fingerprint(canonical, "CRC-64-AVRO")
     assert codec.fingerprint(name) == struct.pack("<Q", crc64_avro(canonical.encode()))
 
 
-def test_round_trip_keeps_the_record():
+def test_round_trip_keeps_the_record() -> None:
     codec = default_codec()
     record = {
         "event_id": "e1",
@@ -41,31 +42,31 @@ def test_round_trip_keeps_the_record():
     assert back["currency"] == "CNY"  # default filled in
 
 
-def test_unknown_fingerprint_is_rejected_with_a_clear_error():
+def test_unknown_fingerprint_is_rejected_with_a_clear_error() -> None:
     data = MAGIC + b"\x00" * 8 + b"\x02a"
     with pytest.raises(SchemaError, match="unknown schema fingerprint 0000000000000000"):
         default_codec().decode(data)
 
 
-def test_message_without_marker_is_rejected():
+def test_message_without_marker_is_rejected() -> None:
     with pytest.raises(SchemaError, match="C3 01"):
         default_codec().decode(b'{"json": true}')
 
 
-def test_record_not_matching_schema_raises_schema_error():
+def test_record_not_matching_schema_raises_schema_error() -> None:
     with pytest.raises(SchemaError, match="crm.events.Cart"):
         default_codec().encode("crm.events.Cart", {"event_id": "e"})
 
 
-def test_unknown_schema_name_lists_known_ones():
+def test_unknown_schema_name_lists_known_ones() -> None:
     with pytest.raises(SchemaError, match="crm.events.Browse"):
         default_codec().encode("crm.events.Nope", {})
 
 
-def test_empty_schema_folder_is_an_error(tmp_path):
+def test_empty_schema_folder_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match="no .avsc"):
         Codec(tmp_path)
 
 
-def test_schema_dir_is_the_repository_contract():
+def test_schema_dir_is_the_repository_contract() -> None:
     assert (schema_dir() / "order.avsc").exists()

@@ -4,7 +4,9 @@ every schema of the contract."""
 import io
 import json
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import fastavro
 import pytest
@@ -15,7 +17,7 @@ from services.common.avrocompile import compile_reader, compile_writer, zigzag
 SCHEMAS = {p.stem: json.loads(p.read_text()) for p in sorted(schema_dir().glob("*.avsc"))}
 
 
-_SCALARS = {
+_SCALARS: dict[str, Callable[[random.Random], Any]] = {
     "null": lambda rng: None,
     "boolean": lambda rng: rng.random() < 0.5,
     "int": lambda rng: rng.choice([0, 1, -1, 63, 64, -65, rng.randint(-(2**31), 2**31 - 1)]),
@@ -27,7 +29,7 @@ _SCALARS = {
 }
 
 
-def _random(t, rng, names, ns=None):
+def _random(t: Any, rng: random.Random, names: dict[str, Any], ns: str | None = None) -> Any:
     if isinstance(t, list):
         return _random(rng.choice(t), rng, names, ns)
     t = names.get(t, {"type": t}) if isinstance(t, str) else t
@@ -51,7 +53,7 @@ def _random(t, rng, names, ns=None):
     raise AssertionError(kind)
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return (value - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
     if isinstance(value, dict):
@@ -62,7 +64,7 @@ def _plain(value):
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
-def test_compiled_codec_matches_fastavro_on_random_records(name):
+def test_compiled_codec_matches_fastavro_on_random_records(name: str) -> None:
     schema = SCHEMAS[name]
     parsed = fastavro.parse_schema(schema)
     write, read = compile_writer(schema), compile_reader(schema)
@@ -76,7 +78,7 @@ def test_compiled_codec_matches_fastavro_on_random_records(name):
         assert read(expected.getvalue(), 0) == _plain(decoded)
 
 
-def test_reader_of_some_fields_stops_after_the_last_of_them():
+def test_reader_of_some_fields_stops_after_the_last_of_them() -> None:
     schema = SCHEMAS["browse"]
     record = {"event_id": "e", "customer_id": "c", "tenant": "t", "event_time": 5, "price": 2.0}
     body = compile_writer(schema)(record)
@@ -86,7 +88,7 @@ def test_reader_of_some_fields_stops_after_the_last_of_them():
     assert read(body[: 2 + 2 + 2 + 1], 0) == {"customer_id": "c", "event_time": 5}
 
 
-def test_writer_fills_defaults_and_takes_datetimes():
+def test_writer_fills_defaults_and_takes_datetimes() -> None:
     schema = SCHEMAS["order"]
     at = datetime(2024, 1, 2, 3, 4, 5, 6000, tzinfo=UTC)
     record = {"event_id": "e", "customer_id": "c", "tenant": "t", "event_time": at, "order_id": "o", "status": "paid"}
@@ -99,13 +101,13 @@ def test_writer_fills_defaults_and_takes_datetimes():
     "bad",
     [{"event_id": 1}, {"event_time": "yesterday"}, {"status": "lost"}, {"customer_id": None}],
 )
-def test_writer_refuses_wrong_types(bad):
+def test_writer_refuses_wrong_types(bad: dict[str, Any]) -> None:
     record = {"event_id": "e", "customer_id": "c", "tenant": "t", "event_time": 1, "order_id": "o", "status": "paid"}
     with pytest.raises((TypeError, AttributeError, KeyError, ValueError)):
         compile_writer(SCHEMAS["order"])({**record, **bad})
 
 
-def test_truncated_body_raises():
+def test_truncated_body_raises() -> None:
     body = compile_writer(SCHEMAS["order"])(
         {"event_id": "e", "customer_id": "c", "tenant": "t", "event_time": 1, "order_id": "o", "status": "paid"}
     )
@@ -114,13 +116,13 @@ def test_truncated_body_raises():
 
 
 @pytest.mark.parametrize("n", [0, -1, 1, 63, -64, 64, 2**31, -(2**63), 2**63 - 1])
-def test_zigzag_matches_the_specification(n):
+def test_zigzag_matches_the_specification(n: int) -> None:
     out = io.BytesIO()
     fastavro.schemaless_writer(out, {"type": "long"}, n)
     assert zigzag(n) == out.getvalue()
 
 
-def test_negative_length_is_refused_not_looped_on():
+def test_negative_length_is_refused_not_looped_on() -> None:
     body = b"\x01" + b"abc"  # zig-zag -1 as a string length
     with pytest.raises(ValueError):
         compile_reader(SCHEMAS["browse"])(body, 0)

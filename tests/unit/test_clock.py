@@ -3,7 +3,7 @@
 from services.common.clock import EventClock, ShardClock, merge_shard_clocks, tenant_clock
 
 
-def test_each_shard_trails_its_own_latest_event_by_the_lateness():
+def test_each_shard_trails_its_own_latest_event_by_the_lateness() -> None:
     clock = EventClock()
     clock.saw(0, 10_000, now=0.0)
     clock.saw(1, 4_000, now=0.0)
@@ -12,7 +12,7 @@ def test_each_shard_trails_its_own_latest_event_by_the_lateness():
     assert clock.watermark == 3_000 and clock.latest == 10_000
 
 
-def test_an_idle_tenant_moves_every_owned_shard_to_its_latest_event_time():
+def test_an_idle_tenant_moves_every_owned_shard_to_its_latest_event_time() -> None:
     clock = EventClock()
     clock.saw(0, 10_000, now=0.0)
     clock.settle(1_000)
@@ -21,7 +21,7 @@ def test_an_idle_tenant_moves_every_owned_shard_to_its_latest_event_time():
     assert clock.shards == {0: ShardClock(10_000, 10_000), 1: ShardClock(0, 10_000)}
 
 
-def test_an_idle_worker_follows_the_tenant_time_other_workers_wrote():
+def test_an_idle_worker_follows_the_tenant_time_other_workers_wrote() -> None:
     stored = {b"shop|0": b"50000:49000", b"shop|1": b"9000:8000", b"other|5": b"7:7"}
     mine = {"shop": EventClock()}
     mine["shop"].saw(1, 9_000, now=0.0)
@@ -34,13 +34,13 @@ def test_an_idle_worker_follows_the_tenant_time_other_workers_wrote():
     assert mine["shop"].shards[1].watermark == 50_000
 
 
-def test_tenant_clock_over_every_workers_shards():
+def test_tenant_clock_over_every_workers_shards() -> None:
     stored = {b"shop|0": b"50000:49000", b"shop|1": b"9000:8000", b"other|5": b"7:7"}
     assert tenant_clock(stored, "shop") == (50_000, 8_000)
     assert tenant_clock(stored, "nobody") == (0, 0)
 
 
-def test_a_topic_read_behind_holds_its_shards_watermark_and_an_idle_one_does_not():
+def test_a_topic_read_behind_holds_its_shards_watermark_and_an_idle_one_does_not() -> None:
     clock = EventClock()
     clock.saw(3, 10_000, 0.0, "orders")
     clock.saw(3, 4_000, 0.0, "transitions")
@@ -52,14 +52,14 @@ def test_a_topic_read_behind_holds_its_shards_watermark_and_an_idle_one_does_not
     assert clock.shards[3].watermark == 9_000
 
 
-def test_a_topic_behind_that_never_showed_the_tenant_holds_its_shard_at_zero():
+def test_a_topic_behind_that_never_showed_the_tenant_holds_its_shard_at_zero() -> None:
     clock = EventClock()
     clock.saw(2, 50_000, 0.0, "orders")
     clock.settle(0, behind={("browse", 2)})
     assert clock.shards[2].watermark == 0
 
 
-def test_idle_flush_waits_until_every_input_is_read():
+def test_idle_flush_waits_until_every_input_is_read() -> None:
     clock = EventClock()
     clock.saw(1, 7_000, 0.0, "orders")
     assert not clock.flush_idle({1}, 100.0, 2.0, None, caught_up=False)
@@ -67,7 +67,7 @@ def test_idle_flush_waits_until_every_input_is_read():
     assert clock.shards[1].watermark == 7_000
 
 
-def test_following_an_upstream_service_the_watermark_never_passes_its_progress():
+def test_following_an_upstream_service_the_watermark_never_passes_its_progress() -> None:
     clock = EventClock(ceilings={})
     clock.saw(4, 90_000, 0.0, "orders")
     clock.settle(1_000)

@@ -11,22 +11,22 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 
 
-def test_no_top_level_version_key():
+def test_no_top_level_version_key() -> None:
     assert "version" not in COMPOSE
 
 
-def test_it_has_the_whole_stack():
+def test_it_has_the_whole_stack() -> None:
     for name in ("kafka", "redis", "topics", "ingest", "stager", "triggers", "attribution", "prometheus", "grafana"):
         assert name in SERVICES, name
 
 
-def test_every_long_running_service_has_a_healthcheck():
+def test_every_long_running_service_has_a_healthcheck() -> None:
     for name, service in SERVICES.items():
         if name != "topics":
             assert "test" in service.get("healthcheck", {}), name
 
 
-def test_dependencies_wait_for_health_and_topic_creation():
+def test_dependencies_wait_for_health_and_topic_creation() -> None:
     for name, service in SERVICES.items():
         for dep, cond in service.get("depends_on", {}).items():
             expected = "service_completed_successfully" if dep == "topics" else "service_healthy"
@@ -35,7 +35,7 @@ def test_dependencies_wait_for_health_and_topic_creation():
         assert SERVICES[name]["depends_on"]["topics"] == {"condition": "service_completed_successfully"}
 
 
-def test_kafka_runs_in_kraft_mode_and_redis_with_aof():
+def test_kafka_runs_in_kraft_mode_and_redis_with_aof() -> None:
     env = SERVICES["kafka"]["environment"]
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert "zookeeper" not in str(SERVICES["kafka"]).lower()
@@ -44,25 +44,25 @@ def test_kafka_runs_in_kraft_mode_and_redis_with_aof():
     assert command[command.index("--appendfsync") + 1] == "everysec"
 
 
-def test_topic_service_creates_the_topic_table_once():
+def test_topic_service_creates_the_topic_table_once() -> None:
     assert SERVICES["topics"]["command"] == ["crm", "topics", "create"]
     assert SERVICES["topics"]["restart"] == "no"
     assert len(TOPICS) == len({t.name for t in TOPICS})
 
 
-def test_ports_are_published_on_loopback_only():
+def test_ports_are_published_on_loopback_only() -> None:
     for name, service in SERVICES.items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), (name, port)
 
 
-def test_prometheus_scrapes_every_service():
+def test_prometheus_scrapes_every_service() -> None:
     scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"] for job in scrape["scrape_configs"]}
     assert jobs == {"ingest", "stager", "triggers", "attribution"}
 
 
-def test_grafana_dashboard_uses_only_metrics_the_services_export():
+def test_grafana_dashboard_uses_only_metrics_the_services_export() -> None:
     import json
     import re
 

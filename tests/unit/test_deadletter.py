@@ -9,7 +9,7 @@ from services.common.outbox import record_id, unpack
 CODEC = default_codec()
 
 
-def test_a_dead_letter_keeps_topic_partition_offset_and_reason():
+def test_a_dead_letter_keeps_topic_partition_offset_and_reason() -> None:
     msg = Message("crm.events.order", 7, 1234, b"\x00garbage")
     ident, entry = dead_letter(CODEC, "stager:g", msg, "undecodable: SchemaError: bad")
     _, topic, key, value = unpack(entry)
@@ -20,7 +20,7 @@ def test_a_dead_letter_keeps_topic_partition_offset_and_reason():
     assert record_id(schema, record) == ident == dead_letter_id("stager:g", msg)
 
 
-def test_a_null_value_becomes_empty_bytes_and_a_huge_one_is_cut():
+def test_a_null_value_becomes_empty_bytes_and_a_huge_one_is_cut() -> None:
     _, entry = dead_letter(CODEC, "triggers:g", Message("t", 0, 1, None), "undecodable: null value")  # type: ignore[arg-type]
     assert CODEC.decode(unpack(entry)[3])[1]["original"] == b""
     _, entry = dead_letter(CODEC, "triggers:g", Message("t", 0, 2, b"x" * (3 * MAX_ORIGINAL_BYTES)), "too big")
@@ -28,7 +28,7 @@ def test_a_null_value_becomes_empty_bytes_and_a_huge_one_is_cut():
     assert len(record["original"]) == MAX_ORIGINAL_BYTES and "cut from" in record["reason"]
 
 
-def test_each_position_and_source_has_its_own_id():
+def test_each_position_and_source_has_its_own_id() -> None:
     a = dead_letter_id("stager:g", Message("t", 0, 1, b""))
     assert a != dead_letter_id("stager:g", Message("t", 0, 2, b""))
     assert a != dead_letter_id("triggers:g", Message("t", 0, 1, b""))

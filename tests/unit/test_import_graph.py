@@ -24,7 +24,7 @@ def _package_of(name: str) -> str:
     return parts[0] if parts[0] == "crm" else ".".join(parts[:2])
 
 
-def test_services_import_only_common_and_themselves():
+def test_services_import_only_common_and_themselves() -> None:
     wrong = []
     for path in sorted((ROOT / "services").rglob("*.py")):
         own = ".".join(path.relative_to(ROOT).parts[:2])
@@ -35,7 +35,7 @@ def test_services_import_only_common_and_themselves():
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_graph_check_sees_a_forbidden_import(tmp_path):
+def test_the_graph_check_sees_a_forbidden_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("from crm.replay import replay\nimport services.stager.rules\n")
     assert {_package_of(n) for n in _imports(bad)} == {"crm", "services.stager"}

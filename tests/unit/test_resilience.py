@@ -10,11 +10,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from services.common.resilience import Backoff, Health, retry
 
 
-async def test_retry_waits_out_an_outage_and_reports_health():
+async def test_retry_waits_out_an_outage_and_reports_health() -> None:
     health = Health("test")
-    calls = []
+    calls: list[int] = []
 
-    async def flaky():
+    async def flaky() -> str:
         calls.append(len(calls))
         if len(calls) == 1:
             raise RedisConnectionError("gone")
@@ -27,15 +27,15 @@ async def test_retry_waits_out_an_outage_and_reports_health():
     assert len(calls) == 3 and health.ok
 
 
-async def test_other_errors_are_not_retried():
-    async def broken():
+async def test_other_errors_are_not_retried() -> None:
+    async def broken() -> None:
         raise ValueError("a bug, not an outage")
 
     with pytest.raises(ValueError):
         await retry(broken, Health("test"), Backoff(first=0.001))
 
 
-async def test_backoff_doubles_up_to_its_cap_and_resets():
+async def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
     backoff = Backoff(first=0.001, cap=0.004)
     for _ in range(4):
         await backoff.wait()

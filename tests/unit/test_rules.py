@@ -1,43 +1,45 @@
 """Every default rule of shared/DOMAIN.md and its time boundaries, on the pure rules."""
 
+from typing import cast
+
 import pytest
 
 from services.stager.config import DAY_MS, MINUTE_MS, StageRules
-from services.stager.rules import CustomerState, Fact, Kind, advance, apply_fact, next_due, stages_at
+from services.stager.rules import CustomerState, Fact, Kind, Transition, advance, apply_fact, next_due, stages_at
 
 R = StageRules()
 T0 = 1_500_000_000_000
 
 
 class Customer:
-    def __init__(self, rules=R):
+    def __init__(self, rules: StageRules = R) -> None:
         self.state = CustomerState()
         self.rules = rules
         self.n = 0
-        self.log = []
+        self.log: list[Transition] = []
 
-    def do(self, kind, at, order="o", cents=0, referrer=None):
+    def do(self, kind: Kind, at: int, order: str = "o", cents: int = 0, referrer: str | None = None) -> str | None:
         self.n += 1
         fact = Fact(f"e{self.n}", kind, at, hash(order) & 0xFFFFFFFF, cents, referrer)
         transitions, credit = apply_fact(self.state, fact, self.rules)
         self.log += transitions
         return credit
 
-    def at(self, when):
+    def at(self, when: int) -> dict[str, str | None]:
         self.log += advance(self.state, when, self.rules)
         return self.state.stages
 
-    def stage(self, model, when):
+    def stage(self, model: str, when: int) -> str | None:
         return self.at(when).get(model)
 
 
-def paid(c, at, order, cents=10_00, referrer=None):
+def paid(c: Customer, at: int, order: str, cents: int = 10_00, referrer: str | None = None) -> str | None:
     c.do(Kind.ORDER_CREATED, at - 1000, order)
     return c.do(Kind.ORDER_PAID, at, order, cents, referrer)
 
 
 # --- brand pyramid -----------------------------------------------------------------------------
-def test_pyramid_climbs_from_aware_to_loyal():
+def test_pyramid_climbs_from_aware_to_loyal() -> None:
     c = Customer()
     assert c.stage("pyramid", T0) is None
     c.do(Kind.BROWSE, T0)
@@ -53,20 +55,20 @@ def test_pyramid_climbs_from_aware_to_loyal():
 
 
 @pytest.mark.parametrize("kind", [Kind.JOIN, Kind.FAVOURITE, Kind.CART_ADD])
-def test_considering_needs_a_follow_favourite_or_cart_add(kind):
+def test_considering_needs_a_follow_favourite_or_cart_add(kind: Kind) -> None:
     c = Customer()
     c.do(kind, T0)
     assert c.state.stages["pyramid"] == "considering"
 
 
-def test_cart_remove_and_browse_alone_stay_aware():
+def test_cart_remove_and_browse_alone_stay_aware() -> None:
     c = Customer()
     c.do(Kind.BROWSE, T0)
     c.do(Kind.CART_REMOVE, T0 + 1)
     assert c.state.stages["pyramid"] == "aware"
 
 
-def test_advocate_needs_three_paid_orders_and_a_referral():
+def test_advocate_needs_three_paid_orders_and_a_referral() -> None:
     c = Customer()
     c.do(Kind.REFERRAL_CREDIT, T0)
     paid(c, T0 + 10, "o1")
@@ -76,27 +78,27 @@ def test_advocate_needs_three_paid_orders_and_a_referral():
     assert c.state.stages["pyramid"] == "advocate"
 
 
-def test_first_paid_order_naming_a_referrer_credits_it_once():
+def test_first_paid_order_naming_a_referrer_credits_it_once() -> None:
     c = Customer()
     assert paid(c, T0, "o1", referrer="friend") == "friend"
     assert paid(c, T0 + 10, "o2", referrer="friend") is None
 
 
-def test_refund_takes_the_order_out_of_every_count():
+def test_refund_takes_the_order_out_of_every_count() -> None:
     c = Customer()
     paid(c, T0, "o1", 300_00)
     paid(c, T0 + 10, "o2", 300_00)
     assert c.state.stages["pyramid"] == "repeat"
     assert c.state.stages["aipl"] == "L"
-    assert c.state.stages["value_grid"].startswith("high_value")
+    assert cast(str, c.state.stages["value_grid"]).startswith("high_value")
     c.do(Kind.ORDER_REFUNDED, T0 + 20, "o2")
     assert c.state.stages["pyramid"] == "first_purchase"
     assert c.state.stages["aipl"] == "P"
-    assert c.state.stages["value_grid"].startswith("low_value")
+    assert cast(str, c.state.stages["value_grid"]).startswith("low_value")
     assert c.state.stages["lifecycle"] == "new"
 
 
-def test_refund_before_payment_gives_the_same_result():
+def test_refund_before_payment_gives_the_same_result() -> None:
     c = Customer()
     c.do(Kind.ORDER_REFUNDED, T0 + 20, "o1")
     paid(c, T0, "o1", 300_00)
@@ -104,7 +106,7 @@ def test_refund_before_payment_gives_the_same_result():
     assert c.state.stages["pyramid"] == "aware"
 
 
-def test_the_same_order_paid_twice_counts_once():
+def test_the_same_order_paid_twice_counts_once() -> None:
     c = Customer()
     paid(c, T0, "o1")
     c.do(Kind.ORDER_PAID, T0 + 5, "o1", 10_00)
@@ -112,7 +114,7 @@ def test_the_same_order_paid_twice_counts_once():
 
 
 # --- AIPL --------------------------------------------------------------------------------------
-def test_aipl_levels():
+def test_aipl_levels() -> None:
     c = Customer()
     c.do(Kind.BROWSE, T0)
     assert c.state.stages["aipl"] == "A"
@@ -124,7 +126,7 @@ def test_aipl_levels():
     assert c.state.stages["aipl"] == "L"
 
 
-def test_aipl_falls_back_at_the_exact_instant_activity_leaves_the_window():
+def test_aipl_falls_back_at_the_exact_instant_activity_leaves_the_window() -> None:
     c = Customer()
     c.do(Kind.BROWSE, T0)
     c.do(Kind.CART_ADD, T0 + DAY_MS)
@@ -143,7 +145,7 @@ def test_aipl_falls_back_at_the_exact_instant_activity_leaves_the_window():
     ]
 
 
-def test_aipl_falls_back_from_interest_to_awareness():
+def test_aipl_falls_back_from_interest_to_awareness() -> None:
     c = Customer()
     c.do(Kind.FAVOURITE, T0)
     c.do(Kind.BROWSE, T0 + 10 * DAY_MS)
@@ -156,7 +158,7 @@ def test_aipl_falls_back_from_interest_to_awareness():
 W = 90 * DAY_MS
 
 
-def test_sicas_climbs_from_sense_to_share():
+def test_sicas_climbs_from_sense_to_share() -> None:
     c = Customer()
     c.do(Kind.BROWSE, T0)
     assert c.state.stages["sicas"] == "sense"
@@ -181,7 +183,7 @@ def test_sicas_climbs_from_sense_to_share():
         (Kind.REFERRAL_CREDIT, "share"),
     ],
 )
-def test_each_sicas_level_holds_until_exactly_90_days_after_its_event(kind, stage):
+def test_each_sicas_level_holds_until_exactly_90_days_after_its_event(kind: Kind, stage: str) -> None:
     c = Customer()
     c.do(kind, T0, "o1", 10_00)
     assert c.state.stages["sicas"] == stage
@@ -191,7 +193,7 @@ def test_each_sicas_level_holds_until_exactly_90_days_after_its_event(kind, stag
     assert timers == [(stage, None, T0 + W)]
 
 
-def test_sicas_falls_back_one_level_at_a_time_as_each_event_leaves_the_window():
+def test_sicas_falls_back_one_level_at_a_time_as_each_event_leaves_the_window() -> None:
     c = Customer()
     c.do(Kind.REFERRAL_CREDIT, T0)
     paid(c, T0 + DAY_MS, "o1")
@@ -210,21 +212,21 @@ def test_sicas_falls_back_one_level_at_a_time_as_each_event_leaves_the_window():
     ]
 
 
-def test_a_product_follow_is_interest_not_connect():
+def test_a_product_follow_is_interest_not_connect() -> None:
     c = Customer()
     c.do(Kind.FAVOURITE, T0)
     assert c.state.stages["sicas"] == "interest"
     assert c.state.stages["lifecycle"] == "prospect"  # nor does it make a member
 
 
-def test_a_cart_remove_is_not_interest():
+def test_a_cart_remove_is_not_interest() -> None:
     c = Customer()
     c.do(Kind.BROWSE, T0)
     c.do(Kind.CART_REMOVE, T0 + 1)
     assert c.state.stages["sicas"] == "sense"
 
 
-def test_connect_lasts_the_window_after_the_follow_even_with_an_unfollow():
+def test_connect_lasts_the_window_after_the_follow_even_with_an_unfollow() -> None:
     c = Customer()
     c.do(Kind.CART_ADD, T0)
     c.do(Kind.JOIN, T0 + 10 * DAY_MS)
@@ -234,7 +236,7 @@ def test_connect_lasts_the_window_after_the_follow_even_with_an_unfollow():
     assert c.stage("sicas", T0 + 10 * DAY_MS + W) is None  # the cart add left long before
 
 
-def test_a_refund_takes_its_order_out_of_action_as_out_of_aipl_purchase():
+def test_a_refund_takes_its_order_out_of_action_as_out_of_aipl_purchase() -> None:
     c = Customer()
     c.do(Kind.BROWSE, T0)
     paid(c, T0 + 10, "o1")
@@ -246,20 +248,20 @@ def test_a_refund_takes_its_order_out_of_action_as_out_of_aipl_purchase():
     assert c.state.stages["aipl"] == "A"
 
 
-def test_only_an_order_paid_counts_as_action():
+def test_only_an_order_paid_counts_as_action() -> None:
     c = Customer()
     c.do(Kind.ORDER_CREATED, T0, "o1")
     c.do(Kind.ORDER_CANCELLED, T0 + 1, "o1")
     assert c.state.stages["sicas"] is None
 
 
-def test_a_referrer_seen_nowhere_else_shares():
+def test_a_referrer_seen_nowhere_else_shares() -> None:
     c = Customer()
     c.do(Kind.REFERRAL_CREDIT, T0)
     assert c.state.stages == {**dict.fromkeys(c.state.stages), "sicas": "share"}
 
 
-def test_a_credit_older_than_the_window_at_the_clock_is_no_share():
+def test_a_credit_older_than_the_window_at_the_clock_is_no_share() -> None:
     c = Customer()
     c.do(Kind.BROWSE, T0 + 100 * DAY_MS)
     c.do(Kind.REFERRAL_CREDIT, T0)  # late: it left the window before the clock
@@ -267,7 +269,7 @@ def test_a_credit_older_than_the_window_at_the_clock_is_no_share():
     assert c.state.referrals == 1  # all-time counts still move
 
 
-def test_the_configured_sicas_window_is_honoured_apart_from_aipl():
+def test_the_configured_sicas_window_is_honoured_apart_from_aipl() -> None:
     c = Customer(StageRules(sicas_window_ms=10 * DAY_MS))
     c.do(Kind.BROWSE, T0)
     paid(c, T0 + DAY_MS, "o1")
@@ -276,7 +278,7 @@ def test_the_configured_sicas_window_is_honoured_apart_from_aipl():
     assert c.state.stages["aipl"] == "P"  # the AIPL window is still 90 days
 
 
-def test_orders_are_kept_for_a_sicas_window_longer_than_the_others():
+def test_orders_are_kept_for_a_sicas_window_longer_than_the_others() -> None:
     rules = StageRules(sicas_window_ms=400 * DAY_MS)
     assert rules.order_memory_ms == 400 * DAY_MS
     c = Customer(rules)
@@ -286,7 +288,7 @@ def test_orders_are_kept_for_a_sicas_window_longer_than_the_others():
 
 
 # --- lifecycle ---------------------------------------------------------------------------------
-def test_prospect_until_joining_then_new():
+def test_prospect_until_joining_then_new() -> None:
     c = Customer()
     c.do(Kind.BROWSE, T0)
     assert c.state.stages["lifecycle"] == "prospect"
@@ -296,14 +298,14 @@ def test_prospect_until_joining_then_new():
     assert c.state.stages["lifecycle"] == "new"
 
 
-def test_first_paid_order_makes_a_member():
+def test_first_paid_order_makes_a_member() -> None:
     c = Customer()
     paid(c, T0, "o1")
     assert c.state.stages["lifecycle"] == "new"
     assert c.state.member_since == T0
 
 
-def test_developing_and_mature_by_paid_orders():
+def test_developing_and_mature_by_paid_orders() -> None:
     c = Customer()
     for i in range(1, 5):
         paid(c, T0 + i * DAY_MS, f"o{i}")
@@ -311,7 +313,7 @@ def test_developing_and_mature_by_paid_orders():
         assert c.state.stages["lifecycle"] == expected
 
 
-def test_declining_from_exactly_90_days_after_the_last_paid_order():
+def test_declining_from_exactly_90_days_after_the_last_paid_order() -> None:
     c = Customer()
     paid(c, T0, "o1")
     c.do(Kind.BROWSE, T0 + 30 * DAY_MS)  # activity, but no purchase
@@ -319,13 +321,13 @@ def test_declining_from_exactly_90_days_after_the_last_paid_order():
     assert c.stage("lifecycle", T0 + 90 * DAY_MS) == "declining"
 
 
-def test_member_without_purchase_does_not_decline():
+def test_member_without_purchase_does_not_decline() -> None:
     c = Customer()
     c.do(Kind.JOIN, T0)
     assert c.stage("lifecycle", T0 + 179 * DAY_MS) == "new"
 
 
-def test_churned_exactly_180_days_after_the_last_event():
+def test_churned_exactly_180_days_after_the_last_event() -> None:
     c = Customer()
     paid(c, T0, "o1")
     c.do(Kind.BROWSE, T0 + 10 * DAY_MS)
@@ -333,7 +335,7 @@ def test_churned_exactly_180_days_after_the_last_event():
     assert c.stage("lifecycle", T0 + 190 * DAY_MS) == "churned"
 
 
-def test_a_new_purchase_brings_a_declining_customer_back():
+def test_a_new_purchase_brings_a_declining_customer_back() -> None:
     c = Customer()
     paid(c, T0, "o1")
     assert c.stage("lifecycle", T0 + 100 * DAY_MS) == "declining"
@@ -342,7 +344,7 @@ def test_a_new_purchase_brings_a_declining_customer_back():
 
 
 # --- shopping path -----------------------------------------------------------------------------
-def test_path_follows_one_session():
+def test_path_follows_one_session() -> None:
     c = Customer()
     c.do(Kind.BROWSE, T0)
     assert c.state.stages["path"] == "browsing"
@@ -354,7 +356,7 @@ def test_path_follows_one_session():
     assert c.state.stages["path"] == "paid"
 
 
-def test_session_ends_30_minutes_after_its_last_event():
+def test_session_ends_30_minutes_after_its_last_event() -> None:
     c = Customer()
     c.do(Kind.BROWSE, T0)
     c.do(Kind.CART_ADD, T0 + 20 * MINUTE_MS)
@@ -362,7 +364,7 @@ def test_session_ends_30_minutes_after_its_last_event():
     assert c.stage("path", T0 + 50 * MINUTE_MS) is None
 
 
-def test_a_new_session_starts_over():
+def test_a_new_session_starts_over() -> None:
     c = Customer()
     c.do(Kind.CART_ADD, T0)
     c.do(Kind.BROWSE, T0 + 30 * MINUTE_MS)  # exactly 30 minutes later: a new session
@@ -370,7 +372,7 @@ def test_a_new_session_starts_over():
 
 
 # --- value x interaction -----------------------------------------------------------------------
-def test_value_is_high_from_500_paid_in_365_days():
+def test_value_is_high_from_500_paid_in_365_days() -> None:
     c = Customer()
     paid(c, T0, "o1", 499_99)
     assert c.state.stages["value_grid"] == "low_value_low_interaction"
@@ -380,7 +382,7 @@ def test_value_is_high_from_500_paid_in_365_days():
     assert c.stage("value_grid", T0 + 365 * DAY_MS) == "low_value_low_interaction"
 
 
-def test_interaction_is_high_from_5_events_in_30_days():
+def test_interaction_is_high_from_5_events_in_30_days() -> None:
     c = Customer()
     for i in range(4):
         c.do(Kind.BROWSE, T0 + i * DAY_MS)
@@ -392,7 +394,7 @@ def test_interaction_is_high_from_5_events_in_30_days():
 
 
 # --- clock -------------------------------------------------------------------------------------
-def test_a_late_event_is_judged_at_the_customers_clock():
+def test_a_late_event_is_judged_at_the_customers_clock() -> None:
     c = Customer()
     c.do(Kind.BROWSE, T0 + 200 * DAY_MS)
     c.do(Kind.ORDER_PAID, T0, "old", 100)  # far older than the AIPL window at the clock
@@ -400,17 +402,17 @@ def test_a_late_event_is_judged_at_the_customers_clock():
     assert c.state.stages["pyramid"] == "first_purchase"  # all-time counters still move
 
 
-def test_next_due_is_the_earliest_boundary():
+def test_next_due_is_the_earliest_boundary() -> None:
     c = Customer()
     c.do(Kind.BROWSE, T0)
     assert next_due(c.state, R) == T0 + 30 * MINUTE_MS  # session end comes first
 
 
-def test_no_events_no_stage():
+def test_no_events_no_stage() -> None:
     assert set(stages_at(CustomerState(), T0, R).values()) == {None}
 
 
-def test_a_tenant_with_a_colon_cannot_become_a_fact():
+def test_a_tenant_with_a_colon_cannot_become_a_fact() -> None:
     import pytest as _pytest
 
     from services.stager.facts import to_fact

@@ -1,7 +1,10 @@
 """Properties of the rules: arrival order and duplicates do not change the final stages."""
 
+from collections.abc import Iterable
 from dataclasses import asdict
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,10 +19,10 @@ BEHAVIOUR = [k for k in Kind if k not in (Kind.ORDER_PAID, Kind.ORDER_REFUNDED, 
 
 
 @st.composite
-def histories(draw):
+def histories(draw: st.DrawFn) -> list[Fact]:
     """Facts of one customer: behaviour spread over 400 days, bursts within sessions, orders paid
     and sometimes refunded within a 60-day return window."""
-    facts = []
+    facts: list[Fact] = []
     n = draw(st.integers(1, 40))
     for i in range(n):
         base = draw(st.integers(0, SPAN))
@@ -38,14 +41,14 @@ def histories(draw):
     return facts
 
 
-def _facts(state):
+def _facts(state: CustomerState) -> dict[str, Any]:
     """Everything the state knows, without `seq` (how many transitions it took to get there)."""
     out = asdict(state)
     out.pop("seq")
     return out
 
 
-def in_time_order(facts, until):
+def in_time_order(facts: list[Fact], until: int) -> CustomerState:
     return replay(sorted(facts, key=lambda f: (f.time, f.event_id)), until, R)
 
 
@@ -54,7 +57,9 @@ LATENESS = 2 * 60 * MINUTE_MS
 
 @settings(max_examples=300, deadline=None)
 @given(facts=histories(), data=st.data())
-def test_any_arrival_order_within_lateness_and_any_duplication_gives_the_same_final_state(facts, data):
+def test_any_arrival_order_within_lateness_and_any_duplication_gives_the_same_final_state(
+    facts: list[Fact], data: st.DataObject
+) -> None:
     """Each fact (and each duplicate of it) arrives at most LATENESS after its event time."""
     until = T0 + SPAN + 200 * DAY_MS
     expected = in_time_order(facts, until)
@@ -69,7 +74,7 @@ def test_any_arrival_order_within_lateness_and_any_duplication_gives_the_same_fi
 
 @settings(max_examples=200, deadline=None)
 @given(facts=histories(), data=st.data())
-def test_timers_fired_along_the_way_change_nothing(facts, data):
+def test_timers_fired_along_the_way_change_nothing(facts: list[Fact], data: st.DataObject) -> None:
     """Live processing fires timers whenever the watermark moves; the result equals one evaluation."""
     ordered = sorted(facts, key=lambda f: (f.time, f.event_id))
     until = T0 + SPAN + 200 * DAY_MS
@@ -86,7 +91,7 @@ def test_timers_fired_along_the_way_change_nothing(facts, data):
 
 @settings(max_examples=200, deadline=None)
 @given(facts=histories())
-def test_pyramid_never_moves_down_without_a_refund(facts):
+def test_pyramid_never_moves_down_without_a_refund(facts: list[Fact]) -> None:
     facts = [f for f in facts if f.kind != Kind.ORDER_REFUNDED]
     ladder = [None, "aware", "considering", "first_purchase", "repeat", "loyal", "advocate"]
     state, seen = CustomerState(), set()
@@ -109,7 +114,9 @@ LATENESS = 5 * MINUTE_MS
 
 @settings(max_examples=150, deadline=None)
 @given(histories(), st.data())
-def test_transitions_do_not_depend_on_arrival_order_or_batches_within_the_lateness(facts, data):
+def test_transitions_do_not_depend_on_arrival_order_or_batches_within_the_lateness(
+    facts: list[Fact], data: st.DataObject
+) -> None:
     """Facts arriving out of order by up to the allowed lateness, cut into any batches, each
     batch followed by the watermark (latest time read less the lateness), give exactly the
     transitions of the facts applied in event-time order."""
@@ -132,7 +139,7 @@ def test_transitions_do_not_depend_on_arrival_order_or_batches_within_the_latene
     assert asdict(state) == asdict(reference)
 
 
-def test_a_fact_past_the_watermark_waits_and_survives_encoding():
+def test_a_fact_past_the_watermark_waits_and_survives_encoding() -> None:
     state = CustomerState()
     early = Fact("e1", Kind.BROWSE, T0 + 10 * MINUTE_MS)
     assert take(state, [early], T0, R).transitions == []
@@ -144,12 +151,12 @@ def test_a_fact_past_the_watermark_waits_and_survives_encoding():
     assert [t.to_stage for t in done.transitions if t.model == "pyramid"] == ["aware"] and not back.pending
 
 
-def test_a_fact_the_rules_cannot_apply_is_rejected_and_changes_nothing(monkeypatch):
+def test_a_fact_the_rules_cannot_apply_is_rejected_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.stager import rules
 
     real = rules._update
 
-    def choking(s, fact, r):
+    def choking(s: CustomerState, fact: Fact, r: StageRules) -> str | None:
         if fact.event_id == "bad":
             s.paid += 100  # a half-made change, then the failure
             raise RuntimeError("cannot apply")
@@ -169,7 +176,7 @@ def test_a_fact_the_rules_cannot_apply_is_rejected_and_changes_nothing(monkeypat
 
 @settings(max_examples=100, deadline=None)
 @given(histories(), st.data())
-def test_a_repeat_arriving_any_time_later_changes_nothing(facts, data):
+def test_a_repeat_arriving_any_time_later_changes_nothing(facts: list[Fact], data: st.DataObject) -> None:
     """However late a repeated event comes (within the longest window the state keeps), neither
     the state's stages nor any transition change."""
     state = CustomerState()
@@ -192,17 +199,17 @@ def test_a_repeat_arriving_any_time_later_changes_nothing(facts, data):
     assert all(reason.startswith("too_late") for _, reason in outcome.rejected)
 
 
-def _sicas_by_definition(facts, now, window):
+def _sicas_by_definition(facts: list[Fact], now: int, window: int) -> str | None:
     """SICAS at `now` straight from the text: the highest level with an event in (now - W, now]."""
     past = [f for f in facts if f.time <= now]
     refunded = {f.order_key for f in past if f.kind == Kind.ORDER_REFUNDED}
-    first_paid = {}
+    first_paid: dict[int, int] = {}
     for f in sorted(past, key=lambda f: f.time):
         if f.kind == Kind.ORDER_PAID:
             first_paid.setdefault(f.order_key, f.time)
     paid = [t for key, t in first_paid.items() if key not in refunded]
 
-    def any_in(times):
+    def any_in(times: Iterable[int]) -> bool:
         return any(now - t < window for t in times)
 
     if any_in(f.time for f in past if f.kind == Kind.REFERRAL_CREDIT):
@@ -220,7 +227,9 @@ def _sicas_by_definition(facts, now, window):
 
 @settings(max_examples=150, deadline=None)
 @given(facts=histories(), data=st.data())
-def test_sicas_at_any_instant_is_its_definition_including_the_window_boundaries(facts, data):
+def test_sicas_at_any_instant_is_its_definition_including_the_window_boundaries(
+    facts: list[Fact], data: st.DataObject
+) -> None:
     window = R.sicas_window_ms
     edges = [f.time + window + d for f in facts for d in (-1, 0)]
     instants = data.draw(st.lists(st.sampled_from(edges) | st.integers(T0, T0 + SPAN + window), max_size=8))

@@ -19,9 +19,9 @@ T0 = 1_500_000_000_000
         max_size=30,
     )
 )
-def test_state_survives_encoding(events):
+def test_state_survives_encoding(events: list[tuple[Kind, int, int, int]]) -> None:
     state = CustomerState()
-    seen = []
+    seen: list[tuple[int, int]] = []
     for i, (kind, dt, order, cents) in enumerate(events):
         fact = Fact(f"e{i}", kind, T0 + dt, order, cents)
         apply_fact(state, fact, R)
@@ -44,7 +44,7 @@ LAYOUT_5 = bytes.fromhex(
 )
 
 
-def test_a_state_of_the_previous_layout_decodes_with_the_sicas_fields_empty():
+def test_a_state_of_the_previous_layout_decodes_with_the_sicas_fields_empty() -> None:
     state, seen = decode_state(LAYOUT_5)
     assert (state.clock, state.events, state.paid, state.referrals) == (T0 + 5 * DAY_MS, 4, 1, 1)
     assert (state.last_browse, state.last_interest, state.last_paid) == (T0, T0 + 2 * DAY_MS, T0 + 3 * DAY_MS)
@@ -66,11 +66,11 @@ def test_a_state_of_the_previous_layout_decodes_with_the_sicas_fields_empty():
     assert [(t.from_stage, t.to_stage) for t in transitions if t.model == "sicas"] == [(None, "action")]
 
 
-def test_a_typical_customer_is_small():
+def test_a_typical_customer_is_small() -> None:
     """Twelve events over half a day, three paid orders, a two-hour repeat horizon (the eight
     recent events carry 2-byte fingerprints, so repeats of them are known however late)."""
     state = CustomerState()
-    seen = []
+    seen: list[tuple[int, int]] = []
     for i in range(12):
         kind = [Kind.BROWSE, Kind.CART_ADD, Kind.ORDER_CREATED, Kind.ORDER_PAID][i % 4]
         fact = Fact(f"e{i}", kind, T0 + i * 3_600_000, i // 4, 2999)
@@ -79,7 +79,7 @@ def test_a_typical_customer_is_small():
     assert len(encode_state(state, seen)) < 144
 
 
-def test_repeats_are_recognised_within_the_horizon_only():
+def test_repeats_are_recognised_within_the_horizon_only() -> None:
     seen = remember([], T0, 7, T0, DAY_MS, 64)
     assert is_repeat(seen, T0, 7)
     assert not is_repeat(seen, T0 + 1, 7)
@@ -88,8 +88,8 @@ def test_repeats_are_recognised_within_the_horizon_only():
     assert is_repeat(seen, T0 + DAY_MS, 8)
 
 
-def test_the_fingerprint_list_is_bounded():
-    seen = []
+def test_the_fingerprint_list_is_bounded() -> None:
+    seen: list[tuple[int, int]] = []
     for i in range(100):
         seen = remember(seen, T0 + i, i, T0 + i, DAY_MS, 16)
     assert len(seen) == 16 and seen[0] == (T0 + 99, 99)

@@ -1,7 +1,10 @@
 """Trigger rules and guardrails, as pure functions (services/triggers/domain.py)."""
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
+from pathlib import Path
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -9,9 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.errors import ConfigError
-from services.triggers.config import Cap, Guardrails, TriggerConfig, load_trigger_config
+from services.triggers.config import Cap, Guardrails, TriggerConfig, TriggerRule, load_trigger_config
 from services.triggers.domain import (
     CartIn,
+    Decision,
+    Input,
     OrderIn,
     ProfileIn,
     TransitionIn,
@@ -34,17 +39,19 @@ T, C = "shop", "c1"
 NOON = int(datetime(2024, 3, 5, 2, 0, tzinfo=UTC).timestamp() * 1000)
 
 
-def cfg(**guard):
+def cfg(**guard: Any) -> TriggerConfig:
     base = {"holdout_share": 0.0, "global_holdout_share": 0.0}
     return TriggerConfig(guardrails=Guardrails(**{**base, **guard}))
 
 
-def tr(to, model="pyramid", frm=None, at=NOON, tid="tr1"):
+def tr(to: str, model: str = "pyramid", frm: str | None = None, at: int = NOON, tid: str = "tr1") -> TransitionIn:
     return TransitionIn(tid, model, frm, to, at)
 
 
-def run(state, items, config, watermark=None):
-    out = []
+def run(
+    state: TriggerState, items: Sequence[Input], config: TriggerConfig, watermark: int | None = None
+) -> list[Decision]:
+    out: list[Decision] = []
     for item in items:
         out += apply(state, item, config, T, C)
     if watermark is not None:
@@ -52,7 +59,7 @@ def run(state, items, config, watermark=None):
     return out
 
 
-def rules_of(decisions):
+def rules_of(decisions: list[Decision]) -> list[str]:
     return [d.rule.name for d in decisions]
 
 
@@ -70,7 +77,7 @@ def rules_of(decisions):
         ("lifecycle", None, "new", "welcome"),
     ],
 )
-def test_each_transition_rule_decides_its_action(model, frm, to, rule):
+def test_each_transition_rule_decides_its_action(model: str, frm: str | None, to: str, rule: str) -> None:
     out = run(TriggerState(), [tr(to, model, frm)], cfg())
     assert rules_of(out) == [rule]
     d = out[0]
@@ -78,11 +85,11 @@ def test_each_transition_rule_decides_its_action(model, frm, to, rule):
     assert d.trigger_id == trigger_id(rule, T, C, "transition:tr1")
 
 
-def test_welcome_is_not_repeated_for_a_churned_customer_coming_back():
+def test_welcome_is_not_repeated_for_a_churned_customer_coming_back() -> None:
     assert run(TriggerState(), [tr("new", "lifecycle", "churned")], cfg()) == []
 
 
-def test_a_transition_sent_twice_is_decided_once():
+def test_a_transition_sent_twice_is_decided_once() -> None:
     state = TriggerState()
     assert len(run(state, [tr("considering"), tr("considering")], cfg())) == 1
     # also after the state went through Redis
@@ -90,7 +97,7 @@ def test_a_transition_sent_twice_is_decided_once():
     assert run(state, [tr("considering")], cfg()) == []
 
 
-def test_delayed_transition_rule_fires_on_its_timer():
+def test_delayed_transition_rule_fires_on_its_timer() -> None:
     config = load_trigger_config_from({"rules": [{"name": "vip_rights", "delay_seconds": 3600}]})
     state = TriggerState()
     assert run(state, [tr("loyal")], config) == []
@@ -99,7 +106,7 @@ def test_delayed_transition_rule_fires_on_its_timer():
     assert rules_of(out) == ["vip_rights"] and out[0].decided_at == NOON + HOUR
 
 
-def test_unpaid_order_reminder_fires_30_minutes_after_created():
+def test_unpaid_order_reminder_fires_30_minutes_after_created() -> None:
     state = TriggerState()
     run(state, [OrderIn("e1", "o1", "created", NOON)], cfg())
     assert fire(state, NOON + 30 * MIN - 1, cfg(), T, C) == []
@@ -110,19 +117,19 @@ def test_unpaid_order_reminder_fires_30_minutes_after_created():
 
 
 @pytest.mark.parametrize("status", ["paid", "cancelled"])
-def test_unpaid_order_reminder_is_cancelled_by_paid_or_cancelled(status):
+def test_unpaid_order_reminder_is_cancelled_by_paid_or_cancelled(status: str) -> None:
     state = TriggerState()
     run(state, [OrderIn("e1", "o1", "created", NOON), OrderIn("e2", "o1", status, NOON + 10 * MIN)], cfg())
     assert "unpaid_order_reminder" not in rules_of(fire(state, NOON + DAY, cfg(), T, C))
 
 
-def test_paid_arriving_before_its_created_sets_no_reminder():
+def test_paid_arriving_before_its_created_sets_no_reminder() -> None:
     state = TriggerState()
     run(state, [OrderIn("e2", "o1", "paid", NOON + 10 * MIN), OrderIn("e1", "o1", "created", NOON)], cfg())
     assert "unpaid_order_reminder" not in rules_of(fire(state, NOON + DAY, cfg(), T, C))
 
 
-def test_paying_one_order_leaves_the_reminder_of_another():
+def test_paying_one_order_leaves_the_reminder_of_another() -> None:
     state = TriggerState()
     items = [OrderIn("e1", "o1", "created", NOON), OrderIn("e2", "o2", "created", NOON)]
     items.append(OrderIn("e3", "o1", "paid", NOON))
@@ -130,7 +137,7 @@ def test_paying_one_order_leaves_the_reminder_of_another():
     assert [d.cause for d in out if d.rule.name == "unpaid_order_reminder"] == ["order:o2"]
 
 
-def test_abandoned_cart_reminder_fires_24_hours_after_the_last_add():
+def test_abandoned_cart_reminder_fires_24_hours_after_the_last_add() -> None:
     state = TriggerState()
     run(state, [CartIn("e1", "add", NOON), CartIn("e2", "add", NOON + HOUR)], cfg())
     assert fire(state, NOON + DAY + HOUR - 1, cfg(), T, C) == []
@@ -139,19 +146,19 @@ def test_abandoned_cart_reminder_fires_24_hours_after_the_last_add():
 
 
 @pytest.mark.parametrize("status", ["created", "paid"])
-def test_an_order_after_the_cart_cancels_the_cart_reminder(status):
+def test_an_order_after_the_cart_cancels_the_cart_reminder(status: str) -> None:
     state = TriggerState()
     run(state, [CartIn("e1", "add", NOON), OrderIn("e2", "o1", status, NOON + HOUR)], cfg())
     assert "abandoned_cart_reminder" not in rules_of(fire(state, NOON + 3 * DAY, cfg(), T, C))
 
 
-def test_an_order_before_a_late_cart_add_does_not_cancel_it():
+def test_an_order_before_a_late_cart_add_does_not_cancel_it() -> None:
     state = TriggerState()
     run(state, [OrderIn("e2", "o1", "created", NOON), CartIn("e1", "add", NOON + HOUR)], cfg())
     assert "abandoned_cart_reminder" in rules_of(fire(state, NOON + 3 * DAY, cfg(), T, C))
 
 
-def test_repurchase_reminder_at_the_customers_usual_interval():
+def test_repurchase_reminder_at_the_customers_usual_interval() -> None:
     state = TriggerState()
     paid = [OrderIn(f"p{i}", f"o{i}", "paid", NOON + i * 10 * DAY) for i in range(3)]  # every 10 days
     run(state, paid, cfg())
@@ -161,7 +168,7 @@ def test_repurchase_reminder_at_the_customers_usual_interval():
     assert rules_of(out) == ["repurchase_reminder"] and out[0].cause == "repurchase:p2"
 
 
-def test_a_new_paid_order_moves_the_repurchase_reminder():
+def test_a_new_paid_order_moves_the_repurchase_reminder() -> None:
     state = TriggerState()
     run(state, [OrderIn("p0", "o0", "paid", NOON), OrderIn("p1", "o1", "paid", NOON + 10 * DAY)], cfg())
     run(state, [OrderIn("p2", "o2", "paid", NOON + 15 * DAY)], cfg())
@@ -170,7 +177,7 @@ def test_a_new_paid_order_moves_the_repurchase_reminder():
     assert rules_of(fire(state, NOON + 22 * DAY + 12 * HOUR, cfg(), T, C)) == ["repurchase_reminder"]
 
 
-def test_timers_due_between_inputs_of_one_batch_fire_between_them():
+def test_timers_due_between_inputs_of_one_batch_fire_between_them() -> None:
     # orders paid on days 0, 10 and 40: the reminder set by day 10 falls due on day 20, before day 40
     paid = [OrderIn(f"p{i}", f"o{i}", "paid", NOON + day * DAY) for i, day in enumerate((0, 10, 40))]
     one_by_one, together = TriggerState(), TriggerState()
@@ -185,13 +192,13 @@ def test_timers_due_between_inputs_of_one_batch_fire_between_them():
     assert together == one_by_one
 
 
-def test_repeated_paid_event_counts_once():
+def test_repeated_paid_event_counts_once() -> None:
     state = TriggerState()
     run(state, [OrderIn("p0", "o0", "paid", NOON)] * 2, cfg())
     assert state.paid_count == 1 and not state.timers
 
 
-def test_birthday_gift_at_local_midnight_deferred_past_quiet_hours():
+def test_birthday_gift_at_local_midnight_deferred_past_quiet_hours() -> None:
     state = TriggerState()
     run(state, [ProfileIn("e1", NOON, {}, "Asia/Shanghai", "1990-03-20")], cfg())
     midnight = int(datetime(2024, 3, 20, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp() * 1000)
@@ -203,20 +210,20 @@ def test_birthday_gift_at_local_midnight_deferred_past_quiet_hours():
     assert state.timers["birthday_gift|birthday"].cause == "birthday:2025"
 
 
-def test_birthday_on_29_february_in_a_common_year():
+def test_birthday_on_29_february_in_a_common_year() -> None:
     zone = ZoneInfo("UTC")
     at, year = next_birthday("02-29", int(datetime(2025, 1, 1, tzinfo=UTC).timestamp() * 1000), zone)
     assert year == 2025 and datetime.fromtimestamp(at / 1000, UTC).date().isoformat() == "2025-02-28"
 
 
 # --- guardrails ------------------------------------------------------------------------------
-def test_opt_out_suppresses_with_reason_consent():
+def test_opt_out_suppresses_with_reason_consent() -> None:
     state = TriggerState()
     out = run(state, [ProfileIn("p", NOON - 1, {"push": False}), tr("considering")], cfg())
     assert [(d.rule.name, d.suppressed) for d in out] == [("considering_coupon", "consent")]
 
 
-def test_opt_out_between_registration_and_firing_suppresses_the_reminder():
+def test_opt_out_between_registration_and_firing_suppresses_the_reminder() -> None:
     state = TriggerState()
     run(state, [OrderIn("e1", "o1", "created", NOON)], cfg())
     run(state, [ProfileIn("p", NOON + 5 * MIN, {"sms": False})], cfg())
@@ -224,14 +231,14 @@ def test_opt_out_between_registration_and_firing_suppresses_the_reminder():
     assert [(d.rule.name, d.suppressed) for d in out] == [("unpaid_order_reminder", "consent")]
 
 
-def test_opt_in_required_when_consent_default_is_false():
+def test_opt_in_required_when_consent_default_is_false() -> None:
     out = run(TriggerState(), [tr("considering")], cfg(consent_default=False))
     assert out[0].suppressed == "consent"
     out = run(TriggerState(), [ProfileIn("p", NOON, {"push": True}), tr("considering")], cfg(consent_default=False))
     assert out[0].suppressed is None
 
 
-def test_frequency_cap_per_day_and_per_week():
+def test_frequency_cap_per_day_and_per_week() -> None:
     state = TriggerState()
     config = cfg()  # push: 1 per day, 3 per week
     first = run(state, [tr("considering", tid="a", at=NOON)], config)
@@ -244,13 +251,13 @@ def test_frequency_cap_per_day_and_per_week():
     assert run(state, [tr("considering", tid="w", at=NOON + 8 * DAY)], config)[0].suppressed is None
 
 
-def test_caps_are_per_channel():
+def test_caps_are_per_channel() -> None:
     state = TriggerState()
     out = run(state, [tr("considering", tid="a"), tr("loyal", tid="b")], cfg())  # push, then email
     assert [d.suppressed for d in out] == [None, None]
 
 
-def test_uncapped_rule_neither_counts_nor_is_held():
+def test_uncapped_rule_neither_counts_nor_is_held() -> None:
     state = TriggerState()
     config = cfg(caps=(Cap(window_seconds=86400, max=1),))
     run(state, [OrderIn("e1", "o1", "created", NOON), OrderIn("e2", "o2", "created", NOON)], config)
@@ -258,11 +265,11 @@ def test_uncapped_rule_neither_counts_nor_is_held():
     assert [d.suppressed for d in out] == [None, None] and "sms" not in state.sends
 
 
-def test_quiet_hours_deferral_across_midnight_in_new_york():
+def test_quiet_hours_deferral_across_midnight_in_new_york() -> None:
     ny = ZoneInfo("America/New_York")
     g = Guardrails()
     late = int(datetime(2024, 11, 4, 23, 30, tzinfo=ny).timestamp() * 1000)  # 04:30 UTC next day
-    until = quiet_until(late, ny, g.quiet_start, g.quiet_end)
+    until = cast(int, quiet_until(late, ny, g.quiet_start, g.quiet_end))
     assert datetime.fromtimestamp(until / 1000, ny) == datetime(2024, 11, 5, 9, 0, tzinfo=ny)
     early = int(datetime(2024, 11, 5, 2, 0, tzinfo=ny).timestamp() * 1000)
     assert quiet_until(early, ny, g.quiet_start, g.quiet_end) == until
@@ -274,14 +281,14 @@ def test_quiet_hours_deferral_across_midnight_in_new_york():
     assert out[0].suppressed is None and out[0].decided_at == late and out[0].deliver_after == until
 
 
-def test_quiet_hours_across_a_daylight_saving_change():
+def test_quiet_hours_across_a_daylight_saving_change() -> None:
     ny = ZoneInfo("America/New_York")
     at = int(datetime(2024, 11, 2, 22, 0, tzinfo=ny).timestamp() * 1000)  # clocks go back at 02:00 on 3 Nov
-    until = quiet_until(at, ny, clock_time(21), clock_time(9))
+    until = cast(int, quiet_until(at, ny, clock_time(21), clock_time(9)))
     assert until - at == 12 * HOUR  # 11 local hours plus the repeated hour
 
 
-def test_quiet_hours_drop_policy():
+def test_quiet_hours_drop_policy() -> None:
     state = TriggerState()
     night = NOON + 12 * HOUR  # 22:00 in Shanghai
     run(state, [OrderIn("e1", "o1", "created", night - 30 * MIN)], cfg())
@@ -289,7 +296,7 @@ def test_quiet_hours_drop_policy():
     assert [(d.rule.name, d.suppressed) for d in out] == [("unpaid_order_reminder", "quiet_hours")]
 
 
-def test_holdout_share_within_one_point_over_100k_customers():
+def test_holdout_share_within_one_point_over_100k_customers() -> None:
     share = 0.10
     held = sum(holdout_unit(T, f"c{i}", "campaign:x") < share for i in range(100_000))
     assert abs(held / 100_000 - share) <= 0.01
@@ -299,7 +306,7 @@ def test_holdout_share_within_one_point_over_100k_customers():
     assert other != same and len(other & same) < len(same) / 2
 
 
-def test_held_out_customers_get_a_holdout_record_and_use_no_cap():
+def test_held_out_customers_get_a_holdout_record_and_use_no_cap() -> None:
     config = cfg(holdout_share=1.0)
     state = TriggerState()
     out = run(state, [tr("considering")], config)
@@ -308,20 +315,20 @@ def test_held_out_customers_get_a_holdout_record_and_use_no_cap():
     assert out[0].suppressed == "holdout:global"
 
 
-def test_guardrail_order_consent_before_holdout():
+def test_guardrail_order_consent_before_holdout() -> None:
     state = TriggerState()
     out = run(state, [ProfileIn("p", NOON, {"push": False}), tr("considering")], cfg(holdout_share=1.0))
     assert out[0].suppressed == "consent"
 
 
-def test_holdout_is_deterministic():
+def test_holdout_is_deterministic() -> None:
     a = run(TriggerState(), [tr("considering")], TriggerConfig())
     b = run(TriggerState(), [tr("considering")], TriggerConfig())
     assert a == b
 
 
 # --- state and config ------------------------------------------------------------------------
-def test_state_round_trips_through_its_encoding():
+def test_state_round_trips_through_its_encoding() -> None:
     state = TriggerState()
     run(state, [ProfileIn("p", NOON, {"sms": False}, "Europe/Paris", "1990-01-02"), CartIn("c", "add", NOON)], cfg())
     run(state, [OrderIn("e1", "o1", "created", NOON), tr("considering")], cfg())
@@ -330,7 +337,7 @@ def test_state_round_trips_through_its_encoding():
     assert len(encode_state(state)) < 600
 
 
-def load_trigger_config_from(data, tmp=None):
+def load_trigger_config_from(data: dict[str, Any], tmp: Path | None = None) -> TriggerConfig:
     import json
     import tempfile
     from pathlib import Path
@@ -340,15 +347,18 @@ def load_trigger_config_from(data, tmp=None):
     return load_trigger_config(path)
 
 
-def test_config_file_changes_a_rule_and_guardrails():
+def test_config_file_changes_a_rule_and_guardrails() -> None:
     config = load_trigger_config_from(
         {"rules": [{"name": "welcome", "channel": "sms"}], "guardrails": {"quiet_start": "22:00", "holdout_share": 0.2}}
     )
-    assert config.rule("welcome").channel == "sms" and config.rule("welcome").to == "new"
+    assert (
+        cast(TriggerRule, config.rule("welcome")).channel == "sms"
+        and cast(TriggerRule, config.rule("welcome")).to == "new"
+    )
     assert config.guardrails.quiet_start == clock_time(22) and config.guardrails.holdout_share == 0.2
 
 
-def test_config_file_can_disable_a_rule():
+def test_config_file_can_disable_a_rule() -> None:
     config = load_trigger_config_from({"rules": [{"name": "welcome", "enabled": False}]})
     assert run(TriggerState(), [tr("new", "lifecycle", "prospect")], config) == []
 
@@ -363,22 +373,26 @@ def test_config_file_can_disable_a_rule():
                      "topic": "outreach"}]}, "rules.new_one"),
     ],
 )  # fmt: skip
-def test_bad_config_names_the_key(data, named):
+def test_bad_config_names_the_key(data: dict[str, Any], named: str) -> None:
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_trigger_config_from(data)
 
 
-def test_every_default_rule_has_campaign_channel_and_topic():
+def test_every_default_rule_has_campaign_channel_and_topic() -> None:
     for rule in TriggerConfig().rules:
         assert rule.campaign and rule.channel in ("sms", "email", "push", "in_app")
         assert rule.topic in ("coupons", "reminders", "outreach")
-    assert timedelta(seconds=TriggerConfig().rule("unpaid_order_reminder").delay_seconds) == timedelta(minutes=30)
-    assert timedelta(seconds=TriggerConfig().rule("abandoned_cart_reminder").delay_seconds) == timedelta(hours=24)
+    assert timedelta(
+        seconds=cast(TriggerRule, TriggerConfig().rule("unpaid_order_reminder")).delay_seconds
+    ) == timedelta(minutes=30)
+    assert timedelta(
+        seconds=cast(TriggerRule, TriggerConfig().rule("abandoned_cart_reminder")).delay_seconds
+    ) == timedelta(hours=24)
 
 
 # --- properties ------------------------------------------------------------------------------
 
-_INPUTS = [
+_INPUTS: list[Input] = [
     tr("considering", tid="t1", at=NOON),
     tr("first_purchase", tid="t2", at=NOON + HOUR),
     tr("declining", "lifecycle", "new", tid="t3", at=NOON + 2 * DAY),
@@ -391,7 +405,7 @@ _INPUTS = [
 ]
 
 
-def _decisions(items):
+def _decisions(items: Sequence[Input]) -> list[tuple[str, str | None, int]]:
     state = TriggerState()
     out = [(d.trigger_id, d.suppressed, d.deliver_after) for d in run(state, items, cfg())]
     out += [(d.trigger_id, d.suppressed, d.deliver_after) for d in fire(state, NOON + 30 * DAY, cfg(), T, C)]
@@ -400,7 +414,7 @@ def _decisions(items):
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, len(_INPUTS) - 1), max_size=8))
-def test_any_duplication_of_inputs_gives_the_same_decisions(extra):
+def test_any_duplication_of_inputs_gives_the_same_decisions(extra: list[int]) -> None:
     items = list(_INPUTS)
     for i in extra:  # a repeat arrives right after the original
         items.insert(items.index(_INPUTS[i]) + 1, _INPUTS[i])
@@ -409,7 +423,7 @@ def test_any_duplication_of_inputs_gives_the_same_decisions(extra):
 
 @settings(max_examples=100, deadline=None)
 @given(st.integers(0, 40))
-def test_timers_fired_along_the_way_change_nothing(split_hours):
+def test_timers_fired_along_the_way_change_nothing(split_hours: int) -> None:
     """Firing at an intermediate watermark, then at the end, decides what firing once at the end does."""
     a, b = TriggerState(), TriggerState()
     run(a, _INPUTS, cfg())
@@ -419,7 +433,7 @@ def test_timers_fired_along_the_way_change_nothing(split_hours):
     assert [d.trigger_id for d in once] == [d.trigger_id for d in twice]
 
 
-def test_bad_rules_file_stops_the_worker_naming_the_key(tmp_path, monkeypatch):
+def test_bad_rules_file_stops_the_worker_naming_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
     from services.triggers.__main__ import main
@@ -435,9 +449,9 @@ LATENESS = 5 * MIN
 
 
 @st.composite
-def trigger_inputs(draw):
+def trigger_inputs(draw: st.DrawFn) -> list[Input]:
     """Orders created and paid, cart adds and stage transitions of one customer over 60 days."""
-    items = []
+    items: list[Input] = []
     for i in range(draw(st.integers(1, 12))):
         at = NOON + draw(st.integers(0, 60 * DAY))
         kind = draw(st.sampled_from(["created", "paid", "cart", "transition"]))
@@ -452,7 +466,9 @@ def trigger_inputs(draw):
 
 @settings(max_examples=150, deadline=None)
 @given(trigger_inputs(), st.data())
-def test_decisions_do_not_depend_on_arrival_order_or_batches_within_the_lateness(items, data):
+def test_decisions_do_not_depend_on_arrival_order_or_batches_within_the_lateness(
+    items: list[Input], data: st.DataObject
+) -> None:
     """Inputs arriving out of order by up to the allowed lateness, cut into any batches, each
     batch followed by the watermark, give exactly the decisions of one pass in event-time order."""
     end = max(i.time for i in items) + 30 * DAY
@@ -476,7 +492,7 @@ def test_decisions_do_not_depend_on_arrival_order_or_batches_within_the_lateness
     assert state == reference
 
 
-def test_a_pending_input_survives_encoding():
+def test_a_pending_input_survives_encoding() -> None:
     state = TriggerState()
     early = OrderIn("o1", "order1", "created", NOON + HOUR)
     assert take(state, [early], NOON, cfg(), T, C) == ([], 0, [])
@@ -485,33 +501,35 @@ def test_a_pending_input_survives_encoding():
     assert back.pending == [early] and back.clock == NOON
 
 
-def test_an_input_the_rules_cannot_apply_is_rejected_and_changes_nothing(monkeypatch):
+def test_an_input_the_rules_cannot_apply_is_rejected_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.triggers import domain
 
     real = domain.apply
 
-    def choking(state, item, *args):
+    def choking(state: TriggerState, item: Any, *args: Any) -> list[Decision]:
         if item.event_id == "bad":
             state.paid_count += 100  # a half-made change, then the failure
             raise RuntimeError("cannot apply")
         return real(state, item, *args)
 
     monkeypatch.setattr(domain, "apply", choking)
-    good = [OrderIn("p0", "o0", "paid", NOON), OrderIn("p1", "o1", "paid", NOON + 10 * DAY)]
+    good: list[Input] = [OrderIn("p0", "o0", "paid", NOON), OrderIn("p1", "o1", "paid", NOON + 10 * DAY)]
     bad = OrderIn("bad", "o2", "paid", NOON + DAY)
     with_bad, without = TriggerState(), TriggerState()
     made, _, rejected = take(with_bad, [*good, bad], NOON + 40 * DAY, cfg(), T, C)
-    assert [(i.event_id, reason) for i, reason in rejected] == [("bad", "unprocessable: RuntimeError: cannot apply")]
+    assert [(cast(OrderIn, i).event_id, reason) for i, reason in rejected] == [
+        ("bad", "unprocessable: RuntimeError: cannot apply")
+    ]
     assert [d for _, d in made] == [d for _, d in take(without, good, NOON + 40 * DAY, cfg(), T, C)[0]]
     assert with_bad == without
 
 
-def test_a_repeated_paid_order_long_after_changes_nothing_and_one_older_than_a_year_is_too_late():
+def test_a_repeated_paid_order_long_after_changes_nothing_and_one_older_than_a_year_is_too_late() -> None:
     first = OrderIn("p0", "o0", "paid", NOON)
     state = TriggerState()
     take(state, [first, OrderIn("p1", "o1", "paid", NOON + 10 * DAY)], NOON + 10 * DAY, cfg(), T, C)
     # a hundred other inputs later (more than any count-bound memory would keep), months on
-    carts = [CartIn(f"c{i}", "add", NOON + 20 * DAY + i * HOUR) for i in range(100)]
+    carts: list[Input] = [CartIn(f"c{i}", "add", NOON + 20 * DAY + i * HOUR) for i in range(100)]
     take(state, carts, NOON + 200 * DAY, cfg(), T, C)
     before = encode_state(state)
     made, late, rejected = take(state, [first], NOON + 200 * DAY, cfg(), T, C)
@@ -522,7 +540,7 @@ def test_a_repeated_paid_order_long_after_changes_nothing_and_one_older_than_a_y
     assert made == [] and [reason.split(":")[0] for _, reason in rejected] == ["too_late"]
 
 
-def test_a_time_zone_naming_a_folder_falls_back_to_the_default_zone():
+def test_a_time_zone_naming_a_folder_falls_back_to_the_default_zone() -> None:
     state = TriggerState()
     take(state, [ProfileIn("pr", NOON, {}, "Asia")], NOON, cfg(), T, C)
     made, _, rejected = take(state, [tr("considering", at=NOON + MIN)], NOON + MIN, cfg(), T, C)
