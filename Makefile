@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/crm demo
 
-## Every test: unit, integration and end-to-end; the real Kafka and Redis are started by the suite.
+## Lint, types, and every test: unit, integration and end-to-end; the real Kafka and Redis are
+## started by the suite.
 test: setup
+	$(BIN)/ruff check services crm bench tests && $(BIN)/ruff format --check services crm bench tests
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 unit: setup

@@ -26,7 +26,7 @@ from services.common.fence import OffsetFence
 from services.common.messages import Message
 from services.common.resilience import OUTAGES, Backoff, Health, dependency_of, retry
 
-__all__ = ["BatchEngine", "BatchLoop"]
+__all__ = ["BatchEngine", "BatchLoop", "describe"]
 
 log = logging.getLogger(__name__)
 

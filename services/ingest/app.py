@@ -20,7 +20,7 @@ from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from services.ingest.validate import split_body
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "healthz", "post_events"]
 
 INGESTOR = web.AppKey("ingestor", Ingestor)
 LINK = web.AppKey("link", KafkaLink)

@@ -19,7 +19,7 @@ from services.common.constants import EVENT_TYPES
 from services.common.errors import CrmError
 from services.ingest.body import DEFAULT_MAX_DEPTH, RawItem, split_body
 
-__all__ = ["Limits", "RawItem", "Rejection", "printable", "split_body", "validate_event"]
+__all__ = ["Limits", "RawItem", "Rejection", "printable", "schema_name", "split_body", "validate_event"]
 
 _MISSING = object()
 

@@ -1,4 +1,4 @@
-"""The numbers behind the default stage rules (shared/DOMAIN.md "Default rules, precisely").
+"""The numbers behind the default stage rules (the domain's "default rules, precisely").
 
 One validated model, read from an optional YAML/JSON file (`CRM_STAGE_RULES_FILE`) and then from
 environment variables `CRM_RULES_<FIELD>`; a bad value stops start-up naming the key.

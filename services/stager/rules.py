@@ -28,6 +28,7 @@ __all__ = [
     "apply_fact",
     "next_due",
     "next_wake",
+    "replay",
     "take",
     "stage_names",
     "stages_at",

@@ -1,4 +1,4 @@
-"""The trigger rule table and guardrails (shared/DOMAIN.md "Actions"), as one validated config.
+"""The trigger rule table and guardrails (the actions the domain names), as one validated config.
 
 The defaults below ship with the engine. A YAML/JSON file (`CRM_TRIGGER_RULES_FILE`) may replace
 the guardrails and add, change or disable rules by name; a bad value stops start-up naming the key.

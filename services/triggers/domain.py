@@ -35,6 +35,7 @@ __all__ = [
     "TransitionIn",
     "apply",
     "apply_in_order",
+    "decide",
     "order_key",
     "take",
     "fingerprint",
@@ -44,6 +45,7 @@ __all__ = [
     "next_birthday",
     "quiet_until",
     "trigger_id",
+    "utc_ms",
 ]
 
 
