@@ -11,6 +11,8 @@ from dataclasses import dataclass
 __all__ = [
     "DEFAULT_PARTITIONS",
     "EVENT_TYPES",
+    "MAX_AMOUNT_CENTS",
+    "MAX_TIME_MS",
     "TOPICS",
     "TOPIC_ATTRIBUTION",
     "TOPIC_DLQ",
@@ -40,6 +42,11 @@ TOPIC_TRIGGERS_SUPPRESSED = "crm.triggers.suppressed"
 TOPIC_ATTRIBUTION = "crm.attribution"
 
 REDIS_PREFIX = "crm:"
+
+# What the engines' states can hold: event times from 1970 to year ~5000 (epoch ms), amounts
+# below 10^11 currency units; an input outside is dead-lettered by every service alike.
+MAX_TIME_MS = 10**14
+MAX_AMOUNT_CENTS = 10**13
 
 
 def event_topic(event_type: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+from services.common.constants import MAX_AMOUNT_CENTS, MAX_TIME_MS
 from services.common.times import epoch_ms
 from services.stager.rules import Fact, Kind
 
@@ -26,11 +27,6 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "crm.events.Order": (*_COMMON, "order_id", "status", "amount", "referrer_customer_id"),
     "crm.stage.ReferralCredit": _COMMON,
 }
-
-
-# What the state can hold: times from 1970 to year ~5000, amounts below 10^11 currency units.
-MAX_TIME_MS = 10**14
-MAX_AMOUNT_CENTS = 10**13
 
 
 to_millis = epoch_ms  # the contract's one epoch-ms helper

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.common.constants import MAX_AMOUNT_CENTS, MAX_TIME_MS
 from services.common.times import epoch_ms
 from services.triggers.domain import CartIn, Input, OrderIn, ProfileIn, TransitionIn
 
-__all__ = ["FIELDS", "MAX_TIME_MS", "millis", "to_input"]
+__all__ = ["FIELDS", "millis", "to_input"]
 
 _COMMON = ("event_id", "customer_id", "tenant", "event_time")
 # The fields `to_input` reads of the high-volume events; transitions and profiles are read whole.
 FIELDS: dict[str, tuple[str, ...]] = {
-    "crm.events.Order": (*_COMMON, "order_id", "status"),
+    "crm.events.Order": (*_COMMON, "order_id", "status", "amount"),
     "crm.events.Cart": (*_COMMON, "action"),
 }
 
@@ -20,13 +21,10 @@ FIELDS: dict[str, tuple[str, ...]] = {
 millis = epoch_ms
 
 
-# Event times the rules can work with: 1970 to year ~5000 (epoch ms).
-MAX_TIME_MS = 10**14
-
-
 def to_input(schema: str, record: dict[str, Any], origin: str = "") -> tuple[str, str, Input] | None:
     """(tenant, customer, input) of a decoded record; None for records no trigger reads.
-    ValueError for an event time the rules cannot work with. `origin`: where it was read."""
+    ValueError for an event time or an amount the engines cannot work with (the stager refuses
+    the same, so both services agree on what an order is). `origin`: where it was read."""
     found = _to_input(schema, record, origin)
     if found is not None and not 0 <= found[2].time < MAX_TIME_MS:
         raise ValueError(f"out of range: event time {found[2].time}")
@@ -47,6 +45,9 @@ def _to_input(schema: str, record: dict[str, Any], origin: str) -> tuple[str, st
             origin,
         )
     elif schema == "crm.events.Order":
+        amount = record["amount"]
+        if not 0 <= amount * 100 < MAX_AMOUNT_CENTS:  # also false for NaN
+            raise ValueError(f"out of range: amount {amount}")
         item = OrderIn(record["event_id"], record["order_id"], record["status"], millis(record["event_time"]), origin)
     elif schema == "crm.events.Cart":
         item = CartIn(record["event_id"], record["action"], millis(record["event_time"]), origin)

@@ -68,9 +68,11 @@ def _bad(codec: Codec, topic: str, tenant: str, n: int) -> list[tuple[str, bytes
         ("truncated", good[:14], readers),
         ("time before 1970", codec.encode(*_valid(topic, tenant, "bad", n + 2, event_time=-5)), readers),
     ]
-    if topic == event_topic("order"):  # the stager keeps amounts; the triggers never read them
+    if topic == event_topic("order"):  # both services refuse what the state cannot hold
         negative = codec.encode(*_valid(topic, tenant, "bad", n + 3, amount=-0.01))
-        out.append(("negative amount", negative, {"stager"}))
+        out.append(("negative amount", negative, readers))
+        not_finite = codec.encode(*_valid(topic, tenant, "bad", n + 4, amount=float("nan")))
+        out.append(("amount not finite", not_finite, readers))
     return out
 
 

@@ -1,0 +1,38 @@
+"""The stager and the triggers agree on what an order is: one either refuses, the other does too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.stager.facts import to_fact
+from services.triggers.domain import OrderIn
+from services.triggers.inputs import to_input
+
+
+def _order(amount: float, event_time: int = 1_700_000_000_000) -> dict[str, Any]:
+    return {"event_id": "e1", "customer_id": "c1", "tenant": "shop", "event_time": event_time,
+            "order_id": "o1", "status": "paid", "amount": amount, "referrer_customer_id": None}  # fmt: skip
+
+
+@pytest.mark.parametrize("amount", [-0.01, -5.0, float("nan"), float("inf"), float("-inf"), 1e12])
+def test_an_amount_the_state_cannot_hold_is_refused_by_both_services(amount: float) -> None:
+    with pytest.raises(ValueError, match="out of range: amount"):
+        to_fact("crm.events.Order", _order(amount))
+    with pytest.raises(ValueError, match="out of range: amount"):
+        to_input("crm.events.Order", _order(amount))
+
+
+@pytest.mark.parametrize("event_time", [-1, 10**14])
+def test_a_time_the_state_cannot_hold_is_refused_by_both_services(event_time: int) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        to_fact("crm.events.Order", _order(10.0, event_time))
+    with pytest.raises(ValueError, match="out of range"):
+        to_input("crm.events.Order", _order(10.0, event_time))
+
+
+def test_a_valid_order_is_taken_by_both_services() -> None:
+    assert to_fact("crm.events.Order", _order(0.0)) is not None
+    found = to_input("crm.events.Order", _order(25.5))
+    assert found is not None and isinstance(found[2], OrderIn) and found[2].status == "paid"
