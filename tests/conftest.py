@@ -28,26 +28,28 @@ class StackInfo:
 
 
 # The suite's stack has ports and a state folder of its own, so it never meets `make demo`'s.
+# Every port the suite listens on is below 32768, outside Linux's ephemeral range, so no
+# client connection's own port can hold it when a broker, Redis or worker starts.
 # CRM_TEST_PORT_OFFSET moves every port, so two checkouts can run their suites side by side.
 _OFFSET = int(os.environ.get("CRM_TEST_PORT_OFFSET", "0"))
 TEST_SETTINGS = CommonSettings(
-    kafka_bootstrap=f"127.0.0.1:{39092 + _OFFSET}",
-    redis_url=f"redis://127.0.0.1:{36379 + _OFFSET}/0",
+    kafka_bootstrap=f"127.0.0.1:{25092 + _OFFSET}",
+    redis_url=f"redis://127.0.0.1:{25379 + _OFFSET}/0",
     state_dir=REPO_ROOT / ".run" / f"test-stack{_OFFSET or ''}",
 )
 
 
 QUIET_SETTINGS = CommonSettings(
-    kafka_bootstrap=f"127.0.0.1:{37092 + _OFFSET}",
-    redis_url=f"redis://127.0.0.1:{37379 + _OFFSET}/0",
+    kafka_bootstrap=f"127.0.0.1:{23092 + _OFFSET}",
+    redis_url=f"redis://127.0.0.1:{23379 + _OFFSET}/0",
     state_dir=REPO_ROOT / ".run" / f"test-quiet-stack{_OFFSET or ''}",
 )
 
 
 # A third stack whose Kafka and Redis the fault tests kill and restart.
 FAULT_SETTINGS = CommonSettings(
-    kafka_bootstrap=f"127.0.0.1:{38092 + _OFFSET}",
-    redis_url=f"redis://127.0.0.1:{38379 + _OFFSET}/0",
+    kafka_bootstrap=f"127.0.0.1:{24092 + _OFFSET}",
+    redis_url=f"redis://127.0.0.1:{24379 + _OFFSET}/0",
     state_dir=REPO_ROOT / ".run" / f"test-fault-stack{_OFFSET or ''}",
 )
 

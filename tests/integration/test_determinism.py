@@ -179,7 +179,7 @@ def test_replays_at_any_pace_batch_size_and_worker_count_give_the_same_transitio
     data = _subset(CDNOW_SAMPLE, 600, tmp_path / "cdnow-600.txt")
     tenants = {}
     for i, (name, (speed, batch, workers)) in enumerate(RUNS.items()):
-        tenants[name] = _run(quiet_stack, data, tmp_path, name, speed, batch, workers, 36300 + 10 * i)
+        tenants[name] = _run(quiet_stack, data, tmp_path, name, speed, batch, workers, 22300 + 10 * i)
     transitions, decisions = asyncio.run(_outputs(quiet_stack.kafka_bootstrap, set(tenants.values())))
 
     first = transitions[tenants["max"]]
@@ -253,7 +253,7 @@ def test_taobao_browsing_carts_and_orders_give_the_same_answers_at_any_pace_and_
     rules.write_text('{"guardrails": {"holdout_share": 0, "global_holdout_share": 0}}')
     tenants = {}
     for i, (name, (speed, batch, workers)) in enumerate(TAOBAO_RUNS.items()):
-        tenants[name] = _run(quiet_stack, data, tmp_path, name, speed, batch, workers, 36500 + 10 * i,
+        tenants[name] = _run(quiet_stack, data, tmp_path, name, speed, batch, workers, 22500 + 10 * i,
                              fmt="taobao", env={"CRM_TRIGGER_RULES_FILE": str(rules)})  # fmt: skip
     transitions, decisions = asyncio.run(_outputs(quiet_stack.kafka_bootstrap, set(tenants.values()), with_ids=True))
     said = {name: {t[:6] for t in transitions[tenant]} for name, tenant in tenants.items()}

@@ -65,10 +65,10 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
     data = _subset(CDNOW_SAMPLE, 600, tmp_path / "cdnow-600.txt")
     run = uuid.uuid4().hex[:6]
     tenant, stager_group, triggers_group = f"fault-{run}", f"stager-fault-{run}", f"triggers-fault-{run}"
-    stager = StagerProcess(fault_stack, stager_group, 36401, tmp_path / "stager.log")
-    triggers = TriggersProcess(fault_stack, triggers_group, 36402, tmp_path / "triggers.log")
-    ingest = IngestProcess(fault_stack, 36403, tmp_path / "ingest.log")
-    workers, everyone = (36401, 36402), (36401, 36402, 36403)
+    stager = StagerProcess(fault_stack, stager_group, 22401, tmp_path / "stager.log")
+    triggers = TriggersProcess(fault_stack, triggers_group, 22402, tmp_path / "triggers.log")
+    ingest = IngestProcess(fault_stack, 22403, tmp_path / "ingest.log")
+    workers, everyone = (22401, 22402), (22401, 22402, 22403)
     settings = StagerSettings(kafka_bootstrap=fault_stack.kafka_bootstrap, redis_url=fault_stack.redis_url,
                               stager_group=stager_group)  # fmt: skip
     outcome: dict[str, Any] = {}

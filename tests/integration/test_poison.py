@@ -161,8 +161,8 @@ def test_bad_records_on_every_input_topic_are_dead_lettered_once_and_the_rest_fl
     stager_group, triggers_group = f"stager-{run}", f"triggers-{run}"
     groups = {stager_group: STAGER_TOPICS, triggers_group: TRIGGER_TOPICS}
     workers = [
-        StagerProcess(stack, stager_group, 36167, tmp_path / "stager.log"),
-        TriggersProcess(stack, triggers_group, 36168, tmp_path / "triggers.log"),
+        StagerProcess(stack, stager_group, 22167, tmp_path / "stager.log"),
+        TriggersProcess(stack, triggers_group, 22168, tmp_path / "triggers.log"),
     ]
     # the new groups start at the current end of their topics, not at what other tests left there
     asyncio.run(start_at_end(stack, stager_group, tuple(STAGER_TOPICS)))
@@ -179,7 +179,7 @@ def test_bad_records_on_every_input_topic_are_dead_lettered_once_and_the_rest_fl
         for worker in workers:
             worker.start()
         asyncio.run(_wait_applied(stack.redis_url, groups, {**ends, **more_ends}))
-        assert _healthy(36167) and _healthy(36168)
+        assert _healthy(22167) and _healthy(22168)
     finally:
         for worker in workers:
             worker.stop()

@@ -17,7 +17,7 @@ from tests.conftest import StackInfo
 def test_up_twice_keeps_the_same_processes_and_down_stops_them(tmp_path: Path) -> None:
     """On a stack of its own (own ports and folder), whatever stack the session uses."""
     settings = CommonSettings(
-        kafka_bootstrap="127.0.0.1:38092", redis_url="redis://127.0.0.1:38379/0", state_dir=tmp_path / "state"
+        kafka_bootstrap="127.0.0.1:24592", redis_url="redis://127.0.0.1:24879/0", state_dir=tmp_path / "state"
     )
     local = LocalStack(settings, say=lambda _: None)
     try:

@@ -21,13 +21,13 @@ def test_a_crash_in_the_middle_of_a_replay_ends_with_the_same_counts(stack: Stac
     group = f"crm-stager-crash-{uuid.uuid4().hex[:8]}"
     tenant = f"crash-{uuid.uuid4().hex[:6]}"
     settings = settings_for(stack, group)
-    first = StagerProcess(stack, group, 36067, tmp_path / "first.log").start()
+    first = StagerProcess(stack, group, 22067, tmp_path / "first.log").start()
     try:
         asyncio.run(replay(settings, TAOBAO, "taobao", tenant, wait=False, say=print))
         asyncio.run(_wait_some_applied(stack, group))
     finally:
         first.kill()
-    second = StagerProcess(stack, group, 36067, tmp_path / "second.log", env={"CRM_LOG_LEVEL": "info"}).start()
+    second = StagerProcess(stack, group, 22067, tmp_path / "second.log", env={"CRM_LOG_LEVEL": "info"}).start()
     try:
         asyncio.run(replay(settings, TAOBAO, "taobao", tenant, timeout=600, say=print))
         assert_same(asyncio.run(live_counts(stack, tenant)), expected_counts(taobao_events(TAOBAO)))

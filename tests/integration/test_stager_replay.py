@@ -26,7 +26,7 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TAOBAO = DATA / "taobao_userbehavior" / "UserBehavior_by_user.csv"
 CDNOW = DATA / "cdnow" / "CDNOW_master.txt"
 # the stager's web port moves with the stack's ports, so two checkouts can run this side by side
-WEB_PORT = 36066 + int(os.environ.get("CRM_TEST_PORT_OFFSET", "0"))
+WEB_PORT = 22066 + int(os.environ.get("CRM_TEST_PORT_OFFSET", "0"))
 
 
 @pytest.fixture(scope="module")

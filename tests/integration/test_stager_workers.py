@@ -24,7 +24,7 @@ def _applied(metrics_text: str) -> float:
 def test_two_workers_give_the_counts_of_one(stack: StackInfo, tmp_path: Path) -> None:
     group = f"crm-stager-pair-{uuid.uuid4().hex[:8]}"
     tenant = f"pair-{uuid.uuid4().hex[:6]}"
-    workers = [StagerProcess(stack, group, 36070 + i, tmp_path / f"worker{i}.log").start() for i in range(2)]
+    workers = [StagerProcess(stack, group, 22070 + i, tmp_path / f"worker{i}.log").start() for i in range(2)]
     try:
         report = asyncio.run(replay(settings_for(stack, group), CDNOW, "cdnow", tenant, timeout=600, say=print))
         events = cdnow_events(CDNOW)

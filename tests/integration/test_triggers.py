@@ -133,8 +133,8 @@ def test_scripted_stream_gives_exactly_the_expected_triggers(
     stack = quiet_stack
     tenant = f"shop-{uuid.uuid4().hex[:6]}"
     env = {"CRM_TRIGGER_RULES_FILE": str(no_holdout)}
-    stager = StagerProcess(stack, f"stager-{tenant}", 37166, tmp_path / "stager.log").start()
-    triggers = TriggersProcess(stack, f"triggers-{tenant}", 37167, tmp_path / "triggers.log", env).start()
+    stager = StagerProcess(stack, f"stager-{tenant}", 21166, tmp_path / "stager.log").start()
+    triggers = TriggersProcess(stack, f"triggers-{tenant}", 21167, tmp_path / "triggers.log", env).start()
     try:
         asyncio.run(
             produce(
@@ -204,7 +204,7 @@ def test_kill_between_timer_registration_and_firing_gives_one_reminder(
     group = f"triggers-{tenant}"
     # no stager here: the triggers' time follows their own inputs
     env = {"CRM_TRIGGER_RULES_FILE": str(no_holdout), "CRM_TRIGGERS_FOLLOW_STAGER": "false"}
-    first = TriggersProcess(stack, group, 37168, tmp_path / "first.log", env).start()
+    first = TriggersProcess(stack, group, 21168, tmp_path / "first.log", env).start()
     try:
         asyncio.run(produce(stack, [order(tenant, "buyer", T0, "o-1", "created")]))
         asyncio.run(wait_for(lambda: timer_registered(stack, tenant, "buyer")))
@@ -216,7 +216,7 @@ def test_kill_between_timer_registration_and_firing_gives_one_reminder(
     finally:
         first.kill()
     assert asyncio.run(outputs(stack, tenant)) == []
-    second = TriggersProcess(stack, group, 37168, tmp_path / "second.log", env).start()
+    second = TriggersProcess(stack, group, 21168, tmp_path / "second.log", env).start()
     try:
         asyncio.run(produce(stack, [cart(tenant, "someone-else", T0 + 2 * HOUR)]))
 
@@ -329,8 +329,8 @@ def test_two_workers_share_the_timers_and_fire_each_once(
     # no stager here: the triggers' time follows their own inputs
     env = {"CRM_TRIGGER_RULES_FILE": str(no_holdout), "CRM_TRIGGERS_FOLLOW_STAGER": "false"}
     buyers = [f"buyer-{i:02d}" for i in range(24)]
-    one = TriggersProcess(stack, group, 37171, tmp_path / "one.log", env).start()
-    two = TriggersProcess(stack, group, 37172, tmp_path / "two.log", env).start()
+    one = TriggersProcess(stack, group, 21171, tmp_path / "one.log", env).start()
+    two = TriggersProcess(stack, group, 21172, tmp_path / "two.log", env).start()
     try:
 
         async def both_own_partitions() -> bool:
