@@ -24,7 +24,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 from tqdm import tqdm
 
 from crm.localstack import LocalStack
@@ -32,6 +31,7 @@ from services.common.avro import default_codec
 from services.common.clock import tenant_clock
 from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.produce import engine_producer, send_many
+from services.common.redisbatch import connect
 from services.common.settings import REPO_ROOT, CommonSettings
 from services.common.topics import ensure_topics
 from services.stager.config import StageRules
@@ -200,7 +200,7 @@ class Naive:
 
 
 async def run_naive(total: int, limit: int) -> float:
-    redis = Redis.from_url(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url)
     producer = AIOKafkaProducer(bootstrap_servers=SETTINGS.kafka_bootstrap, acks=1)
     await producer.start()
     try:
@@ -212,7 +212,7 @@ async def run_naive(total: int, limit: int) -> float:
 
 async def run_engine(total: int) -> float:
     """Our engine, fed by a plain aiokafka consumer (no Faust), transitions produced for real."""
-    redis = Redis.from_url(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url)
     producer = engine_producer(SETTINGS.kafka_bootstrap)
     await producer.start()
     settings = StagerSettings(**_stager_env(), stager_group="bench-engine")
@@ -284,7 +284,7 @@ async def run_worker(total: int, log: Path, workers: int = 1) -> float:
     """The deployed stager: worker processes (Faust app; the event topics on its direct aiokafka
     path) in one group; rate measured from the first applied batch, so start-up and group join
     are left out."""
-    redis = Redis.from_url(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url)
     procs = _start_workers(workers, log)
     if workers > 1:
         await asyncio.sleep(15)  # let every worker join the group before the first batch counts
@@ -316,7 +316,7 @@ async def run_worker(total: int, log: Path, workers: int = 1) -> float:
 
 async def redis_bytes(customers_prefix: str) -> dict[str, float]:
     """Average MEMORY USAGE of customer state keys (a sample) and Redis memory by key family."""
-    redis = Redis.from_url(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url)
     try:
         sample = []
         async for key in redis.scan_iter(match=customers_prefix, count=1000):
@@ -342,7 +342,7 @@ async def redis_bytes(customers_prefix: str) -> dict[str, float]:
 
 
 async def _flush() -> None:
-    redis = Redis.from_url(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url)
     try:
         await redis.flushdb()
     finally:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 from tqdm import tqdm
 
 from bench.run import DAY, SETTINGS, consume, fresh_stack, produce, save
@@ -28,6 +27,7 @@ from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.messages import Message
 from services.common.outbox import kafka_sent_since
 from services.common.produce import engine_producer
+from services.common.redisbatch import connect
 from services.common.settings import REPO_ROOT
 from services.triggers.app import SOURCE_TOPICS
 from services.triggers.config import TriggerConfig
@@ -81,7 +81,7 @@ def generate(customers: int, seed: int = 3) -> list[tuple[str, bytes, bytes]]:
 
 async def run_engine(total: int) -> tuple[float, int]:
     """The trigger engine fed by a plain aiokafka consumer; its decisions produced for real."""
-    redis = Redis.from_url(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url)
     producer = engine_producer(SETTINGS.kafka_bootstrap)
     await producer.start()
     codec = default_codec()
@@ -118,7 +118,7 @@ async def run_worker(total: int, log: Path) -> float:
            "CRM_TRIGGERS_WEB_PORT": "46067", "CRM_LOG_LEVEL": "warn",
            # no stager runs here: the progress records it writes would never come
            "CRM_TRIGGERS_FOLLOW_STAGER": "false"}  # fmt: skip
-    redis = Redis.from_url(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url)
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "services.triggers"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip

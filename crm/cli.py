@@ -389,9 +389,9 @@ def stages_flow(model: str, tenant: str, from_: str, to: str, as_json: bool) -> 
 
 
 def _redis() -> Any:
-    from redis.asyncio import Redis
+    from services.common.redisbatch import connect
 
-    return Redis.from_url(_common().redis_url)
+    return connect(_common().redis_url)
 
 
 def _parse_instant(text: str) -> int:

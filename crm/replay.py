@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tqdm import tqdm
@@ -32,6 +31,7 @@ from crm.pipeline import pipeline, wait_pipeline
 from services.common.avro import default_codec
 from services.common.constants import REDIS_PREFIX
 from services.common.errors import CrmError
+from services.common.redisbatch import connect
 from services.common.topics import ensure_topics
 from services.ingest.core import Ingestor, ItemResult, make_producer
 from services.ingest.metrics import IngestMetrics
@@ -99,7 +99,7 @@ async def replay(
 ) -> ReplayReport:
     """Produce every event of `path` under `tenant`; with `wait`, return once the stager (and,
     given `triggers`, the triggers) has applied them and fired the timers due by their time."""
-    redis: Any = Redis.from_url(settings.redis_url)
+    redis: Any = connect(settings.redis_url)
     ledger = _ledger_key(tenant)
     digest = f"{fmt}:{hashlib.sha256(path.read_bytes()).hexdigest()[:20]}"
     try:

@@ -17,6 +17,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from services.common import varint
 from services.common.times import epoch_ms
 
 __all__ = ["compile_reader", "compile_writer", "zigzag"]
@@ -26,29 +27,13 @@ Writer = Callable[[Mapping[str, Any]], bytes]
 _SMALL = [bytes([n]) for n in range(128)]
 
 
-def _varint(buf: bytes, pos: int, first: int) -> tuple[int, int]:
-    """The rest of a varint whose first byte (with its continuation bit) was `first`."""
-    n = first & 0x7F
-    shift = 7
-    while True:
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if b < 0x80:
-            return n, pos
-        shift += 7
-
-
 def zigzag(n: int) -> bytes:
     """Avro's zig-zag varint encoding of an int or long."""
-    z = (n << 1) ^ (n >> 63)
+    z = varint.zigzag(n)
     if 0 <= z < 128:
         return _SMALL[z]
     out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
+    varint.put_uvarint(out, z)
     return bytes(out)
 
 
@@ -56,7 +41,7 @@ class _Gen:
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.consts: dict[str, Any] = {
-            "_varint": _varint,
+            "_varint": varint.read_uvarint,
             "_D": struct.Struct("<d").unpack_from,
             "_F": struct.Struct("<f").unpack_from,
             "_PD": struct.Struct("<d").pack,
@@ -94,7 +79,7 @@ class _Gen:
     # --- reading -----------------------------------------------------------------------------
     def read_long(self, ind: int, target: str) -> None:
         self.emit(ind, "n = buf[pos]; pos += 1")
-        self.emit(ind, "if n > 127: n, pos = _varint(buf, pos, n)")
+        self.emit(ind, "if n > 127: n, pos = _varint(buf, pos - 1)")
         self.emit(ind, f"{target} = (n >> 1) ^ -(n & 1)")
 
     def read(self, t: Any, ind: int, target: str | None, ns: str | None) -> None:

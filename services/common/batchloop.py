@@ -52,7 +52,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self.loop.engine.lock:
-            pass
+            if revoked:  # a shard that comes back may hold what its other owner left in the outbox
+                self.loop.engine.reset()
         if revoked:
             log.info("%s: partitions revoked: %s", self.loop.health.service, describe(revoked))
 

@@ -15,10 +15,56 @@ from services.common.fence import OffsetFence
 from services.common.messages import Message
 from services.common.outbox import Outbox, pack, record_id
 
-__all__ = ["MAX_ORIGINAL_BYTES", "dead_letter", "dead_letter_id", "quarantine"]
+__all__ = [
+    "MAX_ORIGINAL_BYTES",
+    "MAX_REASON_CHARS",
+    "dead_letter",
+    "dead_letter_id",
+    "encode_dead_letter",
+    "printable",
+    "quarantine",
+]
 
 # A dead letter must itself fit in a Kafka message (1 MB by default).
 MAX_ORIGINAL_BYTES = 512 * 1024
+MAX_REASON_CHARS = 1000
+
+
+def printable(text: str) -> str:
+    """`text` with what UTF-8 cannot carry (lone surrogates) written as backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def encode_dead_letter(
+    codec: Codec,
+    *,
+    original: bytes,
+    topic: str,
+    reason: str,
+    received_at: int,
+    source: str,
+    partition: int = -1,
+    offset: int = -1,
+    keep: int = MAX_ORIGINAL_BYTES,
+) -> bytes:
+    """The Avro `crm.events.DeadLetter` record of `original` (what ingest refused, or what an engine
+    read at `topic`/`partition`/`offset` and could not apply). It always fits in a Kafka message:
+    the original is cut to its first `keep` bytes (the reason says so), the reason and the source
+    to 1,000 characters, and text UTF-8 cannot carry is escaped."""
+    note = ""
+    if len(original) > keep:
+        note = f" (original cut to its first {keep} of {len(original)} bytes)"
+        original = original[:keep]
+    envelope = {
+        "original": original,
+        "topic": topic,
+        "reason": printable(reason)[: MAX_REASON_CHARS - len(note)] + note,
+        "received_at": received_at,
+        "source": printable(source)[:MAX_REASON_CHARS],
+        "partition": partition,
+        "offset": offset,
+    }
+    return codec.encode("crm.events.DeadLetter", envelope)
 
 
 def dead_letter_id(source: str, msg: Message) -> str:
@@ -33,21 +79,18 @@ def dead_letter(codec: Codec, source: str, msg: Message, reason: str) -> tuple[s
     """(outbox id, packed outbox entry) of the dead letter of `msg`; a null value is kept as empty
     bytes, an original too large for a Kafka message is cut (and the reason says so)."""
     original = msg.value if isinstance(msg.value, bytes) else b""
-    if len(original) > MAX_ORIGINAL_BYTES:
-        reason = f"{reason} (original cut from {len(original)} bytes)"
-        original = original[:MAX_ORIGINAL_BYTES]
     now = int(time.time() * 1000)
-    envelope = {
-        "original": original,
-        "topic": msg.topic,
-        "reason": reason[:1000],
-        "received_at": now,
-        "source": source,
-        "partition": msg.partition,
-        "offset": msg.offset,
-    }
+    value = encode_dead_letter(
+        codec,
+        original=original,
+        topic=msg.topic,
+        reason=reason,
+        received_at=now,
+        source=source,
+        partition=msg.partition,
+        offset=msg.offset,
+    )
     ident = dead_letter_id(source, msg)
-    value = codec.encode("crm.events.DeadLetter", envelope)
     return ident, pack(now, TOPIC_DLQ, f"{msg.topic}:{msg.partition}", value)
 
 

@@ -239,7 +239,8 @@ class StreamEngine(Generic[In]):
                  self.source, len(self.fence.applied), len(self.clocks))  # fmt: skip
 
     def reset(self) -> None:
-        """After an outage: check every outbox again (a send may have failed after a MULTI)."""
+        """After an outage or a rebalance: check every outbox again (a send may have failed after a
+        MULTI, or a shard's other owner may have left entries when it stopped)."""
         self.outbox.recovered.clear()
 
     async def quarantine(self, msg: Message, reason: str) -> None:

@@ -275,4 +275,3 @@ def serve_engine(
         await guarded(tick, health, once_only=True)
 
     add_pages(app, redis, registry, health, lambda: clients.producer)
-    app.crm_engine = engine  # type: ignore[attr-defined]

@@ -140,10 +140,6 @@ class Outbox:
                     pipe.hdel(self.key(shard), *items)
             await pipe.execute()
 
-    def forget(self, shards: Iterable[int]) -> None:
-        """`shards` went to another worker: check their outbox again if they come back."""
-        self.recovered.difference_update(shards)
-
     async def recover(self, shards: Iterable[int]) -> None:
         """Send what a crash left in the outboxes of `shards`, except what is already on Kafka."""
         for shard in sorted(set(shards) - self.recovered):

@@ -1,8 +1,18 @@
-"""Lua scripts that read or write one field of many hashes in a single round trip."""
+"""The Redis client every process opens, and Lua scripts that read or write one field of many
+hashes in a single round trip."""
 
 from __future__ import annotations
 
-__all__ = ["HGET_MANY", "HSET_MANY"]
+from redis.asyncio import Redis
+
+__all__ = ["HGET_MANY", "HSET_MANY", "connect"]
+
+
+def connect(url: str) -> Redis:
+    """A client of `url` answering bytes; a call waits at most 10 s for an answer and 5 s to
+    connect, so an outage surfaces as an error the caller retries instead of a hang."""
+    return Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+
 
 # KEYS: hashes; returns field `s` of each (nil where absent).
 HGET_MANY = "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, 's') end return out"

@@ -21,9 +21,10 @@ from aiokafka.errors import KafkaTimeoutError, RequestTimedOutError
 from services.common import produce
 from services.common.avro import Codec
 from services.common.constants import TOPIC_DLQ, event_topic
+from services.common.deadletter import encode_dead_letter, printable
 from services.common.errors import CrmError
 from services.ingest.metrics import IngestMetrics
-from services.ingest.validate import Limits, RawItem, Rejection, printable, schema_name, validate_event
+from services.ingest.validate import Limits, RawItem, Rejection, schema_name, validate_event
 
 __all__ = [
     "ACCEPTED",
@@ -45,7 +46,6 @@ NOT_WRITTEN = "not_written"  # never acknowledged: Kafka failed it or it was nev
 UNKNOWN = "unknown"  # still unacknowledged at the deadline; a retry is safe, the engine dedupes by event_id
 
 MAX_REQUEST_BYTES = 1024 * 1024  # the producer's max_request_size, aiokafka's default and Kafka's message limit
-_DLQ_REASON_CHARS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,20 +183,16 @@ class Ingestor:
         return value
 
     def _dead_letter(self, raw: bytes, topic: str, reason: str, now_ms: int, source: str) -> bytes:
-        """The DLQ record of a rejected item; it always fits in a Kafka message: the original bytes
-        are cut to `max_item_bytes` (the reason says so) and the reason to 1,000 characters."""
-        keep = self.limits.max_item_bytes
-        if len(raw) > keep:
-            reason = f"{reason} (original truncated to its first {keep} of {len(raw)} bytes)"
-            raw = raw[:keep]
-        envelope = {
-            "original": raw,
-            "topic": topic,
-            "reason": printable(reason)[:_DLQ_REASON_CHARS],
-            "received_at": now_ms,
-            "source": printable(source)[:_DLQ_REASON_CHARS],
-        }
-        return self.codec.encode("crm.events.DeadLetter", envelope)
+        """The DLQ record of a rejected item, its original cut to `max_item_bytes`."""
+        return encode_dead_letter(
+            self.codec,
+            original=raw,
+            topic=topic,
+            reason=reason,
+            received_at=now_ms,
+            source=source,
+            keep=self.limits.max_item_bytes,
+        )
 
 
 def _acknowledged(future: asyncio.Future[Any] | None) -> bool:

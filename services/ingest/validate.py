@@ -16,6 +16,7 @@ from typing import Any
 
 from services.common.avro import Codec
 from services.common.constants import EVENT_TYPES
+from services.common.deadletter import printable
 from services.common.errors import CrmError
 from services.ingest.body import DEFAULT_MAX_DEPTH, RawItem, split_body
 
@@ -26,11 +27,6 @@ _MISSING = object()
 # Fields the engine reads as money or as a count, by name in every schema that has them.
 MONEY_FIELDS = frozenset({"amount", "price"})
 COUNT_FIELDS = frozenset({"quantity"})
-
-
-def printable(text: str) -> str:
-    """`text` with what UTF-8 cannot carry (lone surrogates) written as backslash escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Rejection(CrmError, ValueError):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import faust
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 
 from services.common.avro import default_codec
 from services.common.constants import EVENT_TYPES, TOPIC_REFERRALS, event_topic
 from services.common.faustapp import KafkaClients, faust_app, serve_engine
+from services.common.redisbatch import connect
 from services.common.resilience import Health
 from services.stager.config import StageRules
 from services.stager.engine import Engine
@@ -38,7 +38,7 @@ def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorR
         settings.batch_max,
         settings.state_dir / "faust",
     )
-    redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    redis = connect(settings.redis_url)
     kafka = KafkaClients()
     engine = Engine(
         redis=redis,

@@ -6,6 +6,8 @@ usual recent times take two to four bytes. Version byte first, so the layout can
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from services.common.varint import VarintReader, put_uvarint, zigzag
 from services.stager.rules import MODELS, CustomerState, Fact, Kind, stage_names
 
@@ -24,6 +26,20 @@ _STAGE_NAME = {model: {i + 1: name for i, name in enumerate(stage_names(model))}
 
 
 _put = put_uvarint
+# the times of a state, in layout order (the last three since layout 6)
+_TIMES = (
+    "member_since",
+    "last_event",
+    "last_paid",
+    "last_browse",
+    "last_interest",
+    "session_start",
+    "session_end",
+    "last_product_interest",
+    "last_join",
+    "last_credit",
+)
+_times = attrgetter(*_TIMES)
 
 
 def encode_state(s: CustomerState, seen: list[tuple[int, int]]) -> bytes:
@@ -33,18 +49,7 @@ def encode_state(s: CustomerState, seen: list[tuple[int, int]]) -> bytes:
     _put(out, clock)
     for n in (s.events, s.interest, s.paid, s.referrals, int(s.credited_referrer), s.seq):
         _put(out, n)
-    for t in (
-        s.member_since,
-        s.last_event,
-        s.last_paid,
-        s.last_browse,
-        s.last_interest,
-        s.session_start,
-        s.session_end,
-        s.last_product_interest,
-        s.last_join,
-        s.last_credit,
-    ):
+    for t in _times(s):
         _put(out, clock - t + 1 if t else 0)
     out.append(s.session_best)
     # Lists are newest first: each time is stored as the distance from the previous one.
@@ -103,20 +108,10 @@ def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
     s = CustomerState(clock=clock)
     s.events, s.interest, s.paid, s.referrals, credited, s.seq = (get() for _ in range(6))
     s.credited_referrer = bool(credited)
-    n = 10 if layout >= 6 else 7  # layouts before 6 kept no SICAS times
-    times = [clock - d + 1 if d else 0 for d in (get() for _ in range(n))] + [0] * (10 - n)
-    (
-        s.member_since,
-        s.last_event,
-        s.last_paid,
-        s.last_browse,
-        s.last_interest,
-        s.session_start,
-        s.session_end,
-        s.last_product_interest,
-        s.last_join,
-        s.last_credit,
-    ) = times
+    n = len(_TIMES) if layout >= 6 else 7  # layouts before 6 kept no SICAS times
+    times = [clock - d + 1 if d else 0 for d in (get() for _ in range(n))] + [0] * (len(_TIMES) - n)
+    for name, t in zip(_TIMES, times, strict=True):
+        setattr(s, name, t)
     s.session_best = r.byte()
     orders = []
     previous = clock

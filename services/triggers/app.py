@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import faust
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 
 from services.common.avro import default_codec
 from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.faustapp import KafkaClients, faust_app, serve_engine
 from services.common.outbox import kafka_sent_since
+from services.common.redisbatch import connect
 from services.common.resilience import Health
 from services.triggers.config import TriggerConfig
 from services.triggers.engine import TriggerEngine
@@ -47,7 +47,7 @@ def create_app(
         settings.batch_max,
         settings.state_dir / "faust-triggers",
     )
-    redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    redis = connect(settings.redis_url)
     codec = default_codec()
     kafka = KafkaClients()
     engine = TriggerEngine(

@@ -2,7 +2,13 @@
 have an outbox id that a record on Kafka can be matched with."""
 
 from services.common.avro import default_codec
-from services.common.deadletter import MAX_ORIGINAL_BYTES, dead_letter, dead_letter_id
+from services.common.deadletter import (
+    MAX_ORIGINAL_BYTES,
+    MAX_REASON_CHARS,
+    dead_letter,
+    dead_letter_id,
+    encode_dead_letter,
+)
 from services.common.messages import Message
 from services.common.outbox import record_id, unpack
 
@@ -25,10 +31,30 @@ def test_a_null_value_becomes_empty_bytes_and_a_huge_one_is_cut() -> None:
     assert CODEC.decode(unpack(entry)[3])[1]["original"] == b""
     _, entry = dead_letter(CODEC, "triggers:g", Message("t", 0, 2, b"x" * (3 * MAX_ORIGINAL_BYTES)), "too big")
     record = CODEC.decode(unpack(entry)[3])[1]
-    assert len(record["original"]) == MAX_ORIGINAL_BYTES and "cut from" in record["reason"]
+    assert len(record["original"]) == MAX_ORIGINAL_BYTES
+    assert f"cut to its first {MAX_ORIGINAL_BYTES} of" in record["reason"]
 
 
 def test_each_position_and_source_has_its_own_id() -> None:
     a = dead_letter_id("stager:g", Message("t", 0, 1, b""))
     assert a != dead_letter_id("stager:g", Message("t", 0, 2, b""))
     assert a != dead_letter_id("triggers:g", Message("t", 0, 1, b""))
+
+
+def test_ingest_and_engines_share_one_envelope() -> None:
+    """What ingest refuses (not read from Kafka) has no position; a reason that UTF-8 cannot carry
+    is escaped and a long one cut, so the envelope always encodes."""
+    value = encode_dead_letter(
+        CODEC,
+        original=b"y" * 50,
+        topic="crm.events.order",
+        reason="bad \udcff" + "r" * 5000,
+        received_at=1,
+        source="http",
+        keep=10,
+    )
+    record = CODEC.decode(value)[1]
+    assert (record["partition"], record["offset"]) == (-1, -1)
+    assert record["original"] == b"y" * 10
+    assert record["reason"].startswith("bad \\udcff") and len(record["reason"]) == MAX_REASON_CHARS
+    assert record["reason"].endswith("(original cut to its first 10 of 50 bytes)")
