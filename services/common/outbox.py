@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.common.avro import Codec
 from services.common.errors import SchemaError
+from services.common.produce import Send
 from services.common.tail import topic_partitions
 
 __all__ = ["Outbox", "SentSince", "kafka_sent_since", "pack", "record_id", "unpack"]
@@ -28,7 +29,6 @@ SEP = b"\x1f"
 # Clock differences between the writer of the outbox and the broker's record timestamps.
 MARGIN_MS = 60_000
 SentSince = Callable[[Iterable[str], int, set[str]], Awaitable[set[str]]]
-Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 
 
 def pack(written_ms: int, topic: str, key: str, payload: bytes) -> bytes:

@@ -9,12 +9,19 @@ message goes to the same partition either way.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-__all__ = ["engine_producer", "make_producer", "send_many"]
+__all__ = ["Send", "SendMany", "SendTo", "engine_producer", "make_producer", "send_many"]
+
+# send(topic, key, value): hands one record to the producer; awaiting the result waits for Kafka
+Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
+# send_many(topic, [(key, value)]): produces every record and waits for the acknowledgements
+SendMany = Callable[[str, list[tuple[bytes, bytes]]], Awaitable[None]]
+# send_to(topic, partition, value): one record to a given partition
+SendTo = Callable[[str, int, bytes], Awaitable[Awaitable[Any]]]
 
 
 def make_producer(

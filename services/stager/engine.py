@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from services.common.constants import TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS
 from services.common.engine import Batch, DeadLetters, StreamEngine, WritePlan
 from services.common.messages import Message
 from services.common.outbox import SentSince, kafka_sent_since
+from services.common.produce import Send, SendMany, SendTo
 from services.common.redisbatch import HGET_MANY
 from services.stager.config import StageRules
 from services.stager.dedup import fingerprint, is_repeat, remember
@@ -39,10 +40,6 @@ from services.stager.statecodec import decode_state, encode_state
 __all__ = ["Engine", "Message", "transition_id"]
 
 log = logging.getLogger(__name__)
-Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
-# produce every (key, value) to a topic and wait for the acknowledgements
-SendMany = Callable[[str, list[tuple[bytes, bytes]]], Awaitable[None]]
-SendTo = Callable[[str, int, bytes], Awaitable[Awaitable[Any]]]
 SEP = "\x1f"
 
 

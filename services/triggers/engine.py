@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from services.common.constants import (
 )
 from services.common.engine import Batch, DeadLetters, StreamEngine, WritePlan
 from services.common.outbox import SentSince, pack
+from services.common.produce import Send
 from services.common.redisbatch import HGET_MANY
 from services.triggers.config import TriggerConfig
 from services.triggers.domain import (
@@ -50,7 +51,6 @@ from services.triggers.state import TriggerState, decode_state, encode_state
 __all__ = ["OUTPUT_TOPICS", "TriggerEngine"]
 
 log = logging.getLogger(__name__)
-Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 OUTPUT_TOPICS = {
     "coupons": TOPIC_TRIGGERS_COUPONS,
     "reminders": TOPIC_TRIGGERS_REMINDERS,

@@ -30,9 +30,10 @@ from services.common.constants import (
 )
 from services.common.messages import Message
 from services.common.outbox import kafka_sent_since
+from services.common.produce import Send
 from services.common.tail import read_topic
 from services.triggers.config import Guardrails, TriggerConfig
-from services.triggers.engine import Send, TriggerEngine
+from services.triggers.engine import TriggerEngine
 from services.triggers.metrics import TriggerMetrics
 from services.triggers.settings import TriggerSettings
 from tests.conftest import StackInfo
