@@ -4,12 +4,14 @@ Inputs are stage transitions and the events that start or cancel per-entity time
 cart adds, profiles). A rule whose cause is a transition decides at once (or after its delay);
 the others register a timer that fires when the event-time watermark reaches it. Every
 decision passes the guardrails in this order, the first that holds suppressing it with its
-reason: consent for the channel ("consent"), the global control group ("holdout:global"),
-the campaign's control group ("holdout"), quiet hours in the customer's zone ("quiet_hours"
-when the rule drops, otherwise delivery is deferred to the end of the quiet hours) and the
-channel's frequency caps at the delivery time ("frequency_cap"). Held-out customers come before
-caps and quiet hours so the control group is drawn from the same reachable customers as the
-treated group. A decision is made at most once per (rule, customer, cause).
+reason: consent for the channel ("consent"), quiet hours in the customer's zone ("quiet_hours"
+when the rule drops, otherwise delivery is deferred to the end of the quiet hours), the global
+control group ("holdout:global"), the campaign's control group ("holdout") and the channel's
+frequency caps at the delivery time ("frequency_cap"). Held-out customers are chosen before the
+caps, so the control group is drawn from the same reachable customers as the treated group, and
+their records carry the delivery time a send would have had (quiet hours applied): attribution
+starts both groups' windows at that time. A decision is made at most once per (rule, customer,
+cause).
 """
 
 from __future__ import annotations
@@ -452,10 +454,6 @@ def _guard(
 ) -> tuple[str | None, int]:
     if not state.consent.get(rule.channel, g.consent_default):
         return "consent", at
-    if holdout_unit(tenant, customer, "global") < g.global_holdout_share:
-        return "holdout:global", at
-    if holdout_unit(tenant, customer, f"campaign:{rule.campaign}") < g.holdout_share:
-        return "holdout", at
     deliver = at
     if rule.quiet_hours != "ignore":
         zone = _zone(state.timezone, g.default_timezone)
@@ -464,6 +462,12 @@ def _guard(
             if rule.quiet_hours == "drop":
                 return "quiet_hours", at
             deliver = until
+    # a held-out customer's record carries the time the message would have gone out, so that
+    # attribution measures both groups from the same moment
+    if holdout_unit(tenant, customer, "global") < g.global_holdout_share:
+        return "holdout:global", deliver
+    if holdout_unit(tenant, customer, f"campaign:{rule.campaign}") < g.holdout_share:
+        return "holdout", deliver
     if rule.capped:
         sent = state.sends.get(rule.channel, [])
         for cap in g.caps:

@@ -135,7 +135,6 @@ def guard(
     at: int,
     sends: dict[str, list[int]],
     shares: tuple[float, float],
-    holdout_deliver_like_send: bool,
 ) -> tuple[str | None, int]:
     """(suppressed reason or None, deliver_after) of one decision through the guardrails in the
     documented order: consent (no consent data: opted in), global control group, campaign
@@ -143,11 +142,10 @@ def guard(
     delivery time. A delivery is recorded in `sends` (channel -> delivery times)."""
     holdout, global_holdout = shares
     deliver = quiet_deferral(at)
-    held = deliver if holdout_deliver_like_send else at
     if holdout_unit(tenant, customer, "global") < global_holdout:
-        return "holdout:global", held
+        return "holdout:global", deliver
     if holdout_unit(tenant, customer, f"campaign:{rule.replace('_', '-')}") < holdout:
-        return "holdout", held
+        return "holdout", deliver
     sent = sends[CHANNELS[rule]]
     # deliveries of one customer never go back in time, so the window ends at this delivery
     if any(sum(1 for s in sent if deliver - s < window) >= most for window, most in CAPS):
@@ -162,7 +160,6 @@ def decisions_from_orders(
     rules: Collection[str] = DEFAULT_RULES,
     until: int | None = None,
     *,
-    holdout_deliver_like_send: bool = True,
     holdout_share: float = HOLDOUT_SHARE,
     global_holdout_share: float = GLOBAL_HOLDOUT_SHARE,
 ) -> Decisions:
@@ -180,15 +177,15 @@ def decisions_from_orders(
         sends: defaultdict[str, list[int]] = defaultdict(list)
         for at, _phase, _seq, rule, cause in candidates(tenant, customer, mine, until):
             shares = (holdout_share, global_holdout_share)
-            reason, deliver = guard(tenant, customer, rule, at, sends, shares, holdout_deliver_like_send)
+            reason, deliver = guard(tenant, customer, rule, at, sends, shares)
             if rule in rules:
                 out[trigger_id(rule, tenant, customer, cause)] = (rule, customer, cause, at, deliver, reason)
     return out
 
 
 def expected_decisions(
-    path: str | Path, tenant: str, rules: Collection[str] = DEFAULT_RULES, *, holdout_deliver_like_send: bool = True
+    path: str | Path, tenant: str, rules: Collection[str] = DEFAULT_RULES
 ) -> Decisions:
     """The decisions of `rules` after replaying the CDNOW file at `path` as `tenant`, the clock
     standing at the latest event time of the data."""
-    return decisions_from_orders(cdnow_orders(path), tenant, rules, holdout_deliver_like_send=holdout_deliver_like_send)
+    return decisions_from_orders(cdnow_orders(path), tenant, rules)

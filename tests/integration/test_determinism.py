@@ -192,7 +192,7 @@ def test_replays_at_any_pace_batch_size_and_worker_count_give_the_same_transitio
         ids = [r["trigger_id"] for r in records]
         assert len(ids) == len(set(ids)), f"{name}: a decision appears twice"
         # every rule that fires on purchase-only data (the caps couple them), not only the three
-        expected = expected_decisions(data, tenant, tuple(CHANNELS), holdout_deliver_like_send=False)
+        expected = expected_decisions(data, tenant, tuple(CHANNELS))
         got = {
             r["trigger_id"]: (r["rule"], r["customer_id"], r["cause"], _millis(r["decided_at"]),
                               _millis(r["deliver_after"]), r["suppressed"])

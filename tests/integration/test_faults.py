@@ -135,7 +135,7 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
                           int(r["deliver_after"].timestamp() * 1000), r["suppressed"])
         for r in decisions[tenant] if r["rule"] in RULES
     }  # fmt: skip
-    expected = expected_decisions(data, tenant, holdout_deliver_like_send=False)
+    expected = expected_decisions(data, tenant)
     missing = sorted(v for k, v in expected.items() if k not in got)[:5]
     extra = sorted(v for k, v in got.items() if k not in expected)[:5]
     assert got == expected, f"missing {missing}, extra {extra}"

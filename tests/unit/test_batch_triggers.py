@@ -125,8 +125,8 @@ def test_email_cap_one_a_day_churn_first() -> None:
 def test_held_out_decisions_keep_the_send_time() -> None:
     got = decide([0], 1, ("first_purchase_gift",), global_holdout_share=1.0)
     assert [(d[4], d[5]) for d in got] == [(D0 + HOUR, "holdout:global")]
-    got = decide([0], 1, ("first_purchase_gift",), holdout_share=1.0, holdout_deliver_like_send=False)
-    assert [(d[4], d[5]) for d in got] == [(D0, "holdout")]
+    got = decide([0], 1, ("first_purchase_gift",), holdout_share=1.0)
+    assert [(d[4], d[5]) for d in got] == [(D0 + HOUR, "holdout")]
 
 
 def test_timers_after_the_clock_do_not_fire() -> None:

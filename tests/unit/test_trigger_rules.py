@@ -315,6 +315,27 @@ def test_held_out_customers_get_a_holdout_record_and_use_no_cap() -> None:
     assert out[0].suppressed == "holdout:global"
 
 
+def test_a_held_out_record_carries_the_send_time_quiet_hours_applied() -> None:
+    """Both groups' attribution windows start when the message goes out (or would have): a
+    decision at night is delivered at the end of the quiet hours, held out or not."""
+    night = NOON + 12 * HOUR  # 22:00 in Shanghai
+    sent = run(TriggerState(), [tr("considering", at=night)], cfg())
+    held = run(TriggerState(), [tr("considering", at=night)], cfg(holdout_share=1.0))
+    assert sent[0].suppressed is None and held[0].suppressed == "holdout"
+    assert held[0].decided_at == night
+    assert held[0].deliver_after == sent[0].deliver_after == night + 11 * HOUR
+
+
+def test_a_rule_that_drops_at_night_drops_for_the_control_group_too() -> None:
+    """Neither group is touched when quiet hours drop the message (the unpaid-order reminder
+    does): no control trial without a treatment trial to match it."""
+    night = NOON + 12 * HOUR
+    state = TriggerState()
+    run(state, [OrderIn("e1", "o1", "created", night - 30 * MIN)], cfg(holdout_share=1.0))
+    out = fire(state, night, cfg(holdout_share=1.0), T, C)
+    assert [(d.rule.name, d.suppressed) for d in out] == [("unpaid_order_reminder", "quiet_hours")]
+
+
 def test_guardrail_order_consent_before_holdout() -> None:
     state = TriggerState()
     out = run(state, [ProfileIn("p", NOON, {"push": False}), tr("considering")], cfg(holdout_share=1.0))
