@@ -183,9 +183,7 @@ def decisions_from_orders(
     return out
 
 
-def expected_decisions(
-    path: str | Path, tenant: str, rules: Collection[str] = DEFAULT_RULES
-) -> Decisions:
+def expected_decisions(path: str | Path, tenant: str, rules: Collection[str] = DEFAULT_RULES) -> Decisions:
     """The decisions of `rules` after replaying the CDNOW file at `path` as `tenant`, the clock
     standing at the latest event time of the data."""
     return decisions_from_orders(cdnow_orders(path), tenant, rules)

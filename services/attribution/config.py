@@ -1,0 +1,73 @@
+"""How attribution measures: the window per trigger rule, last or first touch, what a message
+costs per channel, and how long a refund can still take an order back.
+
+The defaults ship with the engine; a YAML/JSON file (`CRM_ATTRIBUTION_FILE`) may change any of
+them. A bad value stops start-up with a message naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.common.errors import ConfigError
+
+__all__ = ["AttributionConfig", "RuleWindow", "load_attribution_config"]
+
+DAY_MS = 86_400_000
+Channel = Literal["sms", "email", "push", "in_app"]
+_CHANNEL_COSTS: dict[Channel, float] = {"sms": 0.05, "email": 0.01, "push": 0.001, "in_app": 0.0}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RuleWindow(_Strict):
+    attribution_window_days: float = Field(gt=0, le=366)
+
+
+class AttributionConfig(_Strict):
+    # (touch time, touch time + W]: the orders a trial can convert with
+    attribution_window_days: float = Field(7.0, gt=0, le=366)
+    # which treatment touch an order's attribution record credits when several windows hold it
+    model: Literal["last_touch", "first_touch"] = "last_touch"
+    # what one message costs on each channel (currency units), counted for every treatment trial
+    channel_costs: dict[Channel, float] = Field(default_factory=lambda: dict(_CHANNEL_COSTS))
+    # per trigger rule (its name): another window
+    rules: dict[str, RuleWindow] = Field(default_factory=dict)
+    # a refund up to this long after a window's end still takes the order back out of its figures
+    keep_days: float = Field(90.0, gt=0, le=3660)
+
+    def window_ms(self, rule: str) -> int:
+        found = self.rules.get(rule)
+        days = found.attribution_window_days if found else self.attribution_window_days
+        return int(days * DAY_MS)
+
+    def channel_cents(self, channel: str) -> int:
+        costs: dict[str, float] = dict(self.channel_costs)
+        return round(costs.get(channel, 0.0) * 100)
+
+    @property
+    def keep_ms(self) -> int:
+        return int(self.keep_days * DAY_MS)
+
+
+def load_attribution_config(path: Path | None = None) -> AttributionConfig:
+    """The defaults, with the keys of `path` (YAML or JSON) replacing them."""
+    if path is None:
+        return AttributionConfig()
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"attribution file {path}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"attribution file {path}: expected a mapping")
+    try:
+        return AttributionConfig(**loaded)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError(f"invalid attribution settings in {path}: " + "; ".join(problems)) from exc
