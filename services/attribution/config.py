@@ -48,7 +48,7 @@ class AttributionConfig(_Strict):
         return int(days * DAY_MS)
 
     def channel_cents(self, channel: str) -> int:
-        costs: dict[str, float] = dict(self.channel_costs)
+        costs: dict[str, float] = {str(k): v for k, v in self.channel_costs.items()}
         return round(costs.get(channel, 0.0) * 100)
 
     @property
