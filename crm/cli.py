@@ -273,6 +273,51 @@ def triggers_rules() -> None:
     click.echo(json.dumps(config.guardrails.model_dump(mode="json")))
 
 
+# --- attribution -------------------------------------------------------------------------------
+@cli.group()
+def attribution() -> None:
+    """The attribution service."""
+
+
+@attribution.command("worker")
+def attribution_worker() -> None:
+    """Run an attribution worker (same as `python -m services.attribution`)."""
+    from services.attribution.__main__ import main as run
+
+    run()
+
+
+@cli.group()
+def report() -> None:
+    """Reports for marketers."""
+
+
+@report.command("campaigns")
+@click.option("--tenant", required=True)
+@click.option("--json", "as_json", is_flag=True, help="A list of one object per campaign.")
+@click.option("--final-only", is_flag=True, help="Only trials whose attribution window has ended.")
+def report_campaigns(tenant: str, as_json: bool, final_only: bool) -> None:
+    """What each campaign produced against its control group: conversion, uplift with its 95%
+    interval, incremental revenue, cost and ROI."""
+    from crm.report import campaign_readouts, campaign_table
+
+    async def run() -> list[Any]:
+        redis = _redis()
+        try:
+            return await campaign_readouts(redis, tenant, final_only=final_only)
+        finally:
+            await redis.aclose()
+
+    readouts = _ride_out(run)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in readouts]))
+    elif not readouts:
+        click.echo(f"no campaign of tenant {tenant!r} has a trial yet")
+    else:
+        for line in campaign_table(readouts):
+            click.echo(line)
+
+
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["taobao", "cdnow", "online-retail", "ndjson"]), required=True)
@@ -280,7 +325,8 @@ def triggers_rules() -> None:
 @click.option("--speed", type=float, default=None, help="Replay at N times the original pace.")
 @click.option("--max", "as_fast", is_flag=True, help="As fast as possible (the default).")
 @click.option("--wait/--no-wait", default=True, help="Return only once every stream service has applied everything.")
-@click.option("--stager-only", is_flag=True, help="Wait for the stager alone (no triggers worker runs).")
+@click.option("--stager-only", is_flag=True, help="Wait for the stager alone (no other worker runs).")
+@click.option("--no-attribution", is_flag=True, help="Wait for the stager and the triggers, not attribution.")
 @click.option("--force", is_flag=True, help="Replay even if this file was already replayed under the tenant.")
 @click.option("--timeout", default=900.0, show_default=True)
 def replay(
@@ -291,38 +337,48 @@ def replay(
     as_fast: bool,
     wait: bool,
     stager_only: bool,
+    no_attribution: bool,
     force: bool,
     timeout: float,
 ) -> None:
     """Replay a dataset in event-time order through the ingest path, under TENANT."""
     from crm.replay import replay as run
     from services.stager.settings import StagerSettings
-    from services.triggers.settings import TriggerSettings
 
     settings = load_settings(StagerSettings)
-    triggers = None if stager_only else load_settings(TriggerSettings)
+    triggers, attribution = _downstream(stager_only, no_attribution)
     report = asyncio.run(run(settings, path, fmt, tenant, None if as_fast else speed, wait, force, timeout, click.echo,
-                             triggers=triggers))  # fmt: skip
+                             triggers=triggers, attribution=attribution))  # fmt: skip
     if not report.skipped and wait:
         who = "the stager has" if stager_only else "every stream service has"
         click.echo(f"{who} applied all {report.accepted} events; clock at {_iso(report.latest_ms)}")
 
 
+def _downstream(stager_only: bool, no_attribution: bool) -> tuple[Any, Any]:
+    """The settings of the services to wait for after the stager (None: not waited for)."""
+    from services.attribution.settings import AttributionSettings
+    from services.triggers.settings import TriggerSettings
+
+    triggers = None if stager_only else load_settings(TriggerSettings)
+    attribution = None if stager_only or no_attribution else load_settings(AttributionSettings)
+    return triggers, attribution
+
+
 @cli.command("wait")
 @click.option("--tenant", required=True)
-@click.option("--stager-only", is_flag=True, help="Wait for the stager alone (no triggers worker runs).")
+@click.option("--stager-only", is_flag=True, help="Wait for the stager alone (no other worker runs).")
+@click.option("--no-attribution", is_flag=True, help="Wait for the stager and the triggers, not attribution.")
 @click.option("--timeout", default=900.0, show_default=True)
-def wait_cmd(tenant: str, stager_only: bool, timeout: float) -> None:
+def wait_cmd(tenant: str, stager_only: bool, no_attribution: bool, timeout: float) -> None:
     """Until every stream service has applied what is on its topics for TENANT and fired the
     timers due by the tenant's latest event time."""
     from crm.replay import wait_applied
     from services.common import keys
     from services.common.clock import tenant_clock
     from services.stager.settings import StagerSettings
-    from services.triggers.settings import TriggerSettings
 
     settings = load_settings(StagerSettings)
-    triggers = None if stager_only else load_settings(TriggerSettings)
+    triggers, attribution = _downstream(stager_only, no_attribution)
 
     async def run() -> int:
         redis = _redis()
@@ -330,7 +386,7 @@ def wait_cmd(tenant: str, stager_only: bool, timeout: float) -> None:
             latest, _ = tenant_clock(await redis.hgetall(keys.shard_clock_key()), tenant)
             if not latest:
                 raise CrmError(f"no event of tenant {tenant!r} has been applied")
-            await wait_applied(settings, redis, tenant, latest, timeout, click.echo, triggers)
+            await wait_applied(settings, redis, tenant, latest, timeout, click.echo, triggers, attribution)
             return latest
         finally:
             await redis.aclose()

@@ -14,6 +14,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
+from services.attribution.app import SOURCE_TOPICS as ATTRIBUTION_TOPICS
+from services.attribution.settings import AttributionSettings
 from services.common import keys
 from services.common.clock import tenant_clock
 from services.common.errors import CrmError
@@ -46,9 +48,12 @@ class Service:
         return f"crm {self.name} worker"
 
 
-def pipeline(stager: StagerSettings, triggers: TriggerSettings | None = None) -> list[Service]:
+def pipeline(
+    stager: StagerSettings, triggers: TriggerSettings | None = None, attribution: AttributionSettings | None = None
+) -> list[Service]:
     """The stream services in the order data flows through them (the triggers read what the
-    stager writes); without `triggers`, the stager alone."""
+    stager writes, attribution what the triggers write); a service whose settings are not given
+    is not waited for."""
     out = [
         Service("stager", f"{stager.stager_group}-events", STAGER_TOPICS,
                 keys.applied_offsets_key(stager.stager_group), keys.shard_clock_key(), keys.timers_key),
@@ -63,6 +68,17 @@ def pipeline(stager: StagerSettings, triggers: TriggerSettings | None = None) ->
                 keys.trigger_clock_key(),
                 keys.trigger_timers_key,
             )  # fmt: skip
+        )
+    if attribution is not None:
+        out.append(
+            Service(
+                "attribution",
+                f"{attribution.attribution_group}-inputs",
+                ATTRIBUTION_TOPICS,
+                keys.applied_offsets_key(attribution.attribution_group),
+                keys.attribution_clock_key(),
+                keys.attribution_timers_key,
+            )
         )
     return out
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from crm.datasets import read_dataset
 from crm.pacing import event_times, plan_chunks
 from crm.pipeline import pipeline, wait_pipeline
+from services.attribution.settings import AttributionSettings
 from services.common.avro import default_codec
 from services.common.constants import REDIS_PREFIX
 from services.common.errors import CrmError
@@ -96,9 +97,11 @@ async def replay(
     timeout: float = 600.0,
     say: Callable[[str], None] = print,
     triggers: TriggerSettings | None = None,
+    attribution: AttributionSettings | None = None,
 ) -> ReplayReport:
     """Produce every event of `path` under `tenant`; with `wait`, return once the stager (and,
-    given `triggers`, the triggers) has applied them and fired the timers due by their time."""
+    given their settings, the triggers and attribution) has applied them and fired the timers
+    due by their time."""
     redis: Any = connect(settings.redis_url)
     ledger = _ledger_key(tenant)
     digest = f"{fmt}:{hashlib.sha256(path.read_bytes()).hexdigest()[:20]}"
@@ -119,7 +122,7 @@ async def replay(
             accepted, latest = await _produce(settings, events, produced, accepted, latest, path.name, speed, progress)
             say(f"produced {len(events) - produced} events; {len(events) - accepted} rejected to crm.events.dlq")
         if wait:
-            await wait_applied(settings, redis, tenant, latest, timeout, say, triggers)
+            await wait_applied(settings, redis, tenant, latest, timeout, say, triggers, attribution)
         return ReplayReport(len(events), accepted, len(events) - accepted, latest, skipped=produced >= len(events))
     finally:
         await redis.aclose()
@@ -174,10 +177,13 @@ async def wait_applied(
     timeout: float,
     say: Callable[[str], None],
     triggers: TriggerSettings | None = None,
+    attribution: AttributionSettings | None = None,
 ) -> None:
-    """Until the stager (and, given `triggers`, the triggers after it) has applied every message
-    now on its topics, its clock for `tenant` stands at `latest_ms` or later, and no timer of
-    the tenant is due by then; at once an error when no worker of a service is consuming."""
-    await wait_pipeline(pipeline(settings, triggers), bootstrap=settings.kafka_bootstrap, redis=redis, tenant=tenant,
+    """Until the stager (and, given their settings, the triggers and attribution after it) has
+    applied every message now on its topics, its clock for `tenant` stands at `latest_ms` or
+    later, and no timer of the tenant is due by then; at once an error when no worker of a
+    service is consuming."""
+    services = pipeline(settings, triggers, attribution)
+    await wait_pipeline(services, bootstrap=settings.kafka_bootstrap, redis=redis, tenant=tenant,
                         latest_ms=latest_ms, timeout=timeout, partitions=settings.partitions, say=say,
                         retrying=_retrying)  # fmt: skip

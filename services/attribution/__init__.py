@@ -1,2 +1,4 @@
-"""Attribution service: which outreach produced which orders, against the control group (not
-written yet; the package holds its place in the layout)."""
+"""Attribution service: which outreach produced which orders, measured against the control group.
+
+`model` holds the definitions (pure), `readout` a campaign's figures, `engine` the worker on the
+shared stream loop."""

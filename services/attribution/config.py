@@ -27,12 +27,12 @@ class _Strict(BaseModel):
 
 
 class RuleWindow(_Strict):
-    attribution_window_days: float = Field(gt=0, le=366)
+    attribution_window_days: int = Field(ge=1, le=366)
 
 
 class AttributionConfig(_Strict):
     # (touch time, touch time + W]: the orders a trial can convert with
-    attribution_window_days: float = Field(7.0, gt=0, le=366)
+    attribution_window_days: int = Field(7, ge=1, le=366)
     # which treatment touch an order's attribution record credits when several windows hold it
     model: Literal["last_touch", "first_touch"] = "last_touch"
     # what one message costs on each channel (currency units), counted for every treatment trial

@@ -22,6 +22,9 @@ __all__ = [
     "TOPIC_TRIGGERS_OUTREACH",
     "TOPIC_TRIGGERS_REMINDERS",
     "TOPIC_TRIGGERS_SUPPRESSED",
+    "checked_cents",
+    "checked_tenant",
+    "checked_time",
     "TopicSpec",
     "event_topic",
     "REDIS_PREFIX",
@@ -47,6 +50,27 @@ REDIS_PREFIX = "crm:"
 # below 10^11 currency units; an input outside is dead-lettered by every service alike.
 MAX_TIME_MS = 10**14
 MAX_AMOUNT_CENTS = 10**13
+
+
+def checked_time(ms: int) -> int:
+    """`ms` if the states can hold it; ValueError (a dead letter) otherwise."""
+    if not 0 <= ms < MAX_TIME_MS:
+        raise ValueError(f"out of range: event time {ms}")
+    return ms
+
+
+def checked_cents(amount: float) -> int:
+    """An amount in currency units as whole cents; ValueError for a negative, huge or NaN one."""
+    if not 0 <= amount * 100 < MAX_AMOUNT_CENTS:  # also false for NaN
+        raise ValueError(f"out of range: amount {amount}")
+    return round(amount * 100)
+
+
+def checked_tenant(tenant: str) -> str:
+    """`tenant` if it can lead a Redis key (which it does up to a ':')."""
+    if ":" in tenant:
+        raise ValueError("out of range: a tenant must not contain ':'")
+    return tenant
 
 
 def event_topic(event_type: str) -> str:

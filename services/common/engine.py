@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from services.common.avro import Codec
 from services.common.clock import EventClock, merge_shard_clocks
@@ -44,7 +45,7 @@ from services.common.fence import OffsetFence
 from services.common.messages import Message
 from services.common.metrics import LoopMetrics
 from services.common.outbox import Outbox, SentSince
-from services.common.redisbatch import HSET_MANY
+from services.common.redisbatch import HGET_MANY, HSET_MANY
 
 __all__ = ["Batch", "DeadLetters", "Group", "LoopSettings", "StreamEngine", "Timed", "WritePlan"]
 
@@ -67,6 +68,7 @@ class Timed(Protocol):
 
 
 In = TypeVar("In", bound=Timed)
+T = TypeVar("T")
 
 
 class LoopSettings(Protocol):
@@ -323,6 +325,25 @@ class StreamEngine(Generic[In]):
             msg = Message(topic, int(partition), int(offset), self.values.get(item.origin, b""))
             ident, entry = dead_letter(self.codec, self.source, msg, reason)
             dead.setdefault(shard, {})[ident] = entry
+
+    async def transact(self, names: list[str], build: Callable[[list[bytes | None], Any], T]) -> T:
+        """Read field `s` of the hashes `names` (customer states) WATCHed, let `build(values,
+        pipe)` decide and queue its writes on `pipe` (already in MULTI), and EXEC. If another
+        worker (holding a partition briefly during a rebalance) wrote one of them in between,
+        nothing is written and `build` runs again on the new values: no customer is decided twice."""
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    values: list[bytes | None] = []
+                    if names:
+                        await pipe.watch(*names)
+                        values = list(await pipe.eval(HGET_MANY, len(names), *names))
+                    pipe.multi()
+                    result = build(values, pipe)
+                    await pipe.execute()
+                    return result
+                except WatchError:
+                    self.metrics.conflicts.inc()
 
     def queue_loop_writes(self, pipe: Any, offsets: dict[str, int], dead: DeadLetters) -> None:
         """The loop's part of a batch's MULTI: the clocks, the dead letters, the new fence."""

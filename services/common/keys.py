@@ -7,6 +7,12 @@ from services.common.constants import REDIS_PREFIX
 
 __all__ = [
     "applied_offsets_key",
+    "attribution_clock_key",
+    "attribution_outbox_key",
+    "attribution_state_key",
+    "attribution_timers_key",
+    "campaign_key",
+    "campaigns_key",
     "clock_key",
     "counts_key",
     "customer_key",
@@ -84,3 +90,33 @@ def trigger_outbox_key(shard: int) -> str:
 def trigger_clock_key() -> str:
     """Hash "<tenant>|<shard>" -> "<latest event time>:<watermark>" of the trigger engine's clock."""
     return f"{REDIS_PREFIX}trg:clock"
+
+
+def attribution_state_key(tenant: str, customer: str) -> str:
+    """Hash holding one customer's attribution state (field `s`): touches, orders, activity."""
+    return f"{REDIS_PREFIX}a:{{{tenant}:{customer}}}"
+
+
+def attribution_timers_key(tenant: str, shard: int) -> str:
+    """Sorted set of customers by when attribution needs them again (a window ends, ...)."""
+    return f"{REDIS_PREFIX}attr:timers:{tenant}:{shard}"
+
+
+def attribution_outbox_key(shard: int) -> str:
+    """Hash record id -> attribution record not yet confirmed on Kafka."""
+    return f"{REDIS_PREFIX}attr:outbox:{shard}"
+
+
+def attribution_clock_key() -> str:
+    """Hash "<tenant>|<shard>" -> "<latest event time>:<watermark>" of attribution's clock."""
+    return f"{REDIS_PREFIX}attr:clock"
+
+
+def campaigns_key(tenant: str) -> str:
+    """Hash campaign id -> "<rule>|<window days>" of every campaign with a trial."""
+    return f"{REDIS_PREFIX}attr:campaigns:{tenant}"
+
+
+def campaign_key(tenant: str, campaign: str) -> str:
+    """Hash of a campaign's counters, "<final|open>|<group>|<measure>" -> sum over its trials."""
+    return f"{REDIS_PREFIX}attr:campaign:{tenant}:{campaign}"

@@ -48,6 +48,11 @@ class LoopMetrics:
         self.late = Counter(f"{name}{late}", "Inputs read after the watermark had passed them", registry=registry)
         self.invalid = Counter(f"{name}invalid_messages", "Messages sent to the DLQ", registry=registry)
         self.timers_fired = Counter(f"{name}{timers}", timers_help, registry=registry)
+        self.conflicts = Counter(
+            f"{name}write_conflicts",
+            "Batches decided again because another worker wrote one of their customers first",
+            registry=registry,
+        )
         self.watermark = Gauge(f"{name}watermark_seconds", "Event-time watermark", ["tenant"], registry=registry)
         self.batch = Histogram(
             f"{name}batch_duration_seconds",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from services.common.constants import MAX_AMOUNT_CENTS, MAX_TIME_MS
+from services.common.constants import checked_cents, checked_tenant, checked_time
 from services.common.times import epoch_ms
 from services.stager.rules import Fact, Kind
 
@@ -40,9 +40,7 @@ def to_fact(schema: str, record: dict[str, Any], origin: str = "") -> tuple[str,
     """The fact an event means for the stage rules; None for events no rule reads (profile).
     ValueError for values the state cannot hold (a time before 1970, a negative amount).
     `origin` says where the record was read ("<topic>|<partition>|<offset>")."""
-    time = to_millis(record["event_time"])
-    if not 0 <= time < MAX_TIME_MS:
-        raise ValueError(f"out of range: event_time {time}")
+    time = checked_time(to_millis(record["event_time"]))
     event_id = record["event_id"]
     if schema == "crm.events.Browse":
         fact = Fact(event_id, Kind.BROWSE, time, origin=origin)
@@ -55,15 +53,13 @@ def to_fact(schema: str, record: dict[str, Any], origin: str = "") -> tuple[str,
             kind = Kind.JOIN if record["target_type"] in _JOIN_TARGETS else Kind.FAVOURITE
         fact = Fact(event_id, kind, time, origin=origin)
     elif schema == "crm.events.Order":
-        amount = record["amount"]
-        if not 0 <= amount * 100 < MAX_AMOUNT_CENTS:  # also false for NaN
-            raise ValueError(f"out of range: amount {amount}")
+        cents = checked_cents(record["amount"])
         fact = Fact(
             event_id,
             _ORDER[record["status"]],
             time,
             _order_key(record["order_id"]),
-            round(amount * 100),
+            cents,
             record.get("referrer_customer_id"),
             origin,
         )
@@ -71,6 +67,4 @@ def to_fact(schema: str, record: dict[str, Any], origin: str = "") -> tuple[str,
         fact = Fact(event_id, Kind.REFERRAL_CREDIT, time, origin=origin)
     else:
         return None
-    if ":" in record["tenant"]:  # it leads the customer's Redis key, up to a ':'
-        raise ValueError("out of range: a tenant must not contain ':'")
-    return record["tenant"], record["customer_id"], fact
+    return checked_tenant(record["tenant"]), record["customer_id"], fact

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from services.common import keys
 from services.common.avro import Codec
@@ -35,7 +34,6 @@ from services.common.constants import (
 from services.common.engine import Batch, DeadLetters, StreamEngine, WritePlan
 from services.common.outbox import SentSince, pack
 from services.common.produce import Send
-from services.common.redisbatch import HGET_MANY
 from services.triggers.config import TriggerConfig
 from services.triggers.domain import (
     Decision,
@@ -205,39 +203,24 @@ class TriggerEngine(StreamEngine[Input]):
         WATCHed: if another worker (during a rebalance) wrote one in between, all is undone and
         decided again on the new state, so two workers never decide the same cause twice."""
         names = [keys.trigger_state_key(t, c) for t, c, _ in wanted]
-        while True:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    if names:
-                        await pipe.watch(*names)
-                        raw = await pipe.eval(HGET_MANY, len(names), *names)
-                    else:
-                        raw = []
-                    customers = [
-                        _Customer(t, c, shard, decode_state(data) if data else TriggerState())
-                        for (t, c, shard), data in zip(wanted, raw, strict=True)
-                    ]
-                    for cust in customers:
-                        decide(cust)
-                    outbox = self._queue(pipe, customers, offsets, dead)
-                    await pipe.execute()
-                except WatchError:
-                    self.metrics.conflicts.inc()
-                    continue
-            break
+
+        def build(values: list[bytes | None], pipe: Any) -> tuple[list[_Customer], DeadLetters]:
+            customers = [
+                _Customer(t, c, shard, decode_state(data) if data else TriggerState())
+                for (t, c, shard), data in zip(wanted, values, strict=True)
+            ]
+            for cust in customers:
+                decide(cust)
+            plan = self._plan(customers)
+            plan.queue(pipe)
+            self.outbox.queue(pipe, plan.outbox)
+            self.queue_loop_writes(pipe, offsets, dead)
+            return customers, plan.outbox
+
+        customers, outbox = await self.transact(names, build)
         if outbox:
             await self.outbox.send(outbox)
             self._count(customers)
-
-    def _queue(self, pipe: Any, customers: list[_Customer], offsets: dict[str, int], dead: DeadLetters) -> DeadLetters:
-        """Queue every write of a batch on `pipe` (then in MULTI); returns the decisions' outbox
-        entries (the dead letters are the loop's to send)."""
-        plan = self._plan(customers)
-        pipe.multi()
-        plan.queue(pipe)
-        self.outbox.queue(pipe, plan.outbox)
-        self.queue_loop_writes(pipe, offsets, dead)
-        return plan.outbox
 
     def _plan(self, customers: list[_Customer]) -> WritePlan:
         """States, timer sets, and the decisions for the outbox."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.constants import MAX_AMOUNT_CENTS, MAX_TIME_MS
+from services.common.constants import checked_cents, checked_tenant, checked_time
 from services.common.times import epoch_ms
 from services.triggers.domain import CartIn, Input, OrderIn, ProfileIn, TransitionIn
 
@@ -26,10 +26,9 @@ def to_input(schema: str, record: dict[str, Any], origin: str = "") -> tuple[str
     ValueError for an event time or an amount the engines cannot work with (the stager refuses
     the same, so both services agree on what an order is). `origin`: where it was read."""
     found = _to_input(schema, record, origin)
-    if found is not None and not 0 <= found[2].time < MAX_TIME_MS:
-        raise ValueError(f"out of range: event time {found[2].time}")
-    if found is not None and ":" in found[0]:  # it leads the customer's Redis key, up to a ':'
-        raise ValueError("out of range: a tenant must not contain ':'")
+    if found is not None:
+        checked_time(found[2].time)
+        checked_tenant(found[0])
     return found
 
 
@@ -45,9 +44,7 @@ def _to_input(schema: str, record: dict[str, Any], origin: str) -> tuple[str, st
             origin,
         )
     elif schema == "crm.events.Order":
-        amount = record["amount"]
-        if not 0 <= amount * 100 < MAX_AMOUNT_CENTS:  # also false for NaN
-            raise ValueError(f"out of range: amount {amount}")
+        checked_cents(record["amount"])
         item = OrderIn(record["event_id"], record["order_id"], record["status"], millis(record["event_time"]), origin)
     elif schema == "crm.events.Cart":
         item = CartIn(record["event_id"], record["action"], millis(record["event_time"]), origin)

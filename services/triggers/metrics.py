@@ -11,7 +11,7 @@ __all__ = ["TriggerMetrics"]
 
 class TriggerMetrics(LoopMetrics):
     """The loop's metrics (crm_triggers_...) and the triggers' own: decisions, inputs, owned
-    shards and timer backlog, outbox recoveries, write conflicts and decision latency."""
+    shards and timer backlog, outbox recoveries and decision latency."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__(registry, "triggers", late="late_inputs", timers="timer_customers")
@@ -34,11 +34,6 @@ class TriggerMetrics(LoopMetrics):
             f"{PREFIX}triggers_outbox_recovered",
             "Decisions left in the outbox by a crash: found already on Kafka, or sent now",
             ["outcome"],
-            registry=registry,
-        )
-        self.conflicts = Counter(
-            f"{PREFIX}triggers_write_conflicts",
-            "Batches decided again because another worker wrote one of their customers first",
             registry=registry,
         )
         self.latency = Histogram(
