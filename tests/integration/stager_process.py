@@ -1,4 +1,4 @@
-"""Start and stop real worker processes (stager, triggers) against a test stack."""
+"""Start and stop real worker processes (stager, triggers, attribution, ingest) against a test stack."""
 
 import os
 import subprocess
@@ -85,6 +85,14 @@ class TriggersProcess(WorkerProcess):
     ) -> None:
         env = {"CRM_TRIGGERS_GROUP": group, "CRM_TRIGGERS_WEB_PORT": str(port), **(env or {})}
         super().__init__("services.triggers", stack, port, log_path, env)
+
+
+class AttributionProcess(WorkerProcess):
+    def __init__(
+        self, stack: StackInfo, group: str, port: int, log_path: Path, env: Mapping[str, str] | None = None
+    ) -> None:
+        env = {"CRM_ATTRIBUTION_GROUP": group, "CRM_ATTRIBUTION_WEB_PORT": str(port), **(env or {})}
+        super().__init__("services.attribution", stack, port, log_path, env)
 
 
 class IngestProcess(WorkerProcess):
