@@ -28,7 +28,7 @@ async def decision_counts(bootstrap: str, tenant: str) -> Counter[tuple[str, str
     counts: Counter[tuple[str, str]] = Counter()
     for topic in TRIGGER_TOPICS:
         async for record in read_topic(bootstrap, topic, codec, idle_timeout=1.0):
-            if record.get("tenant") == tenant:
+            if record.get("tenant") == tenant and "trigger_id" in record:  # not the triggers' progress
                 outcome = f"suppressed: {record['suppressed']}" if record["suppressed"] else "sent"
                 counts[(record["rule"], outcome)] += 1
     return counts

@@ -19,7 +19,7 @@ __all__ = ["AttributionConfig", "RuleWindow", "load_attribution_config"]
 
 DAY_MS = 86_400_000
 Channel = Literal["sms", "email", "push", "in_app"]
-_CHANNEL_COSTS: dict[Channel, float] = {"sms": 0.05, "email": 0.01, "push": 0.001, "in_app": 0.0}
+_CHANNEL_COSTS: dict[Channel, float] = {"sms": 0.05, "email": 0.01, "push": 0.0, "in_app": 0.0}
 
 
 class _Strict(BaseModel):

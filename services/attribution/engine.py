@@ -84,6 +84,7 @@ class AttributionEngine(StreamEngine[Input]):
             timers_key=keys.attribution_timers_key,
             shards=shards or (lambda: range(settings.partitions)),
             fields=FIELDS,
+            follow_upstream=settings.attribution_follow_triggers,
         )
         self.config = config
         self.first_touch = config.model == "first_touch"

@@ -48,7 +48,7 @@ class Figures:
 class Readout:
     campaign_id: str
     rule: str
-    window_days: float
+    window_days: int
     treatment: Figures
     control: Figures
     interacting: Figures
@@ -134,7 +134,7 @@ def _figures(counters: Mapping[str, int], bucket: str, statuses: tuple[str, ...]
 
 
 def readout(
-    campaign_id: str, counters: Mapping[str, int], *, rule: str = "", window_days: float = 7.0, final_only: bool = False
+    campaign_id: str, counters: Mapping[str, int], *, rule: str = "", window_days: int = 7, final_only: bool = False
 ) -> Readout:
     """The readout of a campaign from its counters; `final_only`: only trials whose window ended."""
     statuses = ("final",) if final_only else ("final", "open")

@@ -24,6 +24,9 @@ class AttributionSettings(CommonSettings):
     timer_interval_seconds: float = Field(0.5, gt=0)
     # how old an outbox entry must be before a worker taking over its shard treats it as left by a crash
     outbox_grace_seconds: float = Field(10.0, ge=0)
+    # a shard's event time passes only what the triggers declared complete on it (their progress
+    # records), so no touch arrives after its time; off: follow the inputs alone
+    attribution_follow_triggers: bool = True
 
     @property
     def lateness_ms(self) -> int:

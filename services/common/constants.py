@@ -108,6 +108,11 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(TOPIC_TRIGGERS_COUPONS, "crm.triggers.Trigger", "coupon actions"),
     TopicSpec(TOPIC_TRIGGERS_REMINDERS, "crm.triggers.Trigger", "unpaid-order, cart and repurchase reminders"),
     TopicSpec(TOPIC_TRIGGERS_OUTREACH, "crm.triggers.Trigger", "welcome, VIP, win-back, referral, birthday"),
-    TopicSpec(TOPIC_TRIGGERS_SUPPRESSED, "crm.triggers.Trigger", "decisions suppressed by a guardrail"),
+    TopicSpec(
+        TOPIC_TRIGGERS_SUPPRESSED,
+        "crm.triggers.Trigger",
+        "decisions suppressed by a guardrail (and the triggers' progress per partition)",
+        also=("crm.stage.Progress",),
+    ),
     TopicSpec(TOPIC_ATTRIBUTION, "crm.attribution.Attribution", "orders attributed to outreach"),
 )

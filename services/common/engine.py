@@ -45,7 +45,9 @@ from services.common.fence import OffsetFence
 from services.common.messages import Message
 from services.common.metrics import LoopMetrics
 from services.common.outbox import Outbox, SentSince
+from services.common.produce import SendTo
 from services.common.redisbatch import HGET_MANY, HSET_MANY
+from services.common.times import epoch_ms
 
 __all__ = ["Batch", "DeadLetters", "Group", "LoopSettings", "StreamEngine", "Timed", "WritePlan"]
 
@@ -151,7 +153,7 @@ class StreamEngine(Generic[In]):
       carries `queue_loop_writes(pipe, batch.offsets, batch.dead)`;
     - `fire(tenant, shard, watermark, customers, dead)`: the same for customers whose timers
       are due (no offsets);
-    - optionally `control` (records that only move clocks), `new_clock`, `on_start` and
+    - optionally `control` (records that are not inputs), `new_clock`, `on_start` and
       `after_tick`.
     """
 
@@ -172,6 +174,9 @@ class StreamEngine(Generic[In]):
         shards: Callable[[], Iterable[int]],
         fields: dict[str, tuple[str, ...]] | None = None,
         on_recovered: Callable[[int, int], None] | None = None,
+        follow_upstream: bool = False,
+        progress_topic: str | None = None,
+        send_to: SendTo | None = None,
     ) -> None:
         """`redis` answers bytes (decode_responses=False); `codec` decodes the input topics
         (only `fields` of the schemas named there); `group` names the applied-offset fence;
@@ -179,7 +184,10 @@ class StreamEngine(Generic[In]):
         `sent_since` finds what a crash left already sent; `outbox_key(shard)`, `clock_key` (a
         hash "<tenant>|<shard>" -> "<latest>:<watermark>") and `timers_key(tenant, shard)` (a
         sorted set of customers by due time) are the Redis keys of the service; `shards()` are
-        the partitions this worker owns now."""
+        the partitions this worker owns now. With `follow_upstream`, a shard's time never passes
+        what the service upstream declared complete on it (its `crm.stage.Progress` records);
+        with `progress_topic` and `send_to(topic, partition, value)`, this service declares its
+        own the same way after every tick."""
         self.redis: Any = redis  # redis-py's annotations do not know the bytes/str mode
         self.codec = codec
         self.read = codec.reader(fields or {})
@@ -195,6 +203,10 @@ class StreamEngine(Generic[In]):
         self.clocks: dict[str, EventClock] = {}
         self.behind: Collection[tuple[str, int]] = ()  # as of the last batch
         self.values: dict[str, bytes] = {}  # origin -> bytes of this batch's messages (for dead letters)
+        self.follow_upstream = follow_upstream
+        self.progress_topic = progress_topic
+        self.send_to = send_to
+        self.marked: dict[tuple[str, int], int] = {}  # (tenant, shard) -> the last progress declared
         # dead letters (and the service's own records) go out through an outbox written with the
         # fence: once, even across crashes
         self.outbox = Outbox(
@@ -213,8 +225,16 @@ class StreamEngine(Generic[In]):
         raise NotImplementedError
 
     def control(self, shard: int, schema: str, record: dict[str, Any]) -> bool:
-        """Take a record that is not an input (e.g. another service's progress); True if taken."""
-        return False
+        """Take a record that is not an input; True if taken. An upstream service's progress moves
+        the shard's ceiling (when following it)."""
+        if schema != "crm.stage.Progress":
+            return False
+        if self.follow_upstream:
+            clock = self.clocks.get(record["tenant"])
+            if clock is None:
+                clock = self.clocks[record["tenant"]] = self.new_clock()
+            clock.ceil(shard, epoch_ms(record["watermark"]))
+        return True
 
     async def apply(self, batch: Batch[In]) -> None:
         raise NotImplementedError
@@ -223,7 +243,7 @@ class StreamEngine(Generic[In]):
         raise NotImplementedError
 
     def new_clock(self) -> EventClock:
-        return EventClock()
+        return EventClock(ceilings={} if self.follow_upstream else None)
 
     async def on_start(self) -> None:
         """Checks before the first batch (the fence and the clocks are loaded by then)."""
@@ -386,11 +406,31 @@ class StreamEngine(Generic[In]):
                     if shard in clock.shards:
                         fired += await self._fire(tenant, shard, clock.shards[shard].watermark)
             await self.after_tick(owned)
+            await self._progress(owned)
             if self.clocks:
                 async with self.redis.pipeline(transaction=True) as pipe:
                     self.write_clocks(pipe)
                     await pipe.execute()
         return fired
+
+    async def _progress(self, owned: set[int]) -> None:
+        """After the timers: for each owned shard whose watermark moved, a progress record on its
+        partition of the progress topic, behind every record this service wrote up to that time."""
+        if self.send_to is None or self.progress_topic is None:
+            return
+        pending, written = [], {}
+        for tenant, clock in self.clocks.items():
+            for shard in owned:
+                state = clock.shards.get(shard)
+                if state is None or state.watermark <= self.marked.get((tenant, shard), 0):
+                    continue
+                record = {"tenant": tenant, "partition": shard, "watermark": state.watermark, "source": self.source}
+                value = self.codec.encode("crm.stage.Progress", record)
+                pending.append(await self.send_to(self.progress_topic, shard, value))
+                written[(tenant, shard)] = state.watermark
+        if pending:
+            await asyncio.gather(*pending)
+            self.marked.update(written)
 
     async def _fire(self, tenant: str, shard: int, watermark: int) -> int:
         """Every customer of `shard` with a timer due at or before `watermark`, 500 at a time."""

@@ -108,11 +108,11 @@ class Engine(StreamEngine[Fact]):
             timers_key=keys.timers_key,
             shards=shards or (lambda: range(settings.partitions)),
             fields=FIELDS,
+            progress_topic=TOPIC_STAGE_TRANSITIONS,
+            send_to=send_to,
         )
         self.send_many = send_many
-        self.send_to = send_to
         self.rules = rules
-        self.marked: dict[tuple[str, int], int] = {}  # (tenant, shard) -> last progress written
 
     def to_input(self, schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Fact] | None:
         return to_fact(schema, record, origin)
@@ -155,9 +155,6 @@ class Engine(StreamEngine[Fact]):
         await self._write(customers, batch.offsets, batch.dead)
 
     # --- timers ------------------------------------------------------------------------------
-    async def after_tick(self, owned: set[int]) -> None:
-        await self._progress(owned)
-
     async def fire(self, tenant: str, shard: int, watermark: int, customers: list[str], dead: DeadLetters) -> None:
         """Customers of `shard` with a timer or a pending fact due at or before `watermark`."""
         loaded = await self._load([(tenant, c, shard) for c in customers])
@@ -187,25 +184,6 @@ class Engine(StreamEngine[Fact]):
         for fact in outcome.applied:
             cust.seen = remember(cust.seen, fact.time, fingerprint(fact.event_id), cust.state.clock, horizon, limit)
         return outcome.late
-
-    async def _progress(self, owned: set[int]) -> None:
-        """After the timers: for each owned shard whose watermark moved, a progress record on its
-        transitions partition, behind every transition up to that watermark."""
-        if self.send_to is None:
-            return
-        pending, written = [], {}
-        for tenant, clock in self.clocks.items():
-            for shard in owned:
-                state = clock.shards.get(shard)
-                if state is None or state.watermark <= self.marked.get((tenant, shard), 0):
-                    continue
-                record = {"tenant": tenant, "partition": shard, "watermark": state.watermark, "source": self.source}
-                value = self.codec.encode("crm.stage.Progress", record)
-                pending.append(await self.send_to(TOPIC_STAGE_TRANSITIONS, shard, value))
-                written[(tenant, shard)] = state.watermark
-        if pending:
-            await asyncio.gather(*pending)
-            self.marked.update(written)
 
     # --- redis and kafka ---------------------------------------------------------------------
     async def _load(self, wanted: list[tuple[str, str, int]]) -> list[_Customer]:

@@ -59,6 +59,7 @@ def create_app(
         metrics=TriggerMetrics(registry),
         sent_since=kafka_sent_since(settings.kafka_bootstrap, codec),
         shards=lambda: kafka.owned(SOURCE_TOPICS),
+        send_to=kafka.send_to,
     )
     serve_engine(app, engine=engine, clients=kafka, consumer_group=f"{settings.triggers_group}-inputs",
                  topics=SOURCE_TOPICS, settings=settings, health=Health("triggers"), redis=redis,

@@ -5,13 +5,13 @@ cart adds, profiles). A rule whose cause is a transition decides at once (or aft
 the others register a timer that fires when the event-time watermark reaches it. Every
 decision passes the guardrails in this order, the first that holds suppressing it with its
 reason: consent for the channel ("consent"), quiet hours in the customer's zone ("quiet_hours"
-when the rule drops, otherwise delivery is deferred to the end of the quiet hours), the global
-control group ("holdout:global"), the campaign's control group ("holdout") and the channel's
-frequency caps at the delivery time ("frequency_cap"). Held-out customers are chosen before the
-caps, so the control group is drawn from the same reachable customers as the treated group, and
-their records carry the delivery time a send would have had (quiet hours applied): attribution
-starts both groups' windows at that time. A decision is made at most once per (rule, customer,
-cause).
+when the rule drops, otherwise delivery is deferred to the end of the quiet hours), the channel's
+frequency caps at the delivery time ("frequency_cap"), the global control group
+("holdout:global") and the campaign's control group ("holdout"). Every guardrail but the control
+groups comes first, and a held-out decision takes the cap slot its send would have taken, so the
+control group is thinned exactly as the treated group is; its records carry the delivery time a
+send would have had (quiet hours applied): attribution starts both groups' windows at that time.
+A decision is made at most once per (rule, customer, cause).
 """
 
 from __future__ import annotations
@@ -443,7 +443,9 @@ def decide(
     state.decided = [short, *state.decided][:DECIDED_LIMIT]
     g = config.guardrails
     reason, deliver = _guard(state, rule, at, g, tenant, customer)
-    if reason is None and rule.capped:
+    # a held-out decision takes the cap slot its send would have taken, so that the caps thin
+    # both groups alike (else treated trials near other sends drop out and bias the comparison)
+    if reason in (None, "holdout", "holdout:global") and rule.capped:
         sends = [t for t in state.sends.get(rule.channel, []) if abs(t - deliver) < _longest(g)]
         state.sends[rule.channel] = sorted([*sends, deliver])
     return Decision(tid, rule, cause, at, deliver, reason)
@@ -462,18 +464,18 @@ def _guard(
             if rule.quiet_hours == "drop":
                 return "quiet_hours", at
             deliver = until
-    # a held-out customer's record carries the time the message would have gone out, so that
-    # attribution measures both groups from the same moment
-    if holdout_unit(tenant, customer, "global") < g.global_holdout_share:
-        return "holdout:global", deliver
-    if holdout_unit(tenant, customer, f"campaign:{rule.campaign}") < g.holdout_share:
-        return "holdout", deliver
     if rule.capped:
         sent = state.sends.get(rule.channel, [])
         for cap in g.caps:
             window = int(cap.window_seconds * 1000)
             if sum(1 for t in sent if abs(t - deliver) < window) >= cap.max:
                 return "frequency_cap", deliver
+    # a held-out customer's record carries the time the message would have gone out, so that
+    # attribution measures both groups from the same moment
+    if holdout_unit(tenant, customer, "global") < g.global_holdout_share:
+        return "holdout:global", deliver
+    if holdout_unit(tenant, customer, f"campaign:{rule.campaign}") < g.holdout_share:
+        return "holdout", deliver
     return None, deliver
 
 

@@ -24,7 +24,6 @@ from redis.asyncio import Redis
 
 from services.common import keys
 from services.common.avro import Codec
-from services.common.clock import EventClock
 from services.common.constants import (
     TOPIC_TRIGGERS_COUPONS,
     TOPIC_TRIGGERS_OUTREACH,
@@ -33,7 +32,7 @@ from services.common.constants import (
 )
 from services.common.engine import Batch, DeadLetters, StreamEngine, WritePlan
 from services.common.outbox import SentSince, pack
-from services.common.produce import Send
+from services.common.produce import Send, SendTo
 from services.triggers.config import TriggerConfig
 from services.triggers.domain import (
     Decision,
@@ -41,7 +40,7 @@ from services.triggers.domain import (
     is_repeat,
     take,
 )
-from services.triggers.inputs import FIELDS, millis, to_input
+from services.triggers.inputs import FIELDS, to_input
 from services.triggers.metrics import TriggerMetrics
 from services.triggers.settings import TriggerSettings
 from services.triggers.state import TriggerState, decode_state, encode_state
@@ -85,9 +84,11 @@ class TriggerEngine(StreamEngine[Input]):
         metrics: TriggerMetrics,
         sent_since: SentSince,
         shards: Callable[[], Iterable[int]] | None = None,
+        send_to: SendTo | None = None,
     ) -> None:
         """`send(topic, key, value)` produces; `sent_since` finds outbox records already on
-        Kafka; `shards()` are the partitions this worker owns (default: every partition)."""
+        Kafka; `shards()` are the partitions this worker owns (default: every partition);
+        `send_to(topic, partition, value)` writes the progress records (None: none written)."""
         super().__init__(
             redis=redis,
             codec=codec,
@@ -103,14 +104,13 @@ class TriggerEngine(StreamEngine[Input]):
             shards=shards or (lambda: range(settings.partitions)),
             fields=FIELDS,
             on_recovered=self._recovered,
+            # a shard's time passes only what the stager declared complete on it, so no transition
+            # comes after its time; the triggers declare theirs on the suppressed topic in turn
+            follow_upstream=settings.triggers_follow_stager,
+            progress_topic=TOPIC_TRIGGERS_SUPPRESSED,
+            send_to=send_to,
         )
         self.config = config
-        self.follow_stager = settings.triggers_follow_stager
-
-    def new_clock(self) -> EventClock:
-        # Following the stager: a shard's time passes only what the stager declared complete on
-        # it (crm.stage.Progress on the transitions topic), so no transition comes after its time.
-        return EventClock(ceilings={} if self.follow_stager else None)
 
     def _recovered(self, already_sent: int, sent_now: int) -> None:
         self.metrics.recovered.labels("already_sent").inc(already_sent)
@@ -118,15 +118,6 @@ class TriggerEngine(StreamEngine[Input]):
 
     def to_input(self, schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Input] | None:
         return to_input(schema, record, origin)
-
-    def control(self, shard: int, schema: str, record: dict[str, Any]) -> bool:
-        if schema != "crm.stage.Progress":
-            return False
-        clock = self.clocks.get(record["tenant"])
-        if clock is None:
-            clock = self.clocks[record["tenant"]] = self.new_clock()
-        clock.ceil(shard, millis(record["watermark"]))
-        return True
 
     # --- messages ----------------------------------------------------------------------------
     async def apply(self, batch: Batch[Input]) -> None:

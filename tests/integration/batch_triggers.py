@@ -137,20 +137,21 @@ def guard(
     shares: tuple[float, float],
 ) -> tuple[str | None, int]:
     """(suppressed reason or None, deliver_after) of one decision through the guardrails in the
-    documented order: consent (no consent data: opted in), global control group, campaign
-    control group, quiet hours (every rule here defers), the channel's frequency caps at the
-    delivery time. A delivery is recorded in `sends` (channel -> delivery times)."""
+    documented order: consent (no consent data: opted in), quiet hours (every rule here defers),
+    the channel's frequency caps at the delivery time, global control group, campaign control
+    group. A delivery, or the delivery a held-out decision would have been, is recorded in
+    `sends` (channel -> delivery times)."""
     holdout, global_holdout = shares
     deliver = quiet_deferral(at)
-    if holdout_unit(tenant, customer, "global") < global_holdout:
-        return "holdout:global", deliver
-    if holdout_unit(tenant, customer, f"campaign:{rule.replace('_', '-')}") < holdout:
-        return "holdout", deliver
     sent = sends[CHANNELS[rule]]
     # deliveries of one customer never go back in time, so the window ends at this delivery
     if any(sum(1 for s in sent if deliver - s < window) >= most for window, most in CAPS):
         return "frequency_cap", deliver
     sent.append(deliver)
+    if holdout_unit(tenant, customer, "global") < global_holdout:
+        return "holdout:global", deliver
+    if holdout_unit(tenant, customer, f"campaign:{rule.replace('_', '-')}") < holdout:
+        return "holdout", deliver
     return None, deliver
 
 

@@ -163,7 +163,7 @@ async def _outputs(
     decisions: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
     for topic in DECISIONS:
         async for r in read_topic(bootstrap, topic, codec, idle_timeout=2.0):
-            if r.get("tenant") in tenants:
+            if r.get("tenant") in tenants and "trigger_id" in r:  # not the triggers' progress
                 decisions[r["tenant"]].append(r)
     return transitions, decisions
 

@@ -93,7 +93,7 @@ async def outputs(stack: StackInfo, tenant: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for topic in OUTPUTS:
         async for record in read_topic(stack.kafka_bootstrap, topic, codec, idle_timeout=1.0):
-            if record.get("tenant") == tenant:
+            if record.get("tenant") == tenant and "trigger_id" in record:  # not the triggers' progress
                 out.append({**record, "_topic": topic})
     return out
 

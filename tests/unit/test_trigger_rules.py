@@ -306,11 +306,16 @@ def test_holdout_share_within_one_point_over_100k_customers() -> None:
     assert other != same and len(other & same) < len(same) / 2
 
 
-def test_held_out_customers_get_a_holdout_record_and_use_no_cap() -> None:
-    config = cfg(holdout_share=1.0)
-    state = TriggerState()
-    out = run(state, [tr("considering")], config)
-    assert out[0].suppressed == "holdout" and not state.sends
+def test_held_out_customers_get_a_holdout_record_and_take_the_cap_slot_a_send_would() -> None:
+    """So the caps thin the control group exactly as the treated one: the next decision on the
+    channel within a day is capped in both groups."""
+    for config in (cfg(holdout_share=1.0), cfg()):
+        state = TriggerState()
+        first = run(state, [tr("considering")], config)
+        assert first[0].suppressed == ("holdout" if config.guardrails.holdout_share else None)
+        assert state.sends == {first[0].rule.channel: [first[0].deliver_after]}
+        second = run(state, [tr("considering", tid="tr2", frm="aware", at=NOON + HOUR)], config)
+        assert [d.suppressed for d in second] == ["frequency_cap"] * len(second) and second
     out = run(TriggerState(), [tr("considering")], cfg(global_holdout_share=1.0, holdout_share=1.0))
     assert out[0].suppressed == "holdout:global"
 
