@@ -488,6 +488,7 @@ def demo(customers: int) -> None:
     """Start the stack and the services, push a demo stream over HTTP, print what happened."""
     from crm.demo import demo_stream
     from crm.localstack import LocalStack
+    from services.attribution.settings import AttributionSettings
     from services.common.avro import default_codec
     from services.common.tail import read_topic, to_json
     from services.common.topics import ensure_topics
@@ -505,6 +506,10 @@ def demo(customers: int) -> None:
     triggers_port = load_settings(TriggerSettings).triggers_web_port
     triggers_url = f"http://127.0.0.1:{triggers_port}"
     _ensure_service("triggers", "services.triggers", triggers_url, {"CRM_LOG_LEVEL": "warn"}, settings, local)
+    attribution_port = load_settings(AttributionSettings).attribution_web_port
+    attribution_url = f"http://127.0.0.1:{attribution_port}"
+    _ensure_service("attribution", "services.attribution", attribution_url, {"CRM_LOG_LEVEL": "warn"}, settings,
+                    local)  # fmt: skip
 
     from tqdm import tqdm
 
@@ -531,7 +536,8 @@ def demo(customers: int) -> None:
     asyncio.run(show_dlq())
     asyncio.run(_show_stages(settings, latest))
     asyncio.run(_show_triggers(settings))
-    click.echo(f"metrics: {url}/metrics, {stager_url}/metrics and {triggers_url}/metrics")
+    asyncio.run(_show_campaigns())
+    click.echo(f"metrics: {url}/metrics, {stager_url}/metrics, {triggers_url}/metrics and {attribution_url}/metrics")
     click.echo("stop everything: .venv/bin/crm stack down")
 
 
@@ -553,14 +559,30 @@ async def _show_triggers(settings: Any, settle_seconds: float = 4.0, timeout: fl
     _print_decisions(last, False, "  ")
 
 
+async def _show_campaigns() -> None:
+    """Print the demo tenant's campaigns against their control groups."""
+    from crm.report import campaign_readouts, campaign_table
+
+    redis = _redis()
+    try:
+        readouts = await campaign_readouts(redis, "demo")
+    finally:
+        await redis.aclose()
+    click.echo("campaigns of tenant 'demo' against their control groups (crm report campaigns --tenant demo):")
+    for line in campaign_table(readouts) if readouts else ["no touch yet"]:
+        click.echo("  " + line)
+
+
 async def _show_stages(settings: Any, latest: int) -> None:
     from crm.replay import wait_applied
+    from services.attribution.settings import AttributionSettings
     from services.stager import analytics
     from services.triggers.settings import TriggerSettings
 
     redis = _redis()
     try:
-        await wait_applied(settings, redis, "demo", latest, 300, click.echo, load_settings(TriggerSettings))
+        await wait_applied(settings, redis, "demo", latest, 300, click.echo, load_settings(TriggerSettings),
+                           load_settings(AttributionSettings))  # fmt: skip
         click.echo(f"stages of tenant 'demo' (crm stages counts --tenant demo --model M), clock at {_iso(latest)}:")
         for model in MODELS:
             counts = await analytics.counts_now(redis, "demo", model)

@@ -28,6 +28,8 @@ def env(tmp_path: Path) -> dict[str, str]:
         "CRM_STAGER_GROUP": "crm-stager-e2e",
         "CRM_TRIGGERS_WEB_PORT": "28067",
         "CRM_TRIGGERS_GROUP": "crm-triggers-e2e",
+        "CRM_ATTRIBUTION_WEB_PORT": "28068",
+        "CRM_ATTRIBUTION_GROUP": "crm-attribution-e2e",
     }
 
 
@@ -60,6 +62,11 @@ def test_demo_twice_then_down_leaves_nothing(env: dict[str, str], tmp_path: Path
         for rule in ("considering_coupon", "first_purchase_gift", "welcome"):
             assert f"  {rule} " in decisions
         assert int(cast(re.Match[str], re.search(r"  welcome +sent (\d+)", decisions)).group(1)) > 0
+        # attribution took every welcome decision as a trial of its campaign
+        assert "attribution up" in first.stdout
+        campaigns = first.stdout.split("campaigns of tenant 'demo' against their control groups")[1]
+        welcome = cast(re.Match[str], re.search(r"  welcome +7d +(\d+) ", campaigns))
+        assert int(welcome.group(1)) > 0
 
         second = crm(env, "demo", "--customers", "200")
         assert second.returncode == 0, second.stdout + second.stderr
@@ -72,12 +79,12 @@ def test_demo_twice_then_down_leaves_nothing(env: dict[str, str], tmp_path: Path
         assert status.returncode == 0 and "ingest" in status.stdout
 
         pids = [int(p.read_text()) for p in (tmp_path / "state" / "pids").glob("*.pid")]
-        assert len(pids) == 5  # kafka, redis, ingest, stager, triggers
+        assert len(pids) == 6  # kafka, redis, ingest, stager, triggers, attribution
     finally:
         down = crm(env, "stack", "down")
     assert down.returncode == 0, down.stderr
-    for name in ("kafka", "redis", "ingest", "stager", "triggers"):
+    for name in ("kafka", "redis", "ingest", "stager", "triggers", "attribution"):
         assert name in down.stdout
     assert not any(pid_alive(pid) for pid in pids)
-    assert not any(listening(port) for port in (29092, 29093, 26379, 28081, 28066, 28067))
+    assert not any(listening(port) for port in (29092, 29093, 26379, 28081, 28066, 28067, 28068))
     assert crm(env, "stack", "status").returncode == 1
