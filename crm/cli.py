@@ -266,6 +266,8 @@ def triggers_rules() -> None:
         when = f"{r.model} -> {r.to}" if r.on == "transition" else r.on
         offer = f"{r.offer.kind} {r.offer.value:g}" if r.offer else "-"
         state = "" if r.enabled else "  (disabled)"
+        if r.fatigue:
+            state += f"  fatigue {r.fatigue} in {r.fatigue_window_days}d"
         click.echo(
             f"{r.name:24} {when:28} {r.action:24} {r.channel:6} {r.topic:9} {offer:10} "
             f"delay {r.delay_seconds:g}s quiet {r.quiet_hours}{state}"

@@ -18,6 +18,7 @@ from services.common.errors import ConfigError
 
 __all__ = [
     "CHANNELS",
+    "FATIGUE_LIMIT",
     "DEFAULT_RULES",
     "Cap",
     "Guardrails",
@@ -32,6 +33,7 @@ Channel = Literal["sms", "email", "push", "in_app"]
 # What starts a rule: a stage transition, or one of the per-entity timers.
 On = Literal["transition", "order_unpaid", "cart_abandoned", "repurchase", "birthday"]
 HOUR = 3600.0
+FATIGUE_LIMIT = 8  # touches of a campaign remembered per customer for the fatigue guardrail
 DAY = 24 * HOUR
 
 
@@ -64,6 +66,11 @@ class TriggerRule(_Strict):
     delay_seconds: float = Field(0.0, ge=0)
     quiet_hours: Literal["defer", "drop", "ignore"] = "defer"
     capped: bool = True  # counts against, and is held by, the frequency caps
+    # skip a customer whose last `fatigue` touches of this campaign (sent or held out) all ended
+    # without a paid order in their window of `fatigue_window_days` (0: off; keep the window
+    # equal to attribution's for the campaign)
+    fatigue: int = Field(0, ge=0, le=FATIGUE_LIMIT)
+    fatigue_window_days: int = Field(7, ge=1, le=366)
     enabled: bool = True
 
     @model_validator(mode="after")

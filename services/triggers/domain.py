@@ -5,8 +5,10 @@ cart adds, profiles). A rule whose cause is a transition decides at once (or aft
 the others register a timer that fires when the event-time watermark reaches it. Every
 decision passes the guardrails in this order, the first that holds suppressing it with its
 reason: consent for the channel ("consent"), quiet hours in the customer's zone ("quiet_hours"
-when the rule drops, otherwise delivery is deferred to the end of the quiet hours), the channel's
-frequency caps at the delivery time ("frequency_cap"), the global control group
+when the rule drops, otherwise delivery is deferred to the end of the quiet hours), the
+campaign's fatigue (when the rule has one: the customer's last N touches of the campaign all went
+without a paid order, "fatigue"), the channel's frequency caps at the delivery time
+("frequency_cap"), the global control group
 ("holdout:global") and the campaign's control group ("holdout"). Every guardrail but the control
 groups comes first, and a held-out decision takes the cap slot its send would have taken, so the
 control group is thinned exactly as the treated group is; its records carry the delivery time a
@@ -24,7 +26,7 @@ from datetime import time as clock_time
 from operator import attrgetter
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from services.triggers.config import Guardrails, OfferConfig, TriggerConfig, TriggerRule
+from services.triggers.config import FATIGUE_LIMIT, Guardrails, OfferConfig, TriggerConfig, TriggerRule
 from services.triggers.state import CLOSED_LIMIT, DECIDED_LIMIT, SEEN_DAYS, SEEN_LIMIT, Timer, TriggerState
 
 DAY_MS = 86_400_000
@@ -259,6 +261,7 @@ def _order_placed(state: TriggerState, time: int) -> None:
 
 
 def _on_paid(state: TriggerState, order: OrderIn, config: TriggerConfig) -> None:
+    _responded(state, order.time)
     state.paid_count += 1
     state.first_paid = min(state.first_paid, order.time) if state.first_paid else order.time
     newest = order.time >= state.last_paid
@@ -443,11 +446,16 @@ def decide(
     state.decided = [short, *state.decided][:DECIDED_LIMIT]
     g = config.guardrails
     reason, deliver = _guard(state, rule, at, g, tenant, customer)
+    touch = reason in (None, "holdout", "holdout:global")  # what attribution takes as a trial
     # a held-out decision takes the cap slot its send would have taken, so that the caps thin
     # both groups alike (else treated trials near other sends drop out and bias the comparison)
-    if reason in (None, "holdout", "holdout:global") and rule.capped:
+    if touch and rule.capped:
         sends = [t for t in state.sends.get(rule.channel, []) if abs(t - deliver) < _longest(g)]
         state.sends[rule.channel] = sorted([*sends, deliver])
+    if touch and rule.fatigue:
+        window = rule.fatigue_window_days * DAY_MS
+        mine = [[deliver, deliver + window, 0], *state.touches.get(rule.campaign, [])]
+        state.touches[rule.campaign] = mine[:FATIGUE_LIMIT]
     return Decision(tid, rule, cause, at, deliver, reason)
 
 
@@ -464,6 +472,8 @@ def _guard(
             if rule.quiet_hours == "drop":
                 return "quiet_hours", at
             deliver = until
+    if rule.fatigue and _fatigued(state.touches.get(rule.campaign, []), rule.fatigue, at):
+        return "fatigue", deliver
     if rule.capped:
         sent = state.sends.get(rule.channel, [])
         for cap in g.caps:
@@ -477,6 +487,21 @@ def _guard(
     if holdout_unit(tenant, customer, f"campaign:{rule.campaign}") < g.holdout_share:
         return "holdout", deliver
     return None, deliver
+
+
+def _fatigued(touches: list[list[int]], n: int, at: int) -> bool:
+    """The last `n` touches whose window ended by `at` (every order in them is applied by then,
+    inputs going in event-time order) all went without a paid order."""
+    ended = [t for t in touches if t[1] <= at][:n]
+    return len(ended) == n and not any(responded for _, _, responded in ended)
+
+
+def _responded(state: TriggerState, paid_at: int) -> None:
+    """A paid order answers every remembered touch whose window holds it."""
+    for touches in state.touches.values():
+        for t in touches:
+            if t[0] < paid_at <= t[1]:
+                t[2] = 1
 
 
 def _longest(g: Guardrails) -> int:

@@ -51,6 +51,9 @@ class TriggerState:
     clock: int = 0  # the latest instant this customer's inputs and timers were applied up to
     # inputs read but not yet applied: the watermark has not reached them (services.triggers.domain)
     pending: list[Any] = field(default_factory=list)
+    # campaign -> its last touches (sent or held out) [deliver_after, window end, responded 0/1],
+    # newest first; kept for rules with a fatigue guardrail
+    touches: dict[str, list[list[int]]] = field(default_factory=dict)
 
     def next_due(self) -> int | None:
         """When the customer needs the engine again: its next timer or its earliest pending input."""
@@ -71,6 +74,7 @@ def encode_state(state: TriggerState) -> bytes:
         "p": [state.paid_count, state.first_paid, state.last_paid],
         "k": state.clock,
         "q": [_pack(i) for i in state.pending],
+        "f": state.touches,
     }
     return json.dumps({k: v for k, v in data.items() if v}, separators=(",", ":")).encode()
 
@@ -94,6 +98,7 @@ def decode_state(raw: bytes) -> TriggerState:
         last_paid=last,
         clock=data.get("k", 0),
         pending=[_unpack(i) for i in data.get("q", [])],
+        touches=data.get("f", {}),
     )
 
 

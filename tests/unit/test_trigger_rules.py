@@ -571,3 +571,46 @@ def test_a_time_zone_naming_a_folder_falls_back_to_the_default_zone() -> None:
     take(state, [ProfileIn("pr", NOON, {}, "Asia")], NOON, cfg(), T, C)
     made, _, rejected = take(state, [tr("considering", at=NOON + MIN)], NOON + MIN, cfg(), T, C)
     assert rejected == [] and [d.rule.name for _, d in made] == ["considering_coupon"]
+
+
+def _fatigue_config(n: int, holdout: float = 0.0) -> TriggerConfig:
+    rules = tuple(
+        r.model_copy(update={"fatigue": n}) if r.name == "considering_coupon" else r for r in TriggerConfig().rules
+    )
+    return TriggerConfig(rules=rules, guardrails=Guardrails(holdout_share=holdout, global_holdout_share=0.0))
+
+
+def _coupons(state: TriggerState, config: TriggerConfig, days: list[int]) -> list[str | None]:
+    """The outcome of a transition into `considering` on each of `days` (the coupon rule)."""
+    out = []
+    for d in days:
+        made = run(state, [tr("considering", frm="aware", at=NOON + d * DAY, tid=f"tr{d}")], config)
+        out += [x.suppressed for x in made if x.rule.name == "considering_coupon"]
+    return out
+
+
+def test_fatigue_skips_a_customer_whose_last_touches_all_went_unanswered() -> None:
+    """Fatigue 2: after two coupons whose 7-day windows closed without a paid order, the third is
+    suppressed as `fatigue`; one that is still open does not count yet."""
+    config = _fatigue_config(2)
+    # on day 12 the second window is still open
+    assert _coupons(TriggerState(), config, [0, 10, 12]) == [None, None, None]
+    assert _coupons(TriggerState(), config, [0, 10, 20]) == [None, None, "fatigue"]
+
+
+def test_an_order_in_a_window_answers_the_touch_and_an_order_at_its_time_does_not() -> None:
+    config = _fatigue_config(2)
+    state = TriggerState()
+    _coupons(state, config, [0])
+    run(state, [OrderIn("p1", "o1", "paid", NOON + 3 * DAY)], config)
+    assert _coupons(state, config, [10, 20]) == [None, None]  # the first touch was answered
+    state = TriggerState()
+    _coupons(state, config, [0, 10])
+    run(state, [OrderIn("p1", "o1", "paid", NOON + 10 * DAY)], config)  # at the second touch's time: outside
+    assert _coupons(state, config, [20]) == ["fatigue"]
+
+
+def test_held_out_touches_count_towards_fatigue_so_both_groups_are_thinned_alike() -> None:
+    config = _fatigue_config(2, holdout=1.0)
+    assert _coupons(TriggerState(), config, [0, 10, 20]) == ["holdout", "holdout", "fatigue"]
+    assert _coupons(TriggerState(), _fatigue_config(0, holdout=1.0), [0, 10, 20]) == ["holdout"] * 3
