@@ -474,12 +474,8 @@ def _guard(
             deliver = until
     if rule.fatigue and _fatigued(state.touches.get(rule.campaign, []), rule.fatigue, at):
         return "fatigue", deliver
-    if rule.capped:
-        sent = state.sends.get(rule.channel, [])
-        for cap in g.caps:
-            window = int(cap.window_seconds * 1000)
-            if sum(1 for t in sent if abs(t - deliver) < window) >= cap.max:
-                return "frequency_cap", deliver
+    if rule.capped and _capped(state.sends.get(rule.channel, []), deliver, g):
+        return "frequency_cap", deliver
     # a held-out customer's record carries the time the message would have gone out, so that
     # attribution measures both groups from the same moment
     if holdout_unit(tenant, customer, "global") < g.global_holdout_share:
@@ -487,6 +483,15 @@ def _guard(
     if holdout_unit(tenant, customer, f"campaign:{rule.campaign}") < g.holdout_share:
         return "holdout", deliver
     return None, deliver
+
+
+def _capped(sent: list[int], deliver: int, g: Guardrails) -> bool:
+    """A cap of the channel is full at `deliver`, counting the deliveries `sent`."""
+    for cap in g.caps:
+        window = int(cap.window_seconds * 1000)
+        if sum(1 for t in sent if abs(t - deliver) < window) >= cap.max:
+            return True
+    return False
 
 
 def _fatigued(touches: list[list[int]], n: int, at: int) -> bool:
