@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers clean
+.PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers bench-attribution clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -40,6 +40,10 @@ typecheck: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.attribution
+
+bench-attribution: setup
+	$(BIN)/python -m bench.attribution
 
 bench-triggers: setup
 	$(BIN)/python -m bench.triggers
