@@ -1,4 +1,4 @@
-"""No input stops a worker: on every input topic of the stager and the triggers, valid canaries
+"""No input stops a worker: on every input topic of the stager, the triggers and attribution, valid canaries
 mixed with garbage, nulls, records of the wrong schema, truncated records and values the state
 cannot hold. Every canary is applied, every bad record is dead-lettered once with its topic,
 partition and offset, and the workers stay alive, also across a SIGKILL and a restart.
@@ -18,18 +18,21 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
+from services.attribution.app import SOURCE_TOPICS as ATTRIBUTION_SOURCES
 from services.common import keys
 from services.common.avro import Codec, default_codec
 from services.common.constants import TOPIC_DLQ, TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.tail import read_topic
 from tests.conftest import StackInfo
-from tests.integration.stager_process import StagerProcess, TriggersProcess
+from tests.integration.stager_process import AttributionProcess, StagerProcess, TriggersProcess
 from tests.integration.test_determinism import start_at_end
 
 T0 = 1_700_000_000_000
 STAGER_TOPICS = {event_topic(t) for t in ("browse", "cart", "follow", "order")} | {TOPIC_REFERRALS}
 LABELS: dict[tuple[str, int, int], str] = {}  # (topic, partition, offset) -> what the bad record is
 TRIGGER_TOPICS = {TOPIC_STAGE_TRANSITIONS, event_topic("order"), event_topic("cart"), event_topic("profile")}
+ATTRIBUTION_TOPICS = set(ATTRIBUTION_SOURCES)
+READERS = {"stager": STAGER_TOPICS, "triggers": TRIGGER_TOPICS, "attribution": ATTRIBUTION_TOPICS}
 
 
 def _valid(topic: str, tenant: str, customer: str, n: int, **override: Any) -> tuple[str, dict[str, Any]]:
@@ -42,12 +45,19 @@ def _valid(topic: str, tenant: str, customer: str, n: int, **override: Any) -> t
     if topic == event_topic("follow"):
         return "crm.events.Follow", {**base, "target_type": "brand", "target_id": "b", **override}
     if topic == event_topic("order"):
-        return "crm.events.Order", {**base, "order_id": f"o-{n}", "status": "created", "amount": 10.0, **override}
+        return "crm.events.Order", {**base, "order_id": f"o-{n}", "status": "paid", "amount": 10.0, **override}
     if topic == event_topic("profile"):
         return "crm.events.Profile", {**base, "consent": {"sms": True}, **override}
     if topic == TOPIC_REFERRALS:
         return "crm.stage.ReferralCredit", {**base, "referred_customer_id": "x", **override}
     at = override.pop("event_time", T0 + n)
+    if topic.startswith("crm.triggers."):
+        held = topic.endswith(".suppressed")
+        record = {"trigger_id": f"t-{tenant}-{customer}-{n}", "tenant": tenant, "customer_id": customer,
+                  "rule": "welcome", "campaign_id": "welcome", "action": "coupon", "channel": "sms", "offer": None,
+                  "cause": base["event_id"], "decided_at": at, "deliver_after": at,
+                  "suppressed": "holdout" if held else None}  # fmt: skip
+        return "crm.triggers.Trigger", record
     record = {"transition_id": f"tr-{tenant}-{customer}-{n}", "tenant": tenant, "customer_id": customer,
               "model": "pyramid", "from_stage": None, "to_stage": "aware", "at": at,
               "cause": base["event_id"]}  # fmt: skip
@@ -56,8 +66,7 @@ def _valid(topic: str, tenant: str, customer: str, n: int, **override: Any) -> t
 
 def _bad(codec: Codec, topic: str, tenant: str, n: int) -> list[tuple[str, bytes | None, set[str]]]:
     """(label, value, readers that must refuse it) of each bad record for `topic`."""
-    readers: set[str] = {"stager"} if topic in STAGER_TOPICS else set()
-    readers |= {"triggers"} if topic in TRIGGER_TOPICS else set()
+    readers = {reader for reader, topics in READERS.items() if topic in topics}
     good = codec.encode(*_valid(topic, tenant, "bad", n))
     other = event_topic("browse") if topic == event_topic("order") else event_topic("order")
     out: list[tuple[str, bytes | None, set[str]]] = [
@@ -84,21 +93,20 @@ async def _produce(
     codec = default_codec()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
-    canaries: dict[str, set[str]] = {"stager": set(), "triggers": set()}
-    dead: dict[str, set[tuple[str, int, int]]] = {"stager": set(), "triggers": set()}
+    canaries: dict[str, set[str]] = {reader: set() for reader in READERS}
+    dead: dict[str, set[tuple[str, int, int]]] = {reader: set() for reader in READERS}
     ends: dict[tuple[str, int], int] = {}
     try:
-        for i, topic in enumerate(sorted(STAGER_TOPICS | TRIGGER_TOPICS | {event_topic("profile")})):
+        for i, topic in enumerate(sorted(STAGER_TOPICS | TRIGGER_TOPICS | ATTRIBUTION_TOPICS)):
             for j in range(3):
                 customer = f"canary-{round_no}-{i}-{j}"
                 meta = await producer.send_and_wait(
                     topic, codec.encode(*_valid(topic, tenant, customer, 100 * i + j)), key=customer.encode()
                 )
                 ends[(topic, meta.partition)] = meta.offset + 1
-                if topic in STAGER_TOPICS:
-                    canaries["stager"].add(customer)
-                if topic in TRIGGER_TOPICS:
-                    canaries["triggers"].add(customer)
+                for reader, topics in READERS.items():
+                    if topic in topics:
+                        canaries[reader].add(customer)
                 for label, value, readers in _bad(codec, topic, tenant, 1000 * (i + 1) + 10 * j):
                     meta = await producer.send_and_wait(topic, value, key=f"bad-{j}".encode())
                     ends[(topic, meta.partition)] = max(ends.get((topic, meta.partition), 0), meta.offset + 1)
@@ -158,15 +166,16 @@ def test_bad_records_on_every_input_topic_are_dead_lettered_once_and_the_rest_fl
     stack = quiet_stack
     run = uuid.uuid4().hex[:8]
     tenant = f"poison-{run}"
-    stager_group, triggers_group = f"stager-{run}", f"triggers-{run}"
-    groups = {stager_group: STAGER_TOPICS, triggers_group: TRIGGER_TOPICS}
+    stager_group, triggers_group, attribution_group = f"stager-{run}", f"triggers-{run}", f"attribution-{run}"
+    groups = {stager_group: STAGER_TOPICS, triggers_group: TRIGGER_TOPICS, attribution_group: ATTRIBUTION_TOPICS}
     workers = [
         StagerProcess(stack, stager_group, 22167, tmp_path / "stager.log"),
         TriggersProcess(stack, triggers_group, 22168, tmp_path / "triggers.log"),
+        AttributionProcess(stack, attribution_group, 22169, tmp_path / "attribution.log"),
     ]
     # the new groups start at the current end of their topics, not at what other tests left there
-    asyncio.run(start_at_end(stack, stager_group, tuple(STAGER_TOPICS)))
-    asyncio.run(start_at_end(stack, triggers_group, tuple(TRIGGER_TOPICS)))
+    for group, topics in groups.items():
+        asyncio.run(start_at_end(stack, group, tuple(topics)))
     canaries, dead, ends = asyncio.run(_produce(stack.kafka_bootstrap, tenant, 1))
     for worker in workers:
         worker.start()
@@ -179,7 +188,7 @@ def test_bad_records_on_every_input_topic_are_dead_lettered_once_and_the_rest_fl
         for worker in workers:
             worker.start()
         asyncio.run(_wait_applied(stack.redis_url, groups, {**ends, **more_ends}))
-        assert _healthy(22167) and _healthy(22168)
+        assert _healthy(22167) and _healthy(22168) and _healthy(22169)
     finally:
         for worker in workers:
             worker.stop()
@@ -187,6 +196,7 @@ def test_bad_records_on_every_input_topic_are_dead_lettered_once_and_the_rest_fl
     for reader, key, group in (
         ("stager", keys.customer_key, stager_group),
         ("triggers", keys.trigger_state_key, triggers_group),
+        ("attribution", keys.attribution_state_key, attribution_group),
     ):
         wanted = canaries[reader] | more_canaries[reader]
         assert asyncio.run(_states(stack.redis_url, tenant, wanted, key)) == wanted, reader
