@@ -1,8 +1,9 @@
 """Outages ridden out on real data: during a paced replay of CDNOW, Redis, the broker, the
-stager and the triggers are each killed with SIGKILL and started again (as `crm stack up` or
-an orchestrator would). No manual step follows: the replay finishes by itself, and the final
-stages, the stages at past instants and the decisions equal the independent batch computations
-an undisturbed run equals (tests/integration/test_determinism.py)."""
+stager, the triggers and attribution are each killed with SIGKILL and started again (as `crm
+stack up` or an orchestrator would). No manual step follows: the replay finishes by itself, and
+the final stages, the stages at past instants, the decisions and every campaign's counters equal
+the independent batch computations an undisturbed run equals (tests/integration/test_determinism.py,
+test_attribution.py); no attribution record reaches Kafka twice."""
 
 import asyncio
 import os
@@ -17,15 +18,28 @@ import pytest
 from redis.asyncio import Redis
 
 from crm.localstack import LocalStack
+from crm.pipeline import pipeline, wait_pipeline
 from crm.replay import replay
+from services.attribution.settings import AttributionSettings
+from services.common.avro import default_codec
+from services.common.constants import TOPIC_ATTRIBUTION
 from services.common.settings import CommonSettings
+from services.common.tail import read_topic
 from services.stager import analytics
 from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
 from tests.conftest import StackInfo
+from tests.integration.batch_attribution import campaign_counts
 from tests.integration.batch_rules import cdnow_events, expected_counts
-from tests.integration.batch_triggers import expected_decisions
-from tests.integration.stager_process import IngestProcess, StagerProcess, TriggersProcess, await_health
+from tests.integration.batch_triggers import cdnow_orders, expected_decisions
+from tests.integration.stager_process import (
+    AttributionProcess,
+    IngestProcess,
+    StagerProcess,
+    TriggersProcess,
+    await_health,
+)
+from tests.integration.test_attribution import _decisions_and_counters
 from tests.integration.test_determinism import CDNOW_SAMPLE, _outputs, _subset, _wait_triggers
 
 PAST = (859852800000, 875664000000, 891388800000)  # 1997-04-01, 1997-10-01, 1998-04-01 (UTC)
@@ -68,7 +82,9 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
     stager = StagerProcess(fault_stack, stager_group, 22401, tmp_path / "stager.log")
     triggers = TriggersProcess(fault_stack, triggers_group, 22402, tmp_path / "triggers.log")
     ingest = IngestProcess(fault_stack, 22403, tmp_path / "ingest.log")
-    workers, everyone = (22401, 22402), (22401, 22402, 22403)
+    attribution_group = f"attribution-fault-{run}"
+    attribution = AttributionProcess(fault_stack, attribution_group, 22404, tmp_path / "attribution.log")
+    workers, everyone = (22401, 22402, 22404), (22401, 22402, 22403, 22404)
     settings = StagerSettings(kafka_bootstrap=fault_stack.kafka_bootstrap, redis_url=fault_stack.redis_url,
                               stager_group=stager_group)  # fmt: skip
     outcome: dict[str, Any] = {}
@@ -82,6 +98,7 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
     stager.start()
     triggers.start()
     ingest.start()
+    attribution.start()
     thread = threading.Thread(target=replaying)
     thread.start()
     health = {}
@@ -104,16 +121,21 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
         time.sleep(4)
         triggers.kill()
         triggers.start(timeout=120)
+        time.sleep(4)
+        attribution.kill()
+        attribution.start(timeout=120)
         thread.join(timeout=900)
         assert not thread.is_alive(), "the replay did not finish"
         assert "error" not in outcome, f"the replay failed: {outcome.get('error')!r}"
         report = outcome["report"]
         asyncio.run(_wait_triggers(fault_stack, triggers_group, tenant, report.latest_ms))
+        asyncio.run(_wait_attribution(fault_stack, attribution_group, tenant, report.latest_ms))
         now, past = asyncio.run(_answers(fault_stack, tenant))
     finally:
         stager.stop()
         triggers.stop()
         ingest.stop()
+        attribution.stop()
 
     assert set(health["redis down"].values()) == {503}, health
     assert set(health["kafka down"].values()) == {503}, health
@@ -139,3 +161,30 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
     missing = sorted(v for k, v in expected.items() if k not in got)[:5]
     extra = sorted(v for k, v in got.items() if k not in expected)[:5]
     assert got == expected, f"missing {missing}, extra {extra}"
+
+    all_decisions, counters = asyncio.run(_decisions_and_counters(fault_stack, tenant))
+    orders = [(c, f"cdnow-{e.split(':')[1]}", t, amount, False) for c, e, t, amount in cdnow_orders(data)]
+    for campaign, by_group in campaign_counts(all_decisions, orders).items():
+        for group, measures in by_group.items():
+            figures = {m: sum(counters[campaign].get(f"{s}|{group}|{m}", 0) for s in ("final", "open"))
+                       for m in measures}  # fmt: skip
+            assert figures == measures, f"{campaign} {group}"
+    records = asyncio.run(_attribution_ids(fault_stack.kafka_bootstrap, tenant))
+    assert records and len(records) == len(set(records)), "an attribution record reached Kafka twice"
+
+
+async def _wait_attribution(stack: StackInfo, group: str, tenant: str, latest: int) -> None:
+    settings = AttributionSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                                   attribution_group=group)  # fmt: skip
+    only = [s for s in pipeline(StagerSettings(), None, settings) if s.name == "attribution"]
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        await wait_pipeline(only, bootstrap=stack.kafka_bootstrap, redis=redis, tenant=tenant, latest_ms=latest,
+                            timeout=600, partitions=12, say=print)  # fmt: skip
+    finally:
+        await redis.aclose()
+
+
+async def _attribution_ids(bootstrap: str, tenant: str) -> list[tuple[str, bool]]:
+    return [(r["attribution_id"], r["retracted"]) async for r in read_topic(bootstrap, TOPIC_ATTRIBUTION,
+            default_codec(), idle_timeout=2.0) if r.get("tenant") == tenant]  # fmt: skip
