@@ -32,6 +32,8 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> Self:
+        if health(self.port) is not None:  # else its answer would pass for this worker's
+            raise RuntimeError(f"port {self.port} already answers: a worker of an earlier run is still up")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", self.module],

@@ -9,7 +9,12 @@ sizes, two workers) gives the identical readout and the same attribution records
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -134,14 +139,17 @@ async def _produce(bootstrap: str, tenant: str, stream: Iterable[tuple[str, str,
 
 
 def _run(stack: StackInfo, tmp_path: Path, stream: list[tuple[str, str, dict[str, Any]]], name: str,
-         workers: int, batch: int, port: int) -> tuple[str, list[Readout]]:  # fmt: skip
-    """The stream under a new tenant through new attribution workers; the tenant and its readouts."""
+         workers: int, batch: int, port: int) -> tuple[str, list[Readout], str]:  # fmt: skip
+    """The stream under a new tenant through new attribution workers; the tenant, its readouts and
+    the first worker's metrics."""
     run = uuid.uuid4().hex[:6]
     tenant, group = f"attr-{name}-{run}", f"attribution-{name}-{run}"
     settings = AttributionSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
                                    attribution_group=group)  # fmt: skip
     procs: list[WorkerProcess] = [
-        AttributionProcess(stack, group, port + i, tmp_path / f"{name}-attr{i}.log", {"CRM_BATCH_MAX": str(batch)})
+        # no triggers worker runs here to declare its progress: attribution follows its inputs alone
+        AttributionProcess(stack, group, port + i, tmp_path / f"{name}-attr{i}.log",
+                           {"CRM_BATCH_MAX": str(batch), "CRM_ATTRIBUTION_FOLLOW_TRIGGERS": "false"})  # fmt: skip
         for i in range(workers)
     ]
 
@@ -159,7 +167,8 @@ def _run(stack: StackInfo, tmp_path: Path, stream: list[tuple[str, str, dict[str
     try:
         for proc in procs:
             proc.start()
-        return tenant, asyncio.run(go())
+        readouts = asyncio.run(go())
+        return tenant, readouts, procs[0].metrics()
     finally:
         for proc in procs:
             proc.stop()
@@ -178,7 +187,7 @@ def test_a_known_effect_is_covered_by_the_interval_and_a_second_replay_reads_the
     quiet_stack: StackInfo, tmp_path: Path
 ) -> None:
     stream, made = population(seed=7)
-    tenant, (first,) = _run(quiet_stack, tmp_path, stream, "one", workers=1, batch=2000, port=22700)
+    tenant, (first,), metrics = _run(quiet_stack, tmp_path, stream, "one", workers=1, batch=2000, port=22700)
     assert first.campaign_id == "first-purchase" and first.rule == "first_purchase_gift"
     assert (first.treatment.trials, first.control.trials) == (made["treatment"], made["control"])
     assert (first.treatment.converted, first.control.converted) == (
@@ -194,13 +203,26 @@ def test_a_known_effect_is_covered_by_the_interval_and_a_second_replay_reads_the
     # every window of the population has ended before the stream's last event, or is still open
     assert first.final_trials + first.open_trials == made["treatment"] + made["control"]
 
-    again, (second,) = _run(quiet_stack, tmp_path, stream, "two", workers=2, batch=7, port=22710)
+    # the operator's report says the same (the JSON form of `crm report campaigns`)
+    env = {**os.environ, "CRM_REDIS_URL": quiet_stack.redis_url}
+    shown = subprocess.run([sys.executable, "-m", "crm.cli", "report", "campaigns", "--tenant", tenant, "--json"],
+                           env=env, capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    assert json.loads(shown.stdout) == [first.as_dict()]
+    table = subprocess.run([sys.executable, "-m", "crm.cli", "report", "campaigns", "--tenant", tenant],
+                           env=env, capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+    assert "first-purchase" in table and "[+" in table
+
+    again, (second,), _ = _run(quiet_stack, tmp_path, stream, "two", workers=2, batch=7, port=22710)
     assert second.as_dict() == first.as_dict()
     records = asyncio.run(_records(quiet_stack.kafka_bootstrap, tenant))
     assert records and records == asyncio.run(_records(quiet_stack.kafka_bootstrap, again))
     # one record per converting treated customer, crediting that customer's touch
     assert len(records) == made["treatment_converted"]
     assert all(trigger == f"t{customer[1:]}" for customer, _, trigger, _, _ in records)
+    credited = re.search(r'crm_attribution_credited_orders_total\{campaign="first-purchase"\} (\S+)', metrics)
+    assert credited is not None and float(credited.group(1)) == len(records)
+    finalised = re.search(r'crm_attribution_finalised_trials_total\{group="control"\} (\S+)', metrics)
+    assert finalised is not None and float(finalised.group(1)) > 0
 
 
 @pytest.mark.timeout(1500)
