@@ -19,6 +19,7 @@ from services.attribution.settings import AttributionSettings
 from services.common import keys
 from services.common.clock import tenant_clock
 from services.common.errors import CrmError
+from services.common.faustapp import consumer_group
 from services.stager.app import SOURCE_TOPICS as STAGER_TOPICS
 from services.stager.settings import StagerSettings
 from services.triggers.app import SOURCE_TOPICS as TRIGGER_TOPICS
@@ -54,33 +55,16 @@ def pipeline(
     """The stream services in the order data flows through them (the triggers read what the
     stager writes, attribution what the triggers write); a service whose settings are not given
     is not waited for."""
-    out = [
-        Service("stager", f"{stager.stager_group}-events", STAGER_TOPICS,
-                keys.applied_offsets_key(stager.stager_group), keys.shard_clock_key(), keys.timers_key),
-    ]  # fmt: skip
-    if triggers is not None:
-        out.append(
-            Service(
-                "triggers",
-                f"{triggers.triggers_group}-inputs",
-                TRIGGER_TOPICS,
-                keys.applied_offsets_key(triggers.triggers_group),
-                keys.trigger_clock_key(),
-                keys.trigger_timers_key,
-            )  # fmt: skip
-        )
-    if attribution is not None:
-        out.append(
-            Service(
-                "attribution",
-                f"{attribution.attribution_group}-inputs",
-                ATTRIBUTION_TOPICS,
-                keys.applied_offsets_key(attribution.attribution_group),
-                keys.attribution_clock_key(),
-                keys.attribution_timers_key,
-            )
-        )
-    return out
+    wanted = [
+        ("stager", stager, STAGER_TOPICS, keys.shard_clock_key(), keys.timers_key),
+        ("triggers", triggers, TRIGGER_TOPICS, keys.trigger_clock_key(), keys.trigger_timers_key),
+        ("attribution", attribution, ATTRIBUTION_TOPICS, keys.attribution_clock_key(), keys.attribution_timers_key),
+    ]
+    return [
+        Service(name, consumer_group(settings.group), topics, keys.applied_offsets_key(settings.group), clock, timers)
+        for name, settings, topics, clock, timers in wanted
+        if settings is not None
+    ]
 
 
 async def members(bootstrap: str, group: str) -> int:

@@ -22,10 +22,8 @@ from services.common.constants import (
     TOPIC_TRIGGERS_SUPPRESSED,
     event_topic,
 )
-from services.common.faustapp import KafkaClients, faust_app, serve_engine
+from services.common.faustapp import engine_app
 from services.common.outbox import kafka_sent_since
-from services.common.redisbatch import connect
-from services.common.resilience import Health
 
 __all__ = ["SOURCE_TOPICS", "create_app"]
 
@@ -47,29 +45,20 @@ def create_app(
     settings: AttributionSettings, config: AttributionConfig, registry: CollectorRegistry | None = None
 ) -> faust.App:
     """A Faust app whose task feeds batches to one AttributionEngine and whose timer fires its timers."""
-    registry = registry if registry is not None else CollectorRegistry()
-    app = faust_app(
-        settings.attribution_group,
-        settings.kafka_bootstrap,
-        settings.attribution_web_host,
-        settings.attribution_web_port,
-        settings.batch_max,
-        settings.state_dir / "faust-attribution",
-    )
-    redis = connect(settings.redis_url)
     codec = default_codec()
-    kafka = KafkaClients()
-    engine = AttributionEngine(
-        redis=redis,
-        send=kafka.send,
-        codec=codec,
-        config=config,
-        settings=settings,
-        metrics=AttributionMetrics(registry),
-        sent_since=kafka_sent_since(settings.kafka_bootstrap, codec),
-        shards=lambda: kafka.owned(SOURCE_TOPICS),
+    return engine_app(
+        "attribution",
+        settings,
+        SOURCE_TOPICS,
+        lambda redis, kafka, metrics: AttributionEngine(
+            redis=redis,
+            send=kafka.send,
+            codec=codec,
+            config=config,
+            settings=settings,
+            metrics=AttributionMetrics(metrics),
+            sent_since=kafka_sent_since(settings.kafka_bootstrap, codec),
+            shards=lambda: kafka.owned(SOURCE_TOPICS),
+        ),
+        registry,
     )
-    serve_engine(app, engine=engine, clients=kafka, consumer_group=f"{settings.attribution_group}-inputs",
-                 topics=SOURCE_TOPICS, settings=settings, health=Health("attribution"), redis=redis,
-                 registry=registry)  # fmt: skip
-    return app

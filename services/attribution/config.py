@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.common.errors import ConfigError
+from services.common.settings import read_config_file
 
 __all__ = ["AttributionConfig", "RuleWindow", "load_attribution_config"]
 
@@ -60,12 +60,7 @@ def load_attribution_config(path: Path | None = None) -> AttributionConfig:
     """The defaults, with the keys of `path` (YAML or JSON) replacing them."""
     if path is None:
         return AttributionConfig()
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"attribution file {path}: {exc}") from exc
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"attribution file {path}: expected a mapping")
+    loaded = read_config_file(path, "attribution file")
     try:
         return AttributionConfig(**loaded)
     except ValidationError as exc:

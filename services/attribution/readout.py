@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Figures", "Readout", "readout", "two_proportion_ci"]
+__all__ = ["Figures", "Readout", "readout", "two_proportion_ci", "wilson"]
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 
@@ -117,13 +117,24 @@ class Readout:
         }
 
 
+def wilson(x: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion x / n (n > 0)."""
+    centre = (x + z * z / 2) / (n + z * z)
+    half = z * math.sqrt(x * (n - x) / n + z * z / 4) / (n + z * z)
+    return centre - half, centre + half
+
+
 def two_proportion_ci(x1: int, n1: int, x2: int, n2: int, z: float = Z95) -> tuple[float, float] | None:
-    """The (Wald, unpooled) confidence interval of p1 - p2; None when a group has no trials."""
+    """The confidence interval of p1 - p2 by Newcombe's hybrid score method (from the two Wilson
+    intervals), None when a group has no trials. Unlike the textbook Wald interval it keeps its
+    coverage with few trials or few conversions: a control group with no conversion does not
+    make the interval collapse onto the treatment's spread alone."""
     if not n1 or not n2:
         return None
     p1, p2 = x1 / n1, x2 / n2
-    half = z * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    return p1 - p2 - half, p1 - p2 + half
+    (l1, u1), (l2, u2) = wilson(x1, n1, z), wilson(x2, n2, z)
+    d = p1 - p2
+    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
 def _figures(counters: Mapping[str, int], bucket: str, statuses: tuple[str, ...]) -> Figures:

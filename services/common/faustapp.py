@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -18,15 +18,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from services.common.batchloop import BatchLoop
 from services.common.constants import DEFAULT_PARTITIONS
+from services.common.errors import ConfigError
 from services.common.messages import Message
 from services.common.produce import engine_producer
 from services.common.produce import send_many as produce_many
+from services.common.redisbatch import connect
 from services.common.resilience import OUTAGES, Health, dependency_of, retry
+from services.common.settings import StreamSettings, load_settings
 from services.common.topics import ensure_topics
 
 __all__ = [
     "KafkaClients",
     "add_pages",
+    "consumer_group",
+    "engine_app",
     "engine_consumer",
     "faust_app",
     "guarded",
@@ -35,9 +40,11 @@ __all__ = [
     "serve_engine",
     "start_worker",
     "to_messages",
+    "worker_main",
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T", bound=StreamSettings)
 
 
 class _WorkerBoot(BootStrategy):
@@ -201,6 +208,45 @@ def start_worker(name: str, settings: Any, build: Callable[[], faust.App], web_p
     run the app `build()` makes as a Faust worker."""
     asyncio.run(retry(lambda: ensure_topics(settings.kafka_bootstrap), Health(name)))
     run_worker(build(), settings.log_level, web_port)
+
+
+def worker_main(name: str, settings_type: type[T], prepare: Callable[[T], Callable[[], faust.App]]) -> None:
+    """The `python -m services.<name>` of a stream service: its settings from the environment and
+    what `prepare(settings)` loads (rules files) checked first, a bad value ending start-up with
+    one line naming the key; then the worker (`start_worker`) of the app the prepared builder makes."""
+    try:
+        settings = load_settings(settings_type)
+        build = prepare(settings)
+    except ConfigError as exc:
+        sys.exit(f"{name}: {exc}")
+    start_worker(name, settings, build, settings.web[1])
+
+
+def engine_app(
+    name: str,
+    settings: StreamSettings,
+    topics: Sequence[str],
+    build: Callable[[Any, KafkaClients, CollectorRegistry], Any],
+    registry: CollectorRegistry | None = None,
+) -> faust.App:
+    """The Faust app of stream service `name`: `build(redis, kafka, registry)` makes its engine
+    (sending through `kafka`'s clients), which the app feeds batches of `topics` (as the consumer
+    group `consumer_group(settings.group)`) and ticks; /healthz and /metrics on `settings.web`."""
+    registry = registry if registry is not None else CollectorRegistry()
+    host, port = settings.web
+    datadir = settings.state_dir / f"faust-{name}"
+    app = faust_app(settings.group, settings.kafka_bootstrap, host, port, settings.batch_max, datadir)
+    redis = connect(settings.redis_url)
+    kafka = KafkaClients()
+    engine = build(redis, kafka, registry)
+    serve_engine(app, engine=engine, clients=kafka, consumer_group=consumer_group(settings.group), topics=topics,
+                 settings=settings, health=Health(name), redis=redis, registry=registry)  # fmt: skip
+    return app
+
+
+def consumer_group(group: str) -> str:
+    """The Kafka consumer group of a stream service's workers."""
+    return f"{group}-inputs"
 
 
 class KafkaClients:

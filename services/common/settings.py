@@ -6,13 +6,14 @@ import logging
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.constants import DEFAULT_PARTITIONS
 from services.common.errors import ConfigError
 
-__all__ = ["CommonSettings", "REPO_ROOT", "load_settings"]
+__all__ = ["REPO_ROOT", "CommonSettings", "StreamSettings", "load_settings", "read_config_file"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,6 +42,45 @@ class CommonSettings(BaseSettings):
         """`log_level` as a `logging` constant (`warn` is accepted, as Faust spells it)."""
         name = self.log_level.upper()
         return logging.WARNING if name == "WARN" else int(logging.getLevelName(name))
+
+
+class StreamSettings(CommonSettings):
+    """What the loop of every stream worker reads; each service adds its group, its web port and
+    its rules file."""
+
+    allowed_lateness_seconds: float = Field(300.0, ge=0)
+    idle_flush_seconds: float = Field(2.0, gt=0)
+    wall_clock_advance: bool = False
+    batch_max: int = Field(2000, ge=1)
+    batch_within_seconds: float = Field(0.2, gt=0)
+    timer_interval_seconds: float = Field(0.5, gt=0)
+    # how old an outbox entry must be before a worker taking over its shard treats it as left by a crash
+    outbox_grace_seconds: float = Field(10.0, ge=0)
+
+    @property
+    def lateness_ms(self) -> int:
+        return int(self.allowed_lateness_seconds * 1000)
+
+    @property
+    def group(self) -> str:
+        """The service's group: its consumer group's stem and the name of its applied-offset fence."""
+        raise NotImplementedError
+
+    @property
+    def web(self) -> tuple[str, int]:
+        """Where the worker serves /healthz and /metrics (host, port)."""
+        raise NotImplementedError
+
+
+def read_config_file(path: Path, what: str, expected: str = "a mapping") -> dict[str, Any]:
+    """The mapping a YAML or JSON file holds; ConfigError naming `what` and the file otherwise."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{what} {path}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path}: expected {expected}")
+    return loaded
 
 
 S = TypeVar("S", bound=BaseSettings)

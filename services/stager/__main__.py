@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import os
-import sys
+from collections.abc import Callable
 
-from services.common.errors import ConfigError
-from services.common.faustapp import start_worker
-from services.common.settings import load_settings
+import faust
+
+from services.common.faustapp import worker_main
 from services.stager.app import create_app
 from services.stager.config import load_rules
 from services.stager.settings import StagerSettings
 
 
+def prepare(settings: StagerSettings) -> Callable[[], faust.App]:
+    """Load the rules first (a bad one stops start-up naming its key); the app comes later."""
+    rules = load_rules(settings.stage_rules_file, dict(os.environ))
+    return lambda: create_app(settings, rules)
+
+
 def main() -> None:
-    try:
-        settings = load_settings(StagerSettings)
-        rules = load_rules(settings.stage_rules_file, dict(os.environ))
-    except ConfigError as exc:
-        sys.exit(f"stager: {exc}")
-    # Faust does not create source topics; the topic table is created (idempotently) first
-    start_worker("stager", settings, lambda: create_app(settings, rules), settings.stager_web_port)
+    worker_main("stager", StagerSettings, prepare)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.avro import default_codec
 from services.common.constants import EVENT_TYPES, TOPIC_REFERRALS, event_topic
-from services.common.faustapp import KafkaClients, faust_app, serve_engine
-from services.common.redisbatch import connect
-from services.common.resilience import Health
+from services.common.faustapp import engine_app
 from services.stager.config import StageRules
 from services.stager.engine import Engine
 from services.stager.metrics import StagerMetrics
@@ -29,29 +27,20 @@ SOURCE_TOPICS: tuple[str, ...] = (*EVENT_SOURCE_TOPICS, TOPIC_REFERRALS)
 
 def create_app(settings: StagerSettings, rules: StageRules, registry: CollectorRegistry | None = None) -> faust.App:
     """A Faust app whose task feeds event batches to one Engine and whose timer fires its timers."""
-    registry = registry if registry is not None else CollectorRegistry()
-    app = faust_app(
-        settings.stager_group,
-        settings.kafka_bootstrap,
-        settings.stager_web_host,
-        settings.stager_web_port,
-        settings.batch_max,
-        settings.state_dir / "faust",
+    return engine_app(
+        "stager",
+        settings,
+        SOURCE_TOPICS,
+        lambda redis, kafka, metrics: Engine(
+            redis=redis,
+            send=kafka.send,
+            codec=default_codec(),
+            rules=rules,
+            settings=settings,
+            metrics=StagerMetrics(metrics),
+            shards=lambda: kafka.owned(EVENT_SOURCE_TOPICS),
+            send_many=kafka.send_many,
+            send_to=kafka.send_to,
+        ),
+        registry,
     )
-    redis = connect(settings.redis_url)
-    kafka = KafkaClients()
-    engine = Engine(
-        redis=redis,
-        send=kafka.send,
-        codec=default_codec(),
-        rules=rules,
-        settings=settings,
-        metrics=StagerMetrics(registry),
-        shards=lambda: kafka.owned(EVENT_SOURCE_TOPICS),
-        send_many=kafka.send_many,
-        send_to=kafka.send_to,
-    )
-    serve_engine(app, engine=engine, clients=kafka, consumer_group=f"{settings.stager_group}-events",
-                 topics=SOURCE_TOPICS, settings=settings, health=Health("stager"), redis=redis,
-                 registry=registry)  # fmt: skip
-    return app

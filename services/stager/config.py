@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.common.errors import ConfigError
+from services.common.settings import read_config_file
 
 __all__ = ["DAY_MS", "MINUTE_MS", "StageRules", "load_rules"]
 
@@ -58,13 +58,7 @@ def load_rules(path: Path | None = None, env: dict[str, str] | None = None) -> S
     where = "defaults"
     if path is not None:
         where = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"stage rules file {path}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"stage rules file {path}: expected a mapping of rule names to numbers")
-        data.update(loaded)
+        data.update(read_config_file(path, "stage rules file", "a mapping of rule names to numbers"))
     for key, value in (env or {}).items():
         if key.startswith("CRM_RULES_"):
             data[key[len("CRM_RULES_") :].lower()] = value

@@ -6,26 +6,18 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from services.common.settings import CommonSettings
+from services.common.settings import StreamSettings
 
 __all__ = ["StagerSettings"]
 
 
-class StagerSettings(CommonSettings):
+class StagerSettings(StreamSettings):
     stager_group: str = Field("crm-stager", min_length=1)
     stager_web_host: str = "127.0.0.1"
     stager_web_port: int = Field(6066, ge=1, le=65535)
-    allowed_lateness_seconds: float = Field(300.0, ge=0)
     repeat_horizon_seconds: float = Field(900.0, gt=0)
     repeat_limit: int = Field(64, ge=1, le=1024)
-    idle_flush_seconds: float = Field(2.0, gt=0)
-    wall_clock_advance: bool = False
-    batch_max: int = Field(2000, ge=1)
-    batch_within_seconds: float = Field(0.2, gt=0)
-    timer_interval_seconds: float = Field(0.5, gt=0)
     stage_rules_file: Path | None = None
-    # how old an outbox entry must be before a worker taking over its shard treats it as left by a crash
-    outbox_grace_seconds: float = Field(10.0, ge=0)
 
     @model_validator(mode="after")
     def _horizon_covers_lateness(self) -> StagerSettings:
@@ -34,8 +26,12 @@ class StagerSettings(CommonSettings):
         return self
 
     @property
-    def lateness_ms(self) -> int:
-        return int(self.allowed_lateness_seconds * 1000)
+    def group(self) -> str:
+        return self.stager_group
+
+    @property
+    def web(self) -> tuple[str, int]:
+        return self.stager_web_host, self.stager_web_port
 
     @property
     def repeat_horizon_ms(self) -> int:

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 
-from services.common.errors import ConfigError
-from services.common.faustapp import start_worker
-from services.common.settings import load_settings
+import faust
+
+from services.common.faustapp import worker_main
 from services.triggers.app import create_app
 from services.triggers.config import load_trigger_config
 from services.triggers.settings import TriggerSettings
 
 
+def prepare(settings: TriggerSettings) -> Callable[[], faust.App]:
+    """Load the rules first (a bad one stops start-up naming its key); the app comes later."""
+    config = load_trigger_config(settings.trigger_rules_file)
+    return lambda: create_app(settings, config)
+
+
 def main() -> None:
-    try:
-        settings = load_settings(TriggerSettings)
-        config = load_trigger_config(settings.trigger_rules_file)
-    except ConfigError as exc:
-        sys.exit(f"triggers: {exc}")
-    start_worker("triggers", settings, lambda: create_app(settings, config), settings.triggers_web_port)
+    worker_main("triggers", TriggerSettings, prepare)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from services.common.avro import default_codec
 from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
-from services.common.faustapp import KafkaClients, faust_app, serve_engine
+from services.common.faustapp import engine_app
 from services.common.outbox import kafka_sent_since
-from services.common.redisbatch import connect
-from services.common.resilience import Health
 from services.triggers.config import TriggerConfig
 from services.triggers.engine import TriggerEngine
 from services.triggers.metrics import TriggerMetrics
@@ -38,30 +36,21 @@ def create_app(
     settings: TriggerSettings, config: TriggerConfig, registry: CollectorRegistry | None = None
 ) -> faust.App:
     """A Faust app whose task feeds batches to one TriggerEngine and whose timer fires its timers."""
-    registry = registry if registry is not None else CollectorRegistry()
-    app = faust_app(
-        settings.triggers_group,
-        settings.kafka_bootstrap,
-        settings.triggers_web_host,
-        settings.triggers_web_port,
-        settings.batch_max,
-        settings.state_dir / "faust-triggers",
-    )
-    redis = connect(settings.redis_url)
     codec = default_codec()
-    kafka = KafkaClients()
-    engine = TriggerEngine(
-        redis=redis,
-        send=kafka.send,
-        codec=codec,
-        config=config,
-        settings=settings,
-        metrics=TriggerMetrics(registry),
-        sent_since=kafka_sent_since(settings.kafka_bootstrap, codec),
-        shards=lambda: kafka.owned(SOURCE_TOPICS),
-        send_to=kafka.send_to,
+    return engine_app(
+        "triggers",
+        settings,
+        SOURCE_TOPICS,
+        lambda redis, kafka, metrics: TriggerEngine(
+            redis=redis,
+            send=kafka.send,
+            codec=codec,
+            config=config,
+            settings=settings,
+            metrics=TriggerMetrics(metrics),
+            sent_since=kafka_sent_since(settings.kafka_bootstrap, codec),
+            shards=lambda: kafka.owned(SOURCE_TOPICS),
+            send_to=kafka.send_to,
+        ),
+        registry,
     )
-    serve_engine(app, engine=engine, clients=kafka, consumer_group=f"{settings.triggers_group}-inputs",
-                 topics=SOURCE_TOPICS, settings=settings, health=Health("triggers"), redis=redis,
-                 registry=registry)  # fmt: skip
-    return app

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from services.common.errors import ConfigError
+from services.common.settings import read_config_file
 
 __all__ = [
     "CHANNELS",
@@ -166,11 +166,8 @@ def load_trigger_config(path: Path | None = None) -> TriggerConfig:
     (fields not given keep the default's) or adds a new rule."""
     if path is None:
         return TriggerConfig()
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"trigger rules file {path}: {exc}") from exc
-    if not isinstance(loaded, dict) or set(loaded) - {"rules", "guardrails"}:
+    loaded = read_config_file(path, "trigger rules file", "a mapping with `rules` and/or `guardrails`")
+    if set(loaded) - {"rules", "guardrails"}:
         raise ConfigError(f"trigger rules file {path}: expected a mapping with `rules` and/or `guardrails`")
     rules = {r.name: r.model_dump() for r in DEFAULT_RULES}
     given = loaded.get("rules") or []

@@ -6,28 +6,25 @@ from pathlib import Path
 
 from pydantic import Field
 
-from services.common.settings import CommonSettings
+from services.common.settings import StreamSettings
 
 __all__ = ["TriggerSettings"]
 
 
-class TriggerSettings(CommonSettings):
+class TriggerSettings(StreamSettings):
     triggers_group: str = Field("crm-triggers", min_length=1)
     triggers_web_host: str = "127.0.0.1"
     triggers_web_port: int = Field(6067, ge=1, le=65535)
     trigger_rules_file: Path | None = None
-    allowed_lateness_seconds: float = Field(300.0, ge=0)
-    idle_flush_seconds: float = Field(2.0, gt=0)
-    wall_clock_advance: bool = False
     batch_max: int = Field(1000, ge=1)
-    batch_within_seconds: float = Field(0.2, gt=0)
-    timer_interval_seconds: float = Field(0.5, gt=0)
-    # how old an outbox entry must be before a worker taking over its shard treats it as left by a crash
-    outbox_grace_seconds: float = Field(10.0, ge=0)
     # a shard's event time passes only what the stager declared complete on it (its progress
     # records), so transitions never arrive after the time they belong to; off: follow the inputs
     triggers_follow_stager: bool = True
 
     @property
-    def lateness_ms(self) -> int:
-        return int(self.allowed_lateness_seconds * 1000)
+    def group(self) -> str:
+        return self.triggers_group
+
+    @property
+    def web(self) -> tuple[str, int]:
+        return self.triggers_web_host, self.triggers_web_port

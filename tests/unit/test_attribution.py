@@ -3,8 +3,6 @@ readout.py): windows, counting an order once per campaign, refunds, costs, uplif
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from services.attribution.model import (
@@ -132,10 +130,23 @@ def test_interacting_means_activity_in_the_window_before_converting() -> None:
     assert not results([touch("a", T0), Activity(T0 + W + 1)])["a"].interacting
 
 
-def test_uplift_interval_matches_the_textbook_formula() -> None:
-    low, high = two_proportion_ci(60, 200, 30, 200) or (0.0, 0.0)
-    se = math.sqrt(0.3 * 0.7 / 200 + 0.15 * 0.85 / 200)
-    assert low == pytest.approx(0.15 - 1.959964 * se) and high == pytest.approx(0.15 + 1.959964 * se)
+def test_uplift_interval_is_newcombes_hybrid_score_interval() -> None:
+    """The worked examples of Newcombe (1998), method 10: 56/70 vs 48/80 gives [0.0524, 0.3339];
+    9/10 vs 3/10 gives [0.1705, 0.8090]; with no conversion in either group of 10, [-0.2775, 0.2775]."""
+    for (x1, n1, x2, n2), (low, high) in [
+        ((56, 70, 48, 80), (0.0524, 0.3339)),
+        ((9, 10, 3, 10), (0.1705, 0.8090)),
+        ((0, 10, 0, 10), (-0.2775, 0.2775)),
+    ]:
+        got = two_proportion_ci(x1, n1, x2, n2)
+        assert got is not None and got == pytest.approx((low, high), abs=5e-5)
+
+
+def test_a_control_group_without_conversions_does_not_collapse_the_interval() -> None:
+    """5/40 treated against 0/15 held out: the Wald interval, whose control spread is then zero,
+    would be [+0.02, +0.23] and call it an effect; the score interval covers zero."""
+    low, high = two_proportion_ci(5, 40, 0, 15) or (0.0, 0.0)
+    assert low < 0 < high
 
 
 def test_final_and_open_trials_are_reported_apart() -> None:
