@@ -148,8 +148,13 @@ def _run(stack: StackInfo, tmp_path: Path, stream: list[tuple[str, str, dict[str
                                    attribution_group=group)  # fmt: skip
     procs: list[WorkerProcess] = [
         # no triggers worker runs here to declare its progress: attribution follows its inputs alone
-        AttributionProcess(stack, group, port + i, tmp_path / f"{name}-attr{i}.log",
-                           {"CRM_BATCH_MAX": str(batch), "CRM_ATTRIBUTION_FOLLOW_TRIGGERS": "false"})  # fmt: skip
+        AttributionProcess(
+            stack,
+            group,
+            port + i,
+            tmp_path / f"{name}-attr{i}.log",
+            {"CRM_BATCH_MAX": str(batch), "CRM_ATTRIBUTION_FOLLOW_TRIGGERS": "false"},
+        )  # fmt: skip
         for i in range(workers)
     ]
 
