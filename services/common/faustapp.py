@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -28,6 +29,7 @@ from services.common.settings import StreamSettings, load_settings
 from services.common.topics import ensure_topics
 
 __all__ = [
+    "ASSIGNORS",
     "KafkaClients",
     "add_pages",
     "consumer_group",
@@ -100,12 +102,22 @@ def to_messages(events: Any) -> list[Message]:
     ]
 
 
+# Partition p of every input topic must go to one worker: a customer's events, transitions and
+# decisions all sit on partition p of their topics, and one worker applies them together. The
+# range assignor lays every topic's partitions over the same sorted members (the topics have one
+# partition count), so it gives p of each topic to the same worker for any number of workers;
+# aiokafka's default (round robin over all topic partitions) does so only when the worker count
+# divides the partition count.
+ASSIGNORS = (RangePartitionAssignor,)
+
+
 def engine_consumer(kafka_bootstrap: str, group: str) -> AIOKafkaConsumer:
     """The consumer of a stream worker's batch loop: no auto-commit (positions come from the
-    applied-offset fence), earliest offsets for a new group."""
+    applied-offset fence), earliest offsets for a new group, co-partitioned assignment."""
     return AIOKafkaConsumer(
         bootstrap_servers=kafka_bootstrap,
         group_id=group,
+        partition_assignment_strategy=ASSIGNORS,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         session_timeout_ms=10_000,
