@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-__all__ = ["EventClock", "ShardClock", "merge_shard_clocks", "tenant_clock"]
+__all__ = ["EventClock", "ShardClock", "merge_shard_clocks", "shard_value", "tenant_clock"]
 
 
 @dataclass(slots=True)
@@ -107,13 +107,23 @@ class EventClock:
         return True
 
 
-def _parse(stored: dict[bytes, bytes]) -> list[tuple[str, int, int, int]]:
+def _parse(stored: dict[bytes, bytes]) -> list[tuple[str, int, int, int, int]]:
+    """(tenant, shard, latest, watermark, ceiling or 0) of each "<tenant>|<shard>" ->
+    "<latest>:<watermark>[:<ceiling>]" entry."""
     out = []
     for name, value in stored.items():
         tenant, shard = name.decode().rsplit("|", 1)
-        latest, watermark = (int(x) for x in value.split(b":"))
-        out.append((tenant, int(shard), latest, watermark))
+        latest, watermark, *rest = (int(x) for x in value.split(b":"))
+        out.append((tenant, int(shard), latest, watermark, rest[0] if rest else 0))
     return out
+
+
+def shard_value(state: ShardClock, ceiling: int | None) -> str:
+    """What `merge_shard_clocks` reads back: "<latest>:<watermark>", and ":<ceiling>" when the
+    clock follows an upstream service (its last declared progress must survive a crash: the
+    records that declared it are behind the fence and will not be read again)."""
+    value = f"{state.latest}:{state.watermark}"
+    return value if ceiling is None else f"{value}:{ceiling}"
 
 
 def merge_shard_clocks(
@@ -126,7 +136,7 @@ def merge_shard_clocks(
     "<latest>:<watermark>"): each tenant's latest event time over all shards, so an idle worker's
     timers follow the tenant's time, and the whole clock of the shards in `owned` (a shard a
     rebalance just handed over carries its previous owner's clock; None: every shard, at start)."""
-    for tenant, shard, latest, watermark in _parse(stored):
+    for tenant, shard, latest, watermark, ceiling in _parse(stored):
         clock = clocks.get(tenant)
         if clock is None:
             clock = clocks[tenant] = new()
@@ -134,13 +144,13 @@ def merge_shard_clocks(
         if owned is None or shard in owned:
             state = clock.shard(shard)
             state.latest, state.watermark = max(state.latest, latest), max(state.watermark, watermark)
-            clock.ceil(shard, watermark)  # what was reached before stays reached
+            clock.ceil(shard, max(watermark, ceiling))  # what was reached or declared stays so
 
 
 def tenant_clock(stored: dict[bytes, bytes], tenant: str) -> tuple[int, int]:
     """(latest event time, watermark) of `tenant` over the shard clocks of every worker: the
     latest of any shard, and the lowest watermark of the shards that have seen its events."""
-    mine = [(latest, watermark) for t, _, latest, watermark in _parse(stored) if t == tenant]
+    mine = [(latest, watermark) for t, _, latest, watermark, _ in _parse(stored) if t == tenant]
     if not mine:
         return 0, 0
     return max(latest for latest, _ in mine), min(watermark for _, watermark in mine)

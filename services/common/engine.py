@@ -38,7 +38,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from services.common.avro import Codec
-from services.common.clock import EventClock, merge_shard_clocks
+from services.common.clock import EventClock, ShardClock, merge_shard_clocks, shard_value
 from services.common.constants import TOPICS
 from services.common.deadletter import dead_letter, quarantine
 from services.common.fence import OffsetFence
@@ -375,9 +375,11 @@ class StreamEngine(Generic[In]):
     def write_clocks(self, pipe: Any) -> None:
         owned = set(self.shards())  # a shard another worker now owns is that worker's to write
         shards = {
-            f"{t}|{p}": f"{v.latest}:{v.watermark}"
+            f"{t}|{p}": shard_value(
+                c.shards.get(p) or ShardClock(), None if c.ceilings is None else c.ceilings.get(p, 0)
+            )
             for t, c in self.clocks.items()
-            for p, v in c.shards.items()
+            for p in set(c.shards) | set(c.ceilings or ())  # a ceiling declared before any input too
             if p in owned
         }
         if shards:

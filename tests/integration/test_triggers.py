@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from services.common import keys
 from services.common.avro import default_codec
 from services.common.constants import (
+    TOPIC_STAGE_TRANSITIONS,
     TOPIC_TRIGGERS_COUPONS,
     TOPIC_TRIGGERS_OUTREACH,
     TOPIC_TRIGGERS_REMINDERS,
@@ -233,7 +234,9 @@ def test_kill_between_timer_registration_and_firing_gives_one_reminder(
     assert len(reminders) == 1 and millis(reminders[0]["decided_at"]) == T0 + 30 * MIN
 
 
-async def _engine(stack: StackInfo, group: str, send: Send, lateness: float = 300.0) -> tuple[TriggerEngine, Redis]:
+async def _engine(
+    stack: StackInfo, group: str, send: Send, lateness: float = 300.0, follow: bool = False
+) -> tuple[TriggerEngine, Redis]:
     codec = default_codec()
     settings = TriggerSettings(
         allowed_lateness_seconds=lateness,
@@ -241,7 +244,7 @@ async def _engine(stack: StackInfo, group: str, send: Send, lateness: float = 30
         redis_url=stack.redis_url,
         triggers_group=group,
         idle_flush_seconds=0.01,
-        triggers_follow_stager=False,  # the transitions here come from the test, with no progress records
+        triggers_follow_stager=follow,  # the transitions here come from the test, with no progress records
         outbox_grace_seconds=0,
     )
     config = TriggerConfig(guardrails=Guardrails(holdout_share=0, global_holdout_share=0))
@@ -417,3 +420,29 @@ async def test_a_customer_written_by_another_worker_meanwhile_is_decided_again(q
         await redis2.aclose()
     coupons = [r for r in await outputs(stack, tenant) if r["rule"] == "considering_coupon"]
     assert len(coupons) == 1
+
+
+@pytest.mark.timeout(120)
+async def test_the_stagers_declared_progress_survives_a_crash(quiet_stack: StackInfo) -> None:
+    """The progress record that raised a partition's ceiling lies behind the fence once applied: a
+    worker that takes over after a crash must still know the ceiling, or that partition's timers
+    wait for a record that never comes again."""
+    run = uuid.uuid4().hex[:8]
+    tenant, group = f"ceiling-{run}", f"ceiling-{run}"
+    codec = default_codec()
+    declared = 1_700_000_000_000
+    record = {"tenant": tenant, "partition": 3, "watermark": declared, "source": "stager:test"}
+    progress = Message(TOPIC_STAGE_TRANSITIONS, 3, 0, codec.encode("crm.stage.Progress", record))
+
+    async def send(topic: str, key: bytes, value: bytes) -> Any:
+        raise AssertionError("nothing to send")
+
+    first, redis1 = await _engine(quiet_stack, group, send, follow=True)
+    await first.process([progress])
+    await redis1.aclose()  # the worker dies; the next one starts from Redis alone
+    second, redis2 = await _engine(quiet_stack, group, send, follow=True)
+    try:
+        assert second.clocks[tenant].ceilings == {3: declared}
+        assert second.fence.applied[f"{TOPIC_STAGE_TRANSITIONS}:3"] == 1  # the record is not read again
+    finally:
+        await redis2.aclose()

@@ -1,6 +1,6 @@
 """The event-time clock shared by the stager and the triggers."""
 
-from services.common.clock import EventClock, ShardClock, merge_shard_clocks, tenant_clock
+from services.common.clock import EventClock, ShardClock, merge_shard_clocks, shard_value, tenant_clock
 
 
 def test_each_shard_trails_its_own_latest_event_by_the_lateness() -> None:
@@ -80,3 +80,21 @@ def test_following_an_upstream_service_the_watermark_never_passes_its_progress()
     clock.ceil(4, 120_000)
     clock.flush_idle({4}, 100.0, 2.0, None)
     assert clock.shards[4].watermark == 120_000
+
+
+def test_a_declared_ceiling_survives_a_restart() -> None:
+    """The upstream progress records that declared a ceiling lie behind the fence after a crash and
+    are not read again: the ceiling is written with the shard clock and read back from it."""
+    clock = EventClock(ceilings={})
+    clock.saw(4, 100_000, 0.0, "t")
+    clock.ceil(4, 90_000)
+    clock.ceil(7, 80_000)  # declared before any input of the shard
+    clock.settle(0)
+    ceilings = clock.ceilings or {}
+    stored = {f"shop|{p}".encode(): shard_value(clock.shard(p), ceilings.get(p, 0)).encode() for p in (4, 7)}
+    restored: dict[str, EventClock] = {}
+    merge_shard_clocks(restored, stored, None, lambda: EventClock(ceilings={}))
+    assert restored["shop"].ceilings == {4: 90_000, 7: 80_000}
+    restored["shop"].flush_idle({4, 7}, 1e9, 1.0, None)
+    assert (restored["shop"].shards[4].watermark, restored["shop"].shards[7].watermark) == (90_000, 80_000)
+    assert tenant_clock(stored, "shop") == (100_000, 0)  # old "<latest>:<watermark>" readers still parse it
