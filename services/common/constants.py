@@ -6,6 +6,7 @@ topic-creation service.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -23,8 +24,10 @@ __all__ = [
     "TOPIC_TRIGGERS_REMINDERS",
     "TOPIC_TRIGGERS_SUPPRESSED",
     "checked_cents",
+    "checked_id",
     "checked_tenant",
     "checked_time",
+    "has_control",
     "TopicSpec",
     "event_topic",
     "REDIS_PREFIX",
@@ -70,7 +73,22 @@ def checked_tenant(tenant: str) -> str:
     """`tenant` if it can lead a Redis key (which it does up to a ':')."""
     if ":" in tenant:
         raise ValueError("out of range: a tenant must not contain ':'")
-    return tenant
+    return checked_id(tenant, "tenant")
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def checked_id(value: str, what: str = "customer_id") -> str:
+    """`value` if it holds no control character (the engines' keys and logs separate their parts
+    with them); ValueError otherwise."""
+    if _CONTROL.search(value):
+        raise ValueError(f"out of range: {what} contains a control character")
+    return value
+
+
+def has_control(value: str) -> bool:
+    return _CONTROL.search(value) is not None
 
 
 def event_topic(event_type: str) -> str:

@@ -302,6 +302,7 @@ class StreamEngine(Generic[In]):
             if not admit(msg, offsets):
                 redelivered += 1
                 continue
+            stage = "undecodable"
             try:
                 if msg.value is None:
                     raise ValueError("null value")
@@ -312,10 +313,12 @@ class StreamEngine(Generic[In]):
                 if self.control(msg.partition, schema, record):
                     continue
                 origin = f"{msg.topic}|{msg.partition}|{msg.offset}"
+                stage = "invalid"  # decoded, but not an input the service can hold
                 mapped = to_input(schema, record, origin)
                 self.values[origin] = msg.value
             except Exception as exc:  # noqa: BLE001 - whatever the input, the partition flows on
-                ident, entry = dead_letter(self.codec, self.source, msg, f"undecodable: {type(exc).__name__}: {exc}")
+                reason = f"{stage}: {exc}" if stage == "invalid" else f"undecodable: {type(exc).__name__}: {exc}"
+                ident, entry = dead_letter(self.codec, self.source, msg, reason)
                 dead.setdefault(msg.partition, {})[ident] = entry
                 continue
             if mapped is None:

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from services.common.avro import Codec
-from services.common.constants import EVENT_TYPES
+from services.common.constants import EVENT_TYPES, has_control
 from services.common.deadletter import printable
 from services.common.errors import CrmError
 from services.ingest.body import DEFAULT_MAX_DEPTH, RawItem, split_body
@@ -206,6 +206,10 @@ def _record(schema: Mapping[str, Any], value: Any, path: str, limits: Limits) ->
     return out
 
 
+# identifiers: no control characters in them
+ID_FIELDS = ("event_id", "customer_id", "tenant", "order_id", "referrer_customer_id", "session_id")
+
+
 def validate_event(item: RawItem, codec: Codec, limits: Limits, now_ms: int) -> tuple[str, dict[str, Any]]:
     """(event type, record ready for `codec.encode`) of a valid item; Rejection otherwise."""
     event_type = _event_type(item, limits)
@@ -220,6 +224,9 @@ def validate_event(item: RawItem, codec: Codec, limits: Limits, now_ms: int) -> 
             raise Rejection("missing_field", f"{key} is empty", event_type)
     if ":" in record["tenant"]:  # the tenant leads every customer's Redis key, up to a ':'
         raise Rejection("bad_tenant", "tenant must not contain ':'", event_type)
+    for key in ID_FIELDS:  # the engines' keys, logs and outboxes separate their parts with them
+        if isinstance(record.get(key), str) and has_control(record[key]):
+            raise Rejection("bad_id", f"{key} contains a control character", event_type)
     if record["event_time"] > now_ms + limits.max_future_skew_ms:
         raise Rejection("future_timestamp", f"event_time is more than {limits.max_future_skew_ms} ms ahead", event_type)
     if record["event_time"] < limits.min_event_time_ms:

@@ -36,3 +36,18 @@ def test_a_valid_order_is_taken_by_both_services() -> None:
     assert to_fact("crm.events.Order", _order(0.0)) is not None
     found = to_input("crm.events.Order", _order(25.5))
     assert found is not None and isinstance(found[2], OrderIn) and found[2].status == "paid"
+
+
+def test_every_engine_refuses_a_customer_id_with_a_control_character() -> None:
+    from services.attribution.config import AttributionConfig
+    from services.attribution.inputs import to_input as attribution_input
+
+    record = {"event_id": "e", "customer_id": "x\x1fy", "tenant": "t", "event_time": 1, "order_id": "o",
+              "status": "paid", "amount": 1.0, "coupon_code": None}  # fmt: skip
+    for read in (
+        lambda: to_fact("crm.events.Order", record),
+        lambda: to_input("crm.events.Order", record),
+        lambda: attribution_input("crm.events.Order", record, "", AttributionConfig()),
+    ):
+        with pytest.raises(ValueError, match="control character"):
+            read()

@@ -200,3 +200,13 @@ def test_array_items_keep_their_bytes_as_sent() -> None:
 def test_a_tenant_with_a_colon_is_rejected() -> None:
     # "R:x" / "y" and "R" / "x:y" would share one customer's state
     assert reject(item(tenant="R:x")).code == "bad_tenant"
+
+
+@pytest.mark.parametrize("field", ["customer_id", "event_id", "tenant", "session_id"])
+@pytest.mark.parametrize("char", ["\x1f", "\x00", "\n", "\x7f"])
+def test_an_id_with_a_control_character_is_rejected(field: str, char: str) -> None:
+    """The engines separate the parts of their keys, logs and outbox entries with control
+    characters: an id holding one would be read back as two."""
+    assert reject(item(**{field: f"x{char}y"})).code == "bad_id"
+    order = {"type": "order", "order_id": f"o{char}1", "status": "paid", "amount": 1.0}
+    assert reject(item(**order)).code == "bad_id"
