@@ -25,12 +25,14 @@ from services.stager.settings import StagerSettings
 from services.triggers.app import SOURCE_TOPICS as TRIGGER_TOPICS
 from services.triggers.settings import TriggerSettings
 
-__all__ = ["Service", "end_offsets", "members", "pipeline", "wait_pipeline", "wait_service"]
+__all__ = ["Service", "consumed", "end_offsets", "members", "pipeline", "wait_pipeline", "wait_service"]
 
 T = TypeVar("T")
 Retrying = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 # how long a service may take to show a consumer group member (a worker just started joins)
 JOIN_GRACE_SECONDS = 20.0
+# how often a wait checks that the service it waits for still has a worker
+CHECK_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -114,19 +116,14 @@ async def wait_service(
     stands at `latest_ms` or later (over every worker's shards), and none of the tenant's timers
     is due by then. CrmError at once when no worker of the service is consuming, and after
     `timeout` seconds otherwise."""
-    started = time.monotonic()
-    while not await retrying(f"asking who consumes for the {service.name}",
-                             lambda: members(bootstrap, service.consumer_group)):  # fmt: skip
-        if time.monotonic() - started > JOIN_GRACE_SECONDS:
-            raise CrmError(
-                f"no {service.name} worker is consuming {', '.join(service.topics)}; "
-                f"start one with `{service.start_hint}`"
-            )
-        await asyncio.sleep(1.0)
+    await consumed(service, bootstrap=bootstrap, retrying=retrying)
     ends = await retrying("reading the topics' end offsets", lambda: end_offsets(bootstrap, service.topics, partitions))
     deadline = time.monotonic() + timeout
-    said = 0.0
+    said = checked = time.monotonic()
     while True:
+        if time.monotonic() - checked > CHECK_SECONDS:  # a worker may die while it is waited for
+            await consumed(service, bootstrap=bootstrap, retrying=retrying, stopped=True)
+            checked = time.monotonic()
         fence, clocks = await retrying(
             f"reading the {service.name}'s progress",
             lambda: asyncio.gather(redis.hgetall(service.fence_key), redis.hgetall(service.clock_key)),
@@ -155,6 +152,23 @@ async def wait_service(
         await asyncio.sleep(0.2)
 
 
+async def consumed(service: Service, *, bootstrap: str, retrying: Retrying = _plain, stopped: bool = False) -> None:
+    """Return once some worker of `service` is in its consumer group; CrmError naming the
+    service and how to start it when none has joined within `JOIN_GRACE_SECONDS` (`stopped`:
+    the workers were there before and have gone)."""
+    started = time.monotonic()
+    while not await retrying(f"asking who consumes for the {service.name}",
+                             lambda: members(bootstrap, service.consumer_group)):  # fmt: skip
+        if time.monotonic() - started > JOIN_GRACE_SECONDS:
+            who = (
+                f"every {service.name} worker stopped consuming"
+                if stopped
+                else f"no {service.name} worker is consuming"
+            )
+            raise CrmError(f"{who} {', '.join(service.topics)}; start one with `{service.start_hint}`")
+        await asyncio.sleep(1.0)
+
+
 async def wait_pipeline(
     services: Sequence[Service],
     *,
@@ -168,7 +182,9 @@ async def wait_pipeline(
     retrying: Retrying = _plain,
 ) -> None:
     """`wait_service` for each service in turn, in the order data flows (what the triggers read
-    is complete only once the stager is), within one overall `timeout`."""
+    is complete only once the stager is), within one overall `timeout`. A service with no worker
+    is named first, before waiting on any."""
+    await asyncio.gather(*(consumed(s, bootstrap=bootstrap, retrying=retrying) for s in services))
     deadline = time.monotonic() + timeout
     for service in services:
         await wait_service(service, bootstrap=bootstrap, redis=redis, tenant=tenant, latest_ms=latest_ms,

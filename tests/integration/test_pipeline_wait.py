@@ -1,7 +1,9 @@
 """Waiting for the pipeline says at once when a service has no worker, instead of timing out."""
 
+import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -12,6 +14,7 @@ from services.common.errors import CrmError
 from services.stager.settings import StagerSettings
 from services.triggers.settings import TriggerSettings
 from tests.conftest import StackInfo
+from tests.integration.stager_process import StagerProcess
 
 
 async def test_a_service_without_a_worker_is_named_at_once(stack: StackInfo, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,3 +37,41 @@ async def test_a_service_without_a_worker_is_named_at_once(stack: StackInfo, mon
     finally:
         await redis.aclose()
     assert time.monotonic() - started < 60, "it waited for its timeout instead of saying so"
+
+
+async def test_a_worker_that_dies_during_the_wait_is_named(
+    stack: StackInfo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The wait checks on the service it waits for: a stager killed while it is waited for is
+    reported (once Kafka drops it from the group), not waited out to the timeout."""
+    monkeypatch.setattr(crm.pipeline, "JOIN_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(crm.pipeline, "CHECK_SECONDS", 1.0)
+    run = uuid.uuid4().hex[:8]
+    stager = StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                            stager_group=f"dying-{run}")  # fmt: skip
+    worker = StagerProcess(stack, stager.stager_group, 22650, tmp_path / "stager.log").start()
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        await asyncio.sleep(8)  # it joins its group
+        waiting = asyncio.create_task(
+            wait_pipeline(
+                pipeline(stager),
+                bootstrap=stack.kafka_bootstrap,
+                redis=redis,
+                tenant=f"t-{run}",
+                latest_ms=10**13,
+                timeout=600,
+                partitions=stager.partitions,
+                say=print,
+            )  # fmt: skip
+        )
+        await asyncio.sleep(3)
+        assert not waiting.done()  # a worker is there: it waits for the clock that never comes
+        worker.kill()
+        started = time.monotonic()
+        with pytest.raises(CrmError, match="every stager worker stopped consuming"):
+            await asyncio.wait_for(waiting, 90)
+        assert time.monotonic() - started < 60
+    finally:
+        worker.stop()
+        await redis.aclose()
