@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -45,6 +46,7 @@ class Service:
     fence_key: str  # applied offsets, "topic:partition" -> next offset not applied
     clock_key: str  # shard clocks, "tenant|shard" -> "latest:watermark"
     timers_key: Callable[[str, int], str]
+    outbox_key: Callable[[int], str]  # a shard's records decided, not yet confirmed on Kafka
 
     @property
     def start_hint(self) -> str:
@@ -58,13 +60,24 @@ def pipeline(
     stager writes, attribution what the triggers write); a service whose settings are not given
     is not waited for."""
     wanted = [
-        ("stager", stager, STAGER_TOPICS, keys.shard_clock_key(), keys.timers_key),
-        ("triggers", triggers, TRIGGER_TOPICS, keys.trigger_clock_key(), keys.trigger_timers_key),
-        ("attribution", attribution, ATTRIBUTION_TOPICS, keys.attribution_clock_key(), keys.attribution_timers_key),
-    ]
+        ("stager", stager, STAGER_TOPICS, keys.shard_clock_key(), keys.timers_key,
+         partial(keys.outbox_key, stager.group)),
+        ("triggers", triggers, TRIGGER_TOPICS, keys.trigger_clock_key(), keys.trigger_timers_key,
+         keys.trigger_outbox_key),
+        ("attribution", attribution, ATTRIBUTION_TOPICS, keys.attribution_clock_key(), keys.attribution_timers_key,
+         keys.attribution_outbox_key),
+    ]  # fmt: skip
     return [
-        Service(name, consumer_group(settings.group), topics, keys.applied_offsets_key(settings.group), clock, timers)
-        for name, settings, topics, clock, timers in wanted
+        Service(
+            name,
+            consumer_group(settings.group),
+            topics,
+            keys.applied_offsets_key(settings.group),
+            clock,
+            timers,
+            outbox,
+        )  # fmt: skip
+        for name, settings, topics, clock, timers, outbox in wanted
         if settings is not None
     ]
 
@@ -113,8 +126,10 @@ async def wait_service(
     retrying: Retrying = _plain,
 ) -> None:
     """Until `service` has applied every message now on its topics, its clock for `tenant`
-    stands at `latest_ms` or later (over every worker's shards), and none of the tenant's timers
-    is due by then. CrmError at once when no worker of the service is consuming, and after
+    stands at `latest_ms` or later (over every worker's shards), none of the tenant's timers is
+    due by then, and its outbox is empty (what it decided is on Kafka, where the next service
+    reads it: the applied offsets move in the same MULTI as the outbox is written, before the
+    records are sent). CrmError at once when no worker of the service is consuming, and after
     `timeout` seconds otherwise."""
     await consumed(service, bootstrap=bootstrap, retrying=retrying)
     ends = await retrying("reading the topics' end offsets", lambda: end_offsets(bootstrap, service.topics, partitions))
@@ -131,7 +146,7 @@ async def wait_service(
         applied = {k.decode(): int(v) for k, v in fence.items()}
         behind = sum(max(0, end - applied.get(tp, 0)) for tp, end in ends.items())
         latest, watermark = tenant_clock(clocks, tenant)  # over every worker's shards
-        due = 0
+        due = unsent = 0
         if behind == 0 and watermark >= latest_ms:
             timers = [service.timers_key(tenant, shard) for shard in range(partitions)]
             counts = await retrying(
@@ -140,14 +155,24 @@ async def wait_service(
             )
             due = sum(counts)
             if due == 0:
-                return
+                unsent = sum(
+                    await retrying(
+                        f"reading the {service.name}'s outbox",
+                        lambda: asyncio.gather(*(redis.hlen(service.outbox_key(s)) for s in range(partitions))),
+                    )
+                )
+                if unsent == 0:
+                    return
         if time.monotonic() > deadline:
             raise CrmError(
                 f"the {service.name} did not catch up within {timeout:.0f}s ({behind} messages behind, "
-                f"{due} timers due); is it running? (`{service.start_hint}`)"
+                f"{due} timers due, {unsent} records not yet on Kafka); is it running? (`{service.start_hint}`)"
             )
         if time.monotonic() - said > 5:
-            say(f"waiting for the {service.name}: {behind} messages to apply, {due} timers due")
+            say(
+                f"waiting for the {service.name}: {behind} messages to apply, {due} timers due, "
+                f"{unsent} records to send"
+            )
             said = time.monotonic()
         await asyncio.sleep(0.2)
 
@@ -184,7 +209,15 @@ async def wait_pipeline(
     """`wait_service` for each service in turn, in the order data flows (what the triggers read
     is complete only once the stager is), within one overall `timeout`. A service with no worker
     is named first, before waiting on any."""
-    await asyncio.gather(*(consumed(s, bootstrap=bootstrap, retrying=retrying) for s in services))
+    checks = await asyncio.gather(
+        *(consumed(s, bootstrap=bootstrap, retrying=retrying) for s in services), return_exceptions=True
+    )
+    missing = [str(found) for found in checks if isinstance(found, CrmError)]
+    if missing:  # every service without a worker, in the order data flows
+        raise CrmError("\n".join(missing))
+    for found in checks:
+        if isinstance(found, BaseException):
+            raise found
     deadline = time.monotonic() + timeout
     for service in services:
         await wait_service(service, bootstrap=bootstrap, redis=redis, tenant=tenant, latest_ms=latest_ms,

@@ -267,6 +267,8 @@ def test_cdnow_through_the_whole_pipeline_equals_the_batch_computation_to_the_ce
             proc.stop()
 
     decisions, counters = asyncio.run(_decisions_and_counters(stack, tenant))
+    ids = [d["trigger_id"] for d in decisions]
+    assert len(set(ids)) == len(ids), "a trigger decision reached Kafka twice"
     orders = [(c, f"cdnow-{e.split(':')[1]}", t, amount, False) for c, e, t, amount in cdnow_orders(data)]
     expected = campaign_counts(decisions, orders)
     assert len(expected) >= 3 and set(counters) == set(expected)

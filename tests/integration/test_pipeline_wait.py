@@ -1,6 +1,7 @@
 """Waiting for the pipeline says at once when a service has no worker, instead of timing out."""
 
 import asyncio
+import re
 import time
 import uuid
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 import crm.pipeline
-from crm.pipeline import pipeline, wait_pipeline
+from crm.pipeline import pipeline, wait_pipeline, wait_service
 from services.common.errors import CrmError
 from services.stager.settings import StagerSettings
 from services.triggers.settings import TriggerSettings
@@ -29,13 +30,16 @@ async def test_a_service_without_a_worker_is_named_at_once(stack: StackInfo, mon
     redis = Redis.from_url(stack.redis_url)
     started = time.monotonic()
     try:
-        with pytest.raises(
-            CrmError, match=r"no stager worker is consuming crm\.events\..*start one with `crm stager worker`"
-        ):
+        with pytest.raises(CrmError) as raised:
             await wait_pipeline(services, bootstrap=stack.kafka_bootstrap, redis=redis, tenant=f"t-{run}",
                                 latest_ms=1, timeout=600, partitions=stager.partitions, say=print)  # fmt: skip
     finally:
         await redis.aclose()
+    # every service without a worker is named, in the order data flows, whichever was asked first
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r"no stager worker is consuming crm\.events\..*; start one with `crm stager worker`", lines[0])
+    assert re.fullmatch(r"no triggers worker is consuming .*; start one with `crm triggers worker`", lines[1])
     assert time.monotonic() - started < 60, "it waited for its timeout instead of saying so"
 
 
@@ -74,4 +78,51 @@ async def test_a_worker_that_dies_during_the_wait_is_named(
         assert time.monotonic() - started < 60
     finally:
         worker.stop()
+        await redis.aclose()
+
+
+async def test_the_wait_holds_until_what_a_service_decided_is_on_kafka(
+    stack: StackInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's applied offsets are written with its outbox, before its records are sent: a
+    service whose fence and clock are complete but whose outbox still holds a record is not done
+    (the next service would read its topics' ends without that record)."""
+
+    async def present(*args: object, **kwargs: object) -> None:
+        return None
+
+    async def no_topics(*args: object) -> dict[str, int]:
+        return {}
+
+    monkeypatch.setattr(crm.pipeline, "consumed", present)
+    monkeypatch.setattr(crm.pipeline, "end_offsets", no_topics)
+    run = uuid.uuid4().hex[:8]
+    tenant = f"t-{run}"
+    triggers = TriggerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                               triggers_group=f"outbox-{run}")  # fmt: skip
+    service = pipeline(StagerSettings(), triggers)[1]
+    redis = Redis.from_url(stack.redis_url)
+    shard = 11
+    try:
+        await redis.hset(service.clock_key, f"{tenant}|{shard}", "5000:5000")
+        await redis.hset(service.outbox_key(shard), f"test-{run}", b"a decided record")
+        waiting = asyncio.create_task(
+            wait_service(
+                service,
+                bootstrap=stack.kafka_bootstrap,
+                redis=redis,
+                tenant=tenant,
+                latest_ms=5000,
+                timeout=60,
+                partitions=triggers.partitions,
+                say=print,
+            )  # fmt: skip
+        )
+        await asyncio.sleep(2)
+        assert not waiting.done(), "it returned while a decided record was not yet on Kafka"
+        await redis.hdel(service.outbox_key(shard), f"test-{run}")
+        await asyncio.wait_for(waiting, 10)
+    finally:
+        await redis.hdel(service.clock_key, f"{tenant}|{shard}")
+        await redis.hdel(service.outbox_key(shard), f"test-{run}")
         await redis.aclose()
