@@ -223,25 +223,27 @@ def fields_of(group: str, result: Result) -> dict[str, int]:
 def credit(state: AttributionState, watermark: int, first_touch: bool = False) -> list[Credit]:
     """Attribution records due now: each paid order the watermark has passed that lies in a
     treatment window gets one, crediting the last touch before it (the first with `first_touch`);
-    a refunded order that had one gets a retraction. Marks them in the state."""
+    one whose refund the watermark has passed too gets a retraction. Both go by event time, not
+    by when the refund arrived: a refund read before the watermark reached the payment still
+    gives the record and its retraction. Marks them in the state."""
     out = []
     treated = _in_order(t for t in state.touches.values() if t.group == TREATMENT)
     for oid, order in sorted(state.orders.items()):
+        if not order.paid or order.paid > watermark:
+            continue
         done = state.credited.get(oid)
-        if done is not None:
-            if order.refunded and oid not in state.retracted:
-                touch = state.touches.get(done)
-                state.retracted.add(oid)
-                if touch is not None:
-                    out.append(_credit(oid, order, touch, retracted=True))
-            continue
-        if not order.counts or order.paid > watermark:
-            continue
-        inside = [t for t in treated if t.time < order.paid <= t.end]
-        if inside:
+        if done is None:
+            inside = [t for t in treated if t.time < order.paid <= t.end]
+            if not inside:
+                continue
             touch = inside[0] if first_touch else inside[-1]
-            state.credited[oid] = touch.trigger_id
+            state.credited[oid] = done = touch.trigger_id
             out.append(_credit(oid, order, touch, retracted=False))
+        if order.refunded and order.refunded <= watermark and oid not in state.retracted:
+            state.retracted.add(oid)
+            taken = state.touches.get(done)
+            if taken is not None:
+                out.append(_credit(oid, order, taken, retracted=True))
     return out
 
 
@@ -252,9 +254,14 @@ def _credit(oid: str, order: Order, touch: Touch, *, retracted: bool) -> Credit:
 
 def next_due(state: AttributionState, watermark: int, keep_ms: int) -> int | None:
     """When the customer needs the engine again: a window ends (its trial becomes final), a paid
-    order is to be credited, or something becomes old enough to be forgotten."""
+    order is to be credited or a credited one's refund retracted, or something becomes old enough
+    to be forgotten."""
     due = [t.end for t in state.touches.values() if t.end > watermark]
-    due += [o.paid for oid, o in state.orders.items() if o.counts and oid not in state.credited and o.paid > watermark]
+    for oid, o in state.orders.items():
+        if o.paid > watermark and oid not in state.credited:
+            due.append(o.paid)
+        elif o.refunded > watermark and oid not in state.retracted:
+            due.append(o.refunded)
     forget = [t.end + keep_ms for t in state.touches.values()]
     forget += [o.last + keep_ms for o in state.orders.values()]
     due += [t for t in forget if t > watermark]
@@ -281,10 +288,10 @@ def prune(state: AttributionState, watermark: int, keep_ms: int) -> None:
             if i + 1 == len(touches) or touches[i + 1].time >= touch.end:
                 cut = i + 1
         kept += touches[cut:]
-    for touch in list(state.touches.values()):
-        if touch not in kept:
-            del state.touches[touch.trigger_id]
-            state.results.pop(touch.trigger_id, None)
+    staying = {touch.trigger_id for touch in kept}
+    for tid in [tid for tid in state.touches if tid not in staying]:
+        del state.touches[tid]
+        state.results.pop(tid, None)
     oldest = min((t.time for t in kept), default=watermark)
     floor = min(oldest, horizon)
     for oid, order in list(state.orders.items()):

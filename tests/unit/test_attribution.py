@@ -14,6 +14,7 @@ from services.attribution.model import (
     OrderIn,
     Result,
     Touch,
+    advance,
     credit,
     evaluate,
     fields_of,
@@ -171,6 +172,28 @@ def test_the_last_touch_is_credited_and_a_refund_retracts_the_record() -> None:
     first = AttributionState()
     merge(first, [touch("a", T0, "c1"), touch("b", T0 + DAY, "c2"), paid("o1", T0 + 2 * DAY)])
     assert credit(first, T0 + 2 * DAY, first_touch=True)[0].trigger_id == "a"
+
+
+def test_the_records_of_a_refunded_order_do_not_depend_on_when_the_refund_arrived() -> None:
+    """A refund read before the watermark reached the payment gives the same records (the credit,
+    then its retraction) as one read after the record went out."""
+
+    def records(arrivals: list[tuple[list[Input], int]]) -> list[tuple[str, str, bool]]:
+        state, out = AttributionState(), []
+        for items, watermark in [*arrivals, ([], T0 + 30 * DAY)]:
+            out += advance(state, items, watermark, 90 * DAY)[1]
+        return [(c.order_id, c.trigger_id, c.retracted) for c in out]
+
+    items: list[Input] = [touch("a", T0), paid("o1", T0 + DAY)]
+    refund = OrderIn("o1", "refunded", T0 + 2 * DAY)
+    early = records([([*items, refund], T0)])
+    late = records([(items, T0 + DAY), ([refund], T0 + 3 * DAY)])
+    assert early == late == [("o1", "a", False), ("o1", "a", True)]
+    state = AttributionState()
+    advance(state, [*items, refund], T0, 90 * DAY)
+    assert next_due(state, T0, 90 * DAY) == T0 + DAY  # the payment, to credit it
+    advance(state, [], T0 + DAY, 90 * DAY)
+    assert next_due(state, T0 + DAY, 90 * DAY) == T0 + 2 * DAY  # the refund, to take it back
 
 
 def test_control_touches_credit_no_order() -> None:
