@@ -39,7 +39,7 @@ async def campaign_readouts(redis: Any, tenant: str, *, final_only: bool = False
     campaigns = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.campaigns_key(tenant))).items()}
     out = []
     for campaign, meta in sorted(campaigns.items()):
-        rule, _, days = meta.partition("|")
+        rule, _, days = meta.rpartition("|")  # a rule name may hold "|"; the days never do
         raw = await redis.hgetall(keys.campaign_key(tenant, campaign))
         counters = {k.decode(): int(v) for k, v in raw.items()}
         out.append(readout(campaign, counters, rule=rule, window_days=int(days or 0), final_only=final_only))

@@ -8,9 +8,9 @@ them. A bad value stops start-up with a message naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from services.common.errors import ConfigError
 from services.common.settings import read_config_file
@@ -20,10 +20,15 @@ __all__ = ["AttributionConfig", "RuleWindow", "load_attribution_config"]
 DAY_MS = 86_400_000
 Channel = Literal["sms", "email", "push", "in_app"]
 _CHANNEL_COSTS: dict[Channel, float] = {"sms": 0.05, "email": 0.01, "push": 0.0, "in_app": 0.0}
+# what one message may cost: a finite amount, at most this (a typo of a few orders of magnitude
+# would make every campaign's return meaningless)
+MAX_MESSAGE_COST = 100.0
+Cost = Annotated[float, Field(ge=0, le=MAX_MESSAGE_COST, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: a window of `true` or "7" is refused, not read as 1 or 7
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class RuleWindow(_Strict):
@@ -35,12 +40,18 @@ class AttributionConfig(_Strict):
     attribution_window_days: int = Field(7, ge=1, le=366)
     # which treatment touch an order's attribution record credits when several windows hold it
     model: Literal["last_touch", "first_touch"] = "last_touch"
-    # what one message costs on each channel (currency units), counted for every treatment trial
-    channel_costs: dict[Channel, float] = Field(default_factory=lambda: dict(_CHANNEL_COSTS))
+    # what one message costs on each channel (currency units), counted for every treatment trial;
+    # a channel the file leaves out keeps its default
+    channel_costs: dict[Channel, Cost] = Field(default_factory=lambda: dict(_CHANNEL_COSTS))
     # per trigger rule (its name): another window
     rules: dict[str, RuleWindow] = Field(default_factory=dict)
     # a refund up to this long after a window's end still takes the order back out of its figures
     keep_days: float = Field(90.0, gt=0, le=3660)
+
+    @field_validator("channel_costs", mode="before")
+    @classmethod
+    def _over_defaults(cls, value: Any) -> Any:
+        return {**_CHANNEL_COSTS, **value} if isinstance(value, dict) else value
 
     def window_ms(self, rule: str) -> int:
         found = self.rules.get(rule)

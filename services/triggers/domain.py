@@ -27,7 +27,15 @@ from operator import attrgetter
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.triggers.config import FATIGUE_LIMIT, Guardrails, OfferConfig, TriggerConfig, TriggerRule
-from services.triggers.state import CLOSED_LIMIT, DECIDED_LIMIT, SEEN_DAYS, SEEN_LIMIT, Timer, TriggerState
+from services.triggers.state import (
+    CLOSED_LIMIT,
+    DECIDED_LIMIT,
+    PAID_LIMIT,
+    SEEN_DAYS,
+    SEEN_LIMIT,
+    Timer,
+    TriggerState,
+)
 
 DAY_MS = 86_400_000
 
@@ -250,6 +258,10 @@ def _on_order(state: TriggerState, order: OrderIn, config: TriggerConfig) -> Non
             state.timers.pop(f"{rule.name}|{order.order_id}", None)
     if order.status == "paid":
         _order_placed(state, order.time)
+        if order.order_id in state.paid_orders:  # a second paid event of one order is not another order
+            return
+        state.paid_orders.insert(0, order.order_id)
+        del state.paid_orders[PAID_LIMIT:]
         _on_paid(state, order, config)
 
 
@@ -369,13 +381,14 @@ def _apply_safely(
 _SLOTS: tuple[str, ...] = TriggerState.__slots__
 _VALUES = attrgetter(*_SLOTS)
 # what `apply` changes in place, copied; everything else it rebinds
-_COPIED = ("consent", "timers", "sends", "closed", "pending", "seen")
+_COPIED = ("consent", "timers", "sends", "closed", "pending", "seen", "paid_orders", "touches")
 
 
 def _snapshot(state: TriggerState) -> tuple[tuple[object, ...], tuple[object, ...]]:
     """The state's values, with copies of the containers `apply` changes in place."""
     copies = (state.consent.copy(), state.timers.copy(), state.sends.copy(), state.closed.copy(),
-              state.pending.copy(), state.seen.copy())  # fmt: skip
+              state.pending.copy(), state.seen.copy(), state.paid_orders.copy(),
+              state.touches.copy())  # fmt: skip
     return _VALUES(state), copies
 
 

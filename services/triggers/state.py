@@ -19,6 +19,7 @@ DECIDED_LIMIT = 64  # trigger ids remembered against repeated causes (e.g. a tra
 SEEN_DAYS = 366
 SEEN_LIMIT = 512
 CLOSED_LIMIT = 16  # paid or cancelled orders remembered against their `created` arriving late
+PAID_LIMIT = 64  # paid orders remembered against a second `paid` event of the same order
 
 
 @dataclass(slots=True)
@@ -46,6 +47,7 @@ class TriggerState:
     closed: dict[str, int] = field(default_factory=dict)  # order id -> time paid or cancelled
     last_order: int = 0  # latest time an order was created (or paid)
     paid_count: int = 0
+    paid_orders: list[str] = field(default_factory=list)  # ids of the orders counted paid, newest first
     first_paid: int = 0
     last_paid: int = 0
     clock: int = 0  # the latest instant this customer's inputs and timers were applied up to
@@ -72,6 +74,7 @@ def encode_state(state: TriggerState) -> bytes:
         "o": state.closed,
         "l": state.last_order,
         "p": [state.paid_count, state.first_paid, state.last_paid],
+        "y": state.paid_orders,
         "k": state.clock,
         "q": [_pack(i) for i in state.pending],
         "f": state.touches,
@@ -94,6 +97,7 @@ def decode_state(raw: bytes) -> TriggerState:
         closed=data.get("o", {}),
         last_order=data.get("l", 0),
         paid_count=count,
+        paid_orders=data.get("y", []),
         first_paid=first,
         last_paid=last,
         clock=data.get("k", 0),

@@ -198,6 +198,18 @@ def test_repeated_paid_event_counts_once() -> None:
     assert state.paid_count == 1 and not state.timers
 
 
+def test_a_second_paid_event_of_one_order_is_not_another_order() -> None:
+    """A platform that sends `paid` twice for one order (a new event id each time) does not make
+    the customer a repeat buyer: no repurchase reminder, one paid order counted, and the state
+    survives its encoding."""
+    state = TriggerState()
+    run(state, [OrderIn("p0", "o0", "paid", NOON), OrderIn("p0-again", "o0", "paid", NOON + HOUR)], cfg())
+    state = decode_state(encode_state(state))
+    run(state, [OrderIn("p0-third", "o0", "paid", NOON + DAY)], cfg())
+    assert state.paid_count == 1 and not state.timers
+    assert fire(state, NOON + 400 * DAY, cfg(), T, C) == []
+
+
 def test_birthday_gift_at_local_midnight_deferred_past_quiet_hours() -> None:
     state = TriggerState()
     run(state, [ProfileIn("e1", NOON, {}, "Asia/Shanghai", "1990-03-20")], cfg())
