@@ -59,9 +59,9 @@ def pipeline(
     """The stream services in the order data flows through them (the triggers read what the
     stager writes, attribution what the triggers write); a service whose settings are not given
     is not waited for."""
+    stager_outbox: Callable[[int], str] = partial(keys.outbox_key, stager.group)
     wanted = [
-        ("stager", stager, STAGER_TOPICS, keys.shard_clock_key(), keys.timers_key,
-         partial(keys.outbox_key, stager.group)),
+        ("stager", stager, STAGER_TOPICS, keys.shard_clock_key(), keys.timers_key, stager_outbox),
         ("triggers", triggers, TRIGGER_TOPICS, keys.trigger_clock_key(), keys.trigger_timers_key,
          keys.trigger_outbox_key),
         ("attribution", attribution, ATTRIBUTION_TOPICS, keys.attribution_clock_key(), keys.attribution_timers_key,
