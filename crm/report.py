@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from services.attribution.readout import Readout, readout
+from services.attribution.readout import Figures, Readout, readout
 from services.common import keys
 from services.common.avro import default_codec
 from services.common.constants import (
@@ -49,22 +49,30 @@ async def campaign_readouts(redis: Any, tenant: str, *, final_only: bool = False
 def campaign_table(readouts: list[Readout]) -> list[str]:
     """A readout per campaign as text lines: both groups, uplift with its interval, money."""
     lines = [
-        f"{'campaign':22} {'window':>6} {'treated':>8} {'conv%':>6} {'control':>8} {'conv%':>6} "
+        f"{'campaign':22} {'window':>6} {'treated/cust':>13} {'conv%':>6} {'control/cust':>13} {'conv%':>6} "
         f"{'uplift (95% CI), points':>28} {'incr. revenue':>13} {'cost':>9} {'ROI':>7} {'final':>6}"
     ]
     for r in readouts:
         ci = r.uplift_ci95
-        uplift = "n/a (no control)" if r.uplift is None else f"{r.uplift * 100:+.2f}"
+        if r.uplift is not None:
+            uplift = f"{r.uplift * 100:+.2f}"
+        else:
+            uplift = "n/a (no control)" if r.treatment.trials else "n/a (none treated)"
         if ci is not None:
             uplift += f" [{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}]"
         incr = "n/a" if r.incremental_revenue is None else f"{r.incremental_revenue:,.2f}"
         roi = "n/a" if r.roi is None else f"{r.roi:.2f}"
         lines.append(
-            f"{r.campaign_id:22} {r.window_days:>5}d {r.treatment.trials:>8} {_pct(r.treatment.rate):>6} "
-            f"{r.control.trials:>8} {_pct(r.control.rate):>6} {uplift:>28} {incr:>13} {r.cost:>9,.2f} {roi:>7} "
+            f"{r.campaign_id:22} {r.window_days:>5}d {_units(r.treatment):>13} {_pct(r.treatment.rate):>6} "
+            f"{_units(r.control):>13} {_pct(r.control.rate):>6} {uplift:>28} {incr:>13} {r.cost:>9,.2f} {roi:>7} "
             f"{r.final_trials:>6}"
         )
     return lines
+
+
+def _units(group: Figures) -> str:
+    """Trials, and the customers they went to (the interval counts customers as the units)."""
+    return f"{group.trials}/{group.customers}"
 
 
 def _pct(rate: float | None) -> str:

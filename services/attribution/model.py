@@ -14,6 +14,10 @@
   before converting (before its window's end, if it did not convert).
 - A trial is *final* once the watermark has reached its window's end; until then its figures are
   provisional.
+- A customer is the unit the groups are drawn by (a hold-out holds a customer out), and one
+  customer's trials of a campaign are alike: the counters also keep, per campaign and group, the
+  number of customers and the sums of squares of each customer's trials and conversions
+  (`tally_fields`), from which the readout widens the uplift's interval by the clustering.
 
 The figures of a customer are a function of the set of its inputs alone: arrival order and
 repeats change nothing (a touch is known by its trigger id, an order by its id, and a refund
@@ -43,6 +47,7 @@ __all__ = [
     "merge",
     "next_due",
     "prune",
+    "tally_fields",
 ]
 
 TREATMENT = "treatment"
@@ -142,6 +147,9 @@ class AttributionState:
     credited: dict[str, str] = field(default_factory=dict)  # order id -> trigger id of its record on Kafka
     retracted: set[str] = field(default_factory=set)  # order ids whose record was taken back
     as_of: int = 0  # the watermark the state was last brought to
+    # "<group>|<campaign>" -> this customer's [trials, converted, final trials, final converted]
+    # (kept after its trials are forgotten: the counters' sums of squares are built on it)
+    tallies: dict[str, list[int]] = field(default_factory=dict)
 
 
 ACTIVITY_LIMIT = 512  # activity times kept per customer (the newest)
@@ -218,6 +226,42 @@ def fields_of(group: str, result: Result) -> dict[str, int]:
         if bucket == group:
             out[prefix + "cost"] = result.cost_cents
     return out
+
+
+Tally = tuple[int, int]  # one customer's trials and converted trials of a campaign and group
+Counters = dict[str, dict[str, int]]  # campaign -> counter -> change
+
+
+def tally_fields(status: str, group: str, old: Tally, new: Tally) -> dict[str, int]:
+    """The change of the cluster counters `<status>|<group>|<measure>` (`status`: `all` or
+    `final`) when one customer's (trials, converted) of a campaign go from `old` to `new`:
+    `customers` (those with a trial), `trials_sq`, `converted_sq` and `cross` (trials ×
+    converted), each summed over the customers."""
+    (n0, y0), (n1, y1) = old, new
+    prefix = f"{status}|{group}|"
+    return {
+        prefix + "customers": int(n1 > 0) - int(n0 > 0),
+        prefix + "trials_sq": n1 * n1 - n0 * n0,
+        prefix + "converted_sq": y1 * y1 - y0 * y0,
+        prefix + "cross": n1 * y1 - n0 * y0,
+    }
+
+
+def _tally(state: AttributionState, touch: Touch, old: Result | None, new: Result, changes: Counters) -> None:
+    """Move the customer's tally of `touch`'s campaign and group by one trial's change of result,
+    and the campaign's cluster counters with it."""
+    key = f"{touch.group}|{touch.campaign}"
+    n, y, nf, yf = before = state.tallies.get(key, [0, 0, 0, 0])
+    was = old or Result()
+    n += old is None
+    y += int(new.converted) - int(was.converted)
+    nf += int(new.final) - int(was.final)
+    yf += int(new.final and new.converted) - int(was.final and was.converted)
+    state.tallies[key] = [n, y, nf, yf]
+    change = changes.setdefault(touch.campaign, {})
+    for status, old_t, new_t in (("all", before[:2], (n, y)), ("final", before[2:], (nf, yf))):
+        for name, value in tally_fields(status, touch.group, (old_t[0], old_t[1]), new_t).items():
+            change[name] = change.get(name, 0) + value
 
 
 def credit(state: AttributionState, watermark: int, first_touch: bool = False) -> list[Credit]:
@@ -302,9 +346,6 @@ def prune(state: AttributionState, watermark: int, keep_ms: int) -> None:
     state.activity = [t for t in state.activity if t >= floor]
 
 
-Counters = dict[str, dict[str, int]]  # campaign -> counter -> change
-
-
 def advance(
     state: AttributionState, items: Iterable[Input], watermark: int, keep_ms: int, *, first_touch: bool = False
 ) -> tuple[Counters, list[Credit]]:
@@ -328,6 +369,7 @@ def advance(
         if old is not None:
             for key, value in fields_of(touch.group, old).items():
                 change[key] = change.get(key, 0) - value
+        _tally(state, touch, old, result, changes)
         state.results[tid] = result
     credits = credit(state, watermark, first_touch)
     prune(state, watermark, keep_ms)

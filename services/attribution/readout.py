@@ -2,8 +2,17 @@
 control with its 95% confidence interval, the increments, the cost and the return.
 
 The counters are what `services.attribution.model.fields_of` adds up over a campaign's trials
-(`<final|open>|<group>|<measure>`, money in cents). Figures that have no meaning (a rate without
-trials, an uplift without a control group, a return without a cost) are None, never a number.
+(`<final|open>|<group>|<measure>`, money in cents), and the per-customer sums of squares of
+`services.attribution.model.tally_fields` (`<all|final>|<group>|<measure>`). Figures that have
+no meaning (a rate without trials, an uplift without a control group, a return without a cost)
+are None, never a number.
+
+The trials of one customer are not independent: a customer who buys often converts on every
+reminder, one who never buys on none. The interval therefore counts customers, not trials, as
+the independent units: each group's conversion rate is a ratio estimator over its customers,
+whose cluster-robust variance, divided by the binomial variance of as many independent trials,
+is the group's *design effect* d (1 when every customer had one trial). The Wilson intervals
+behind Newcombe's interval are taken at the effective sizes (trials / d, converted / d).
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Figures", "Readout", "readout", "two_proportion_ci", "wilson"]
+__all__ = ["Figures", "Readout", "design_effect", "readout", "two_proportion_ci", "wilson"]
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 
@@ -25,6 +34,8 @@ class Figures:
     orders: int = 0
     revenue: float = 0.0
     cost: float = 0.0
+    customers: int = 0  # with a trial (treatment and control groups only)
+    design_effect: float = 1.0  # how much one customer's trials move together (see the module)
 
     @property
     def rate(self) -> float | None:
@@ -64,8 +75,9 @@ class Readout:
 
     @property
     def uplift_ci95(self) -> tuple[float, float] | None:
-        return two_proportion_ci(self.treatment.converted, self.treatment.trials,
-                                 self.control.converted, self.control.trials)  # fmt: skip
+        t, c = self.treatment, self.control
+        return two_proportion_ci(t.converted, t.trials, c.converted, c.trials,
+                                 design_effects=(t.design_effect, c.design_effect))  # fmt: skip
 
     @property
     def relative_uplift(self) -> float | None:
@@ -117,31 +129,58 @@ class Readout:
         }
 
 
-def wilson(x: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion x / n (n > 0)."""
+def wilson(x: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion x / n (n > 0; effective sizes may be fractions)."""
     centre = (x + z * z / 2) / (n + z * z)
     half = z * math.sqrt(x * (n - x) / n + z * z / 4) / (n + z * z)
     return centre - half, centre + half
 
 
-def two_proportion_ci(x1: int, n1: int, x2: int, n2: int, z: float = Z95) -> tuple[float, float] | None:
+def two_proportion_ci(
+    x1: int, n1: int, x2: int, n2: int, z: float = Z95, *, design_effects: tuple[float, float] = (1.0, 1.0)
+) -> tuple[float, float] | None:
     """The confidence interval of p1 - p2 by Newcombe's hybrid score method (from the two Wilson
     intervals), None when a group has no trials. Unlike the textbook Wald interval it keeps its
     coverage with few trials or few conversions: a control group with no conversion does not
-    make the interval collapse onto the treatment's spread alone."""
+    make the interval collapse onto the treatment's spread alone. `design_effects`: each group's
+    (see the module); its Wilson interval is taken at the effective size."""
     if not n1 or not n2:
         return None
     p1, p2 = x1 / n1, x2 / n2
-    (l1, u1), (l2, u2) = wilson(x1, n1, z), wilson(x2, n2, z)
+    d1, d2 = design_effects
+    (l1, u1), (l2, u2) = wilson(x1 / d1, n1 / d1, z), wilson(x2 / d2, n2 / d2, z)
     d = p1 - p2
     return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+def design_effect(trials: int, converted: int, trials_sq: int, converted_sq: int, cross: int) -> float:
+    """The cluster-robust variance of the rate converted / trials over customers (each with n_i
+    trials and y_i conversions; the sums of n_i², y_i² and n_i·y_i given), divided by the
+    binomial variance of `trials` independent trials; at least 1. 1 when it cannot be told (no
+    sums kept, or a rate of 0 or 1)."""
+    if not trials or not trials_sq:
+        return 1.0
+    p = converted / trials
+    binomial = trials * p * (1 - p)
+    if binomial <= 0:
+        return 1.0
+    spread = converted_sq - 2 * p * cross + p * p * trials_sq  # sum of (y_i - p n_i)^2
+    return max(1.0, spread / binomial)
 
 
 def _figures(counters: Mapping[str, int], bucket: str, statuses: tuple[str, ...]) -> Figures:
     def total(measure: str) -> int:
         return sum(int(counters.get(f"{s}|{bucket}|{measure}", 0)) for s in statuses)
 
-    return Figures(total("trials"), total("converted"), total("orders"), total("revenue") / 100, total("cost") / 100)
+    whole = "final" if statuses == ("final",) else "all"  # the sums of squares are kept for both
+
+    def squares(measure: str) -> int:
+        return int(counters.get(f"{whole}|{bucket}|{measure}", 0))
+
+    trials, converted = total("trials"), total("converted")
+    effect = design_effect(trials, converted, squares("trials_sq"), squares("converted_sq"), squares("cross"))
+    return Figures(trials, converted, total("orders"), total("revenue") / 100, total("cost") / 100,
+                   squares("customers"), effect)  # fmt: skip
 
 
 def readout(

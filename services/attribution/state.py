@@ -2,7 +2,7 @@
 
 Every part is bounded by time (`services.attribution.model.prune` forgets trials `keep_days`
 after their window, and the orders and activity older than every trial kept) and activity by
-count as well.
+count as well. The tallies (one per campaign and group the customer had a trial of) stay.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def encode_state(state: AttributionState) -> bytes:
         "c": state.credited,
         "x": sorted(state.retracted),
         "w": state.as_of,
+        "y": state.tallies,
     }
     return json.dumps({k: v for k, v in data.items() if v}, separators=(",", ":")).encode()
 
@@ -51,4 +52,5 @@ def decode_state(raw: bytes) -> AttributionState:
         credited=data.get("c", {}),
         retracted=set(data.get("x", [])),
         as_of=data.get("w", 0),
+        tallies=data.get("y", {}),
     )

@@ -5,7 +5,9 @@ every paid order, the trials, conversions, orders, revenue and cost of each camp
 Per customer and campaign, touches in (time, trigger id) order; a touch's window is
 (deliver_after, deliver_after + W]; it converts with any paid order in it; its orders and
 revenue are the window's orders not yet counted by an earlier touch of the campaign; a treated
-touch costs its channel's price, plus its offer's cost when a window order used a coupon."""
+touch costs its channel's price, plus its offer's cost when a window order used a coupon. Per
+campaign and group also the customers with a trial and the sums over them of n², y² and n·y (n
+trials, y of them converted), which the readout's interval is built on."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["CHANNEL_CENTS", "Counts", "campaign_counts"]
+__all__ = ["CHANNEL_CENTS", "PER_CUSTOMER", "Counts", "campaign_counts", "engine_figures"]
+
+PER_CUSTOMER = ("customers", "trials_sq", "converted_sq", "cross")  # counted over all trials, not by status
 
 DAY_MS = 86_400_000
 CHANNEL_CENTS = {"sms": 5, "email": 1, "push": 0, "in_app": 0}  # the defaults: 0.05, 0.01, 0, 0
@@ -50,6 +54,7 @@ def campaign_counts(
         bought = by_customer.get(customer, [])
         times = [t for t, *_ in bought]
         used: set[str] = set()
+        tally: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])  # group -> this customer's trials, converted
         for at, _tid, group, channel, offer in sorted(mine):
             inside = bought[bisect.bisect_right(times, at) : bisect.bisect_right(times, at + window)]
             fresh = [o for o in inside if o[1] not in used]
@@ -61,4 +66,23 @@ def campaign_counts(
             totals["revenue"] += sum(o[2] for o in fresh)
             if group == "treatment":
                 totals["cost"] += CHANNEL_CENTS[channel] + (offer if any(o[3] for o in inside) else 0)
+            tally[group][0] += 1
+            tally[group][1] += bool(inside)
+        for group, (n, y) in tally.items():  # the customer as one unit of its group
+            totals = out[campaign][group]
+            totals["customers"] += 1
+            totals["trials_sq"] += n * n
+            totals["converted_sq"] += y * y
+            totals["cross"] += n * y
     return {c: {g: dict(v) for g, v in groups.items()} for c, groups in out.items()}
+
+
+def engine_figures(counters: Mapping[str, int], group: str, measures: Iterable[str]) -> dict[str, int]:
+    """The engine's figures of `group` from a campaign's Redis counters, as `campaign_counts`
+    gives them: final and provisional trials together."""
+    return {
+        m: counters.get(f"all|{group}|{m}", 0)
+        if m in PER_CUSTOMER
+        else sum(counters.get(f"{s}|{group}|{m}", 0) for s in ("final", "open"))
+        for m in measures
+    }

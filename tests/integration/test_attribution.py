@@ -42,7 +42,7 @@ from services.common.tail import read_topic
 from services.stager.settings import StagerSettings
 from services.triggers.settings import TriggerSettings
 from tests.conftest import StackInfo
-from tests.integration.batch_attribution import campaign_counts
+from tests.integration.batch_attribution import campaign_counts, engine_figures
 from tests.integration.batch_triggers import cdnow_orders
 from tests.integration.stager_process import AttributionProcess, StagerProcess, TriggersProcess, WorkerProcess
 from tests.integration.test_determinism import (
@@ -199,6 +199,9 @@ def test_a_known_effect_is_covered_by_the_interval_and_a_second_replay_reads_the
         made["treatment_converted"],
         made["control_converted"],
     )
+    # one touch per customer: as many customers as trials, and no widening for clustering
+    assert (first.treatment.customers, first.control.customers) == (made["treatment"], made["control"])
+    assert first.treatment.design_effect == first.control.design_effect == 1.0
     ci = first.uplift_ci95
     assert ci is not None and ci[0] <= P_TREATED - P_CONTROL <= ci[1], ci
     assert ci[0] > 0  # and the effect is found
@@ -274,7 +277,7 @@ def test_cdnow_through_the_whole_pipeline_equals_the_batch_computation_to_the_ce
     assert len(expected) >= 3 and set(counters) == set(expected)
     for campaign, by_group in expected.items():
         for group, measures in by_group.items():
-            got = {m: sum(counters[campaign].get(f"{s}|{group}|{m}", 0) for s in ("final", "open")) for m in measures}
+            got = engine_figures(counters[campaign], group, measures)
             assert got == measures, f"{campaign} {group}"
     # no real outreach: an interval may miss zero only narrowly (by less than half its width)
     readouts = [readout(campaign, raw) for campaign, raw in counters.items()]

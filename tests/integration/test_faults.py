@@ -29,7 +29,7 @@ from services.stager import analytics
 from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
 from tests.conftest import StackInfo
-from tests.integration.batch_attribution import campaign_counts
+from tests.integration.batch_attribution import campaign_counts, engine_figures
 from tests.integration.batch_rules import cdnow_events, expected_counts
 from tests.integration.batch_triggers import cdnow_orders, expected_decisions
 from tests.integration.stager_process import (
@@ -166,8 +166,7 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
     orders = [(c, f"cdnow-{e.split(':')[1]}", t, amount, False) for c, e, t, amount in cdnow_orders(data)]
     for campaign, by_group in campaign_counts(all_decisions, orders).items():
         for group, measures in by_group.items():
-            figures = {m: sum(counters[campaign].get(f"{s}|{group}|{m}", 0) for s in ("final", "open"))
-                       for m in measures}  # fmt: skip
+            figures = engine_figures(counters[campaign], group, measures)
             assert figures == measures, f"{campaign} {group}"
     records = asyncio.run(_attribution_ids(fault_stack.kafka_bootstrap, tenant))
     assert records and len(records) == len(set(records)), "an attribution record reached Kafka twice"

@@ -56,10 +56,26 @@ def _direct(items: list[Input], watermark: int) -> tuple[dict[str, int], list[tu
     state = AttributionState()
     merge(state, items)
     counters: dict[str, int] = {}
+    tallies: dict[tuple[str, str], list[int]] = {}
     for tid, result in evaluate(state, watermark).items():
         touch = state.touches[tid]
         for key, value in fields_of(touch.group, result).items():
             counters[f"{touch.campaign}/{key}"] = counters.get(f"{touch.campaign}/{key}", 0) + value
+        n, y, nf, yf = tallies.setdefault((touch.campaign, touch.group), [0, 0, 0, 0])
+        final = int(result.final)
+        tallies[(touch.campaign, touch.group)] = [
+            n + 1,
+            y + result.converted,
+            nf + final,
+            yf + final * result.converted,
+        ]
+    for (campaign, group), (n, y, nf, yf) in tallies.items():  # one customer: its squares, directly
+        for status, (trials, converted) in (("all", (n, y)), ("final", (nf, yf))):
+            prefix = f"{campaign}/{status}|{group}|"
+            counters[prefix + "customers"] = int(trials > 0)
+            counters[prefix + "trials_sq"] = trials * trials
+            counters[prefix + "converted_sq"] = converted * converted
+            counters[prefix + "cross"] = trials * converted
     return {k: v for k, v in counters.items() if v}, _ids(credit(state, watermark))
 
 
