@@ -65,8 +65,9 @@ def test_demo_twice_then_down_leaves_nothing(env: dict[str, str], tmp_path: Path
         # attribution took every welcome decision as a trial of its campaign
         assert "attribution up" in first.stdout
         campaigns = first.stdout.split("campaigns of tenant 'demo' against their control groups")[1]
-        welcome = cast(re.Match[str], re.search(r"  welcome +7d +(\d+) ", campaigns))
-        assert int(welcome.group(1)) > 0
+        welcome = cast(re.Match[str], re.search(r"  welcome +7d +(\d+)/(\d+) ", campaigns))
+        # one welcome per customer: as many treated customers as treated trials
+        assert int(welcome.group(1)) > 0 and int(welcome.group(2)) == int(welcome.group(1))
 
         second = crm(env, "demo", "--customers", "200")
         assert second.returncode == 0, second.stdout + second.stderr
