@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers bench-attribution clean
+.PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers bench-attribution bench-history clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -41,9 +41,13 @@ typecheck: setup
 bench: setup
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.attribution
+	$(BIN)/python -m bench.history
 
 bench-attribution: setup
 	$(BIN)/python -m bench.attribution
+
+bench-history: setup
+	$(BIN)/python -m bench.history
 
 bench-triggers: setup
 	$(BIN)/python -m bench.triggers

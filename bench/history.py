@@ -1,0 +1,110 @@
+"""`make bench-history` (also part of `make bench`): the stage history index at scale.
+
+One model of six stages for `--customers` customers (default 1,000,000) over `--days` days
+(default 365): each customer arrives on a random day and moves between stages about `--moves`
+times a year, at random instants. The days are added and closed in order, as the engine's
+watermark closes them. Then, at random instants: a count at an instant, a full flow matrix
+between two instants, and an audience count (an expression of three stage memberships at two
+instants); median and worst time of each, and the bytes the index takes per customer per year.
+Pure computation in this process (no Redis): what a query costs on top of reading the bitmaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from bench.run import save
+from services.analytics.history import DAY_MS, History, Transition
+from services.common.settings import REPO_ROOT
+
+STAGES = ("new", "active", "engaged", "loyal", "declining", "churned")
+START_DAY = 19_723  # 2024-01-01
+
+
+def generate(customers: int, days: int, moves: float, rnd: random.Random) -> list[list[Transition]]:
+    """The transitions of each day, in time order."""
+    by_day: list[list[Transition]] = [[] for _ in range(days)]
+    for ident in range(customers):
+        day = rnd.randrange(days)
+        by_day[day].append(((START_DAY + day) * DAY_MS + rnd.randrange(DAY_MS), ident, "new"))
+        for _ in range(round(rnd.expovariate(1 / moves) * (days - day) / 365)):
+            when = rnd.randrange(day, days)
+            to = rnd.choice(STAGES[1:])
+            by_day[when].append(((START_DAY + when) * DAY_MS + rnd.randrange(DAY_MS), ident, to))
+    for found in by_day:
+        found.sort()
+    return by_day
+
+
+def timed(query: Callable[[], Any], times: int) -> tuple[float, float]:
+    """Median and worst milliseconds of `times` runs."""
+    spent = []
+    for _ in range(times):
+        started = time.perf_counter()
+        query()
+        spent.append((time.perf_counter() - started) * 1000)
+    return statistics.median(spent), max(spent)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--moves", type=float, default=4.0, help="stage changes per customer per year")
+    parser.add_argument("--queries", type=int, default=30)
+    args = parser.parse_args()
+    rnd = random.Random(42)
+    print(f"generating {args.customers:,} customers over {args.days} days...")
+    by_day = generate(args.customers, args.days, args.moves, rnd)
+    total = sum(len(d) for d in by_day)
+    history = History(STAGES)
+    started = time.perf_counter()
+    for i, found in enumerate(tqdm(by_day, desc="closing days", unit="day")):
+        history.add(found)
+        history.close_until(START_DAY + i)
+    built = time.perf_counter() - started
+    end = (START_DAY + args.days) * DAY_MS
+
+    def instant() -> int:
+        return START_DAY * DAY_MS + rnd.randrange(end - START_DAY * DAY_MS)
+
+    def audience() -> int:
+        t0, t1 = sorted((instant(), instant()))
+        before, after = history.members_at(t0), history.members_at(t1)
+        return len((after["loyal"] | after["engaged"]) - before["churned"])
+
+    def flow() -> dict[tuple[str, str], int]:
+        t0, t1 = sorted((instant(), instant()))
+        return history.flow(t0, t1)
+
+    count_ms = timed(lambda: history.counts_at(instant()), args.queries)
+    flow_ms = timed(flow, args.queries)
+    audience_ms = timed(audience, args.queries)
+    size = history.nbytes()
+    years = args.days / 365
+    result = {
+        "customers": args.customers,
+        "days": args.days,
+        "transitions": total,
+        "stages": len(STAGES),
+        "build_seconds": round(built, 1),
+        "count_at_instant_ms_median_worst": [round(v, 2) for v in count_ms],
+        "flow_matrix_ms_median_worst": [round(v, 2) for v in flow_ms],
+        "audience_count_ms_median_worst": [round(v, 2) for v in audience_ms],
+        "index_bytes": size,
+        "bytes_per_customer_per_year_per_model": round(size / args.customers / years, 1),
+        "snapshot_every_changed_days": history.snapshot_every,
+    }
+    save(result, Path(REPO_ROOT) / "bench" / "results" / "history.json")
+
+
+if __name__ == "__main__":
+    main()

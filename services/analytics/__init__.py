@@ -1,0 +1,1 @@
+"""Marketer analytics: stage history that scales (compressed bitmaps per stage and day)."""
