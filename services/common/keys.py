@@ -16,6 +16,7 @@ __all__ = [
     "clock_key",
     "counts_key",
     "customer_key",
+    "history_key",
     "log_key",
     "outbox_key",
     "shard_clock_key",
@@ -120,3 +121,9 @@ def campaigns_key(tenant: str) -> str:
 def campaign_key(tenant: str, campaign: str) -> str:
     """Hash of a campaign's counters, "<final|open>|<group>|<measure>" -> sum over its trials."""
     return f"{REDIS_PREFIX}attr:campaign:{tenant}:{campaign}"
+
+
+def history_key(tenant: str, model: str, shard: int, part: str) -> str:
+    """One part of a model's stage history for one shard (`services.analytics.store`); the hash
+    tag keeps a history's parts together on a Redis Cluster."""
+    return f"{REDIS_PREFIX}hist:{{{tenant}:{model}:{shard}}}:{part}"

@@ -1,0 +1,150 @@
+"""A `History` in Redis, in parts that are written once and read only where a question needs them.
+
+Per (tenant, model, shard), under `services.common.keys.history_key`:
+
+- `meta`: hash, `closed` (the last closed day);
+- `order`: sorted set of the changed days closed (member and score the day);
+- `counts`: hash, day -> JSON of each stage's count at that day's end;
+- `day:<d>`: hash, `movers` and `s:<stage>` each stage's entrants (serialised roaring bitmaps),
+  `t`, `i`, `c` (the day's transitions: ms offsets, ids, stage codes, as packed arrays);
+- `snap:<d>`: hash, stage -> members at that day's end (every `snapshot_every` changed days);
+- `current`: hash, stage -> members at the end of the last closed day;
+- `open`: hash, "<time>:<id>:<n>" -> stage code, the transitions of days not yet closed.
+
+A writer reads `meta`, `order`, `current` and `open`, adds and closes, and queues only what is new.
+A reader loads, for the instants asked about, the order, the counts, one snapshot and at most
+`snapshot_every` days each, and the current parts when an instant lies past the closed days.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from array import array
+from collections.abc import Iterable
+from typing import Any
+
+from pyroaring import BitMap
+
+from services.analytics.history import DAY_MS, Day, History
+from services.common.keys import history_key
+
+__all__ = ["load_for_read", "load_for_write", "queue_changes"]
+
+
+def _decode_members(raw: dict[bytes, bytes], stages: tuple[str, ...]) -> dict[str, BitMap]:
+    found = {k.decode(): BitMap.deserialize(v) for k, v in raw.items()}
+    return {s: found.get(s, BitMap()) for s in stages}
+
+
+def _decode_day(raw: dict[bytes, bytes]) -> Day:
+    entrants = {k[2:].decode(): BitMap.deserialize(v) for k, v in raw.items() if k.startswith(b"s:")}
+    offsets, ids, codes = array("I"), array("I"), array("B")
+    offsets.frombytes(raw[b"t"])
+    ids.frombytes(raw[b"i"])
+    codes.frombytes(raw[b"c"])
+    return Day(BitMap.deserialize(raw[b"movers"]), entrants, offsets, ids, codes)
+
+
+def _encode_day(day: Day) -> dict[str, bytes]:
+    out = {f"s:{s}": b.serialize() for s, b in day.entrants.items()}
+    out.update(movers=day.movers.serialize(), t=day.offsets.tobytes(), i=day.ids.tobytes(), c=day.codes.tobytes())
+    return out
+
+
+async def _base(redis: Any, key: Any, history: History) -> None:
+    """The parts every use needs: meta, order, current, open."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(key("meta"), "closed")
+        pipe.zrange(key("order"), 0, -1)
+        pipe.hgetall(key("current"))
+        pipe.hgetall(key("open"))
+        closed, order, current, pending = await pipe.execute()
+    history.closed = int(closed) if closed is not None else -1
+    history.order = [int(d) for d in order]
+    history.current = _decode_members(current, history.stages)
+    opened = []
+    for field, code in pending.items():
+        at, ident, _ = field.decode().split(":")
+        c = int(code)
+        opened.append((int(at), int(ident), history.stages[c - 1] if c else None, field))
+    opened.sort(key=lambda t: (t[0], int(t[3].decode().split(":")[2])))
+    history.open = [(at, ident, stage) for at, ident, stage, _ in opened]
+
+
+async def load_for_write(
+    redis: Any, tenant: str, model: str, shard: int, stages: tuple[str, ...], snapshot_every: int = 7
+) -> History:
+    """What adding transitions and closing days needs (no past days, no snapshots)."""
+    history = History(stages, snapshot_every)
+    await _base(redis, lambda part: history_key(tenant, model, shard, part), history)
+    return history
+
+
+def queue_changes(pipe: Any, tenant: str, model: str, shard: int, history: History, changed_before: int) -> None:
+    """Queue on `pipe` what `history` gained since it was loaded with `changed_before` changed days:
+    the new days, their snapshots and counts, the current members, the last closed day and the
+    transitions still open."""
+
+    def key(part: str) -> str:
+        return history_key(tenant, model, shard, part)
+
+    for day in history.order[changed_before:]:
+        pipe.hset(key(f"day:{day}"), mapping=_encode_day(history.days[day]))
+        pipe.zadd(key("order"), {str(day): day})
+        pipe.hset(key("counts"), str(day), json.dumps(history.counts[day], separators=(",", ":")))
+        snap = history.snapshots.get(day)
+        if snap is not None:
+            pipe.hset(key(f"snap:{day}"), mapping={s: b.serialize() for s, b in snap.items()})
+    pipe.delete(key("current"), key("open"))
+    members = {s: b.serialize() for s, b in history.current.items() if b}
+    if members:
+        pipe.hset(key("current"), mapping=members)
+    code = {s: i + 1 for i, s in enumerate(history.stages)}
+    if history.open:
+        pending = {f"{t}:{ident}:{n}": code[s] if s else 0 for n, (t, ident, s) in enumerate(history.open)}
+        pipe.hset(key("open"), mapping=pending)
+    pipe.hset(key("meta"), "closed", history.closed)
+
+
+async def load_for_read(
+    redis: Any,
+    tenant: str,
+    model: str,
+    shard: int,
+    stages: tuple[str, ...],
+    instants: Iterable[int],
+    snapshot_every: int = 7,
+) -> History:
+    """A `History` holding what answering at `instants` needs, and nothing else."""
+    history = History(stages, snapshot_every)
+
+    def key(part: str) -> str:
+        return history_key(tenant, model, shard, part)
+
+    await _base(redis, key, history)
+    days: set[int] = set()
+    snaps: set[int] = set()
+    for at in instants:
+        day = at // DAY_MS
+        days.add(day)
+        i = bisect.bisect_right(history.order, day - 1)
+        start = (i // snapshot_every) * snapshot_every
+        if start:
+            snaps.add(history.order[start - 1])
+        days.update(history.order[start:i])
+    days &= set(history.order)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(key("counts"))
+        wanted_days, wanted_snaps = sorted(days), sorted(snaps)
+        for d in wanted_days:
+            pipe.hgetall(key(f"day:{d}"))
+        for d in wanted_snaps:
+            pipe.hgetall(key(f"snap:{d}"))
+        found = await pipe.execute()
+    history.counts = {int(k): json.loads(v) for k, v in found[0].items()}
+    history.days = {d: _decode_day(raw) for d, raw in zip(wanted_days, found[1 : 1 + len(wanted_days)], strict=True)}
+    history.snapshots = {
+        d: _decode_members(raw, stages) for d, raw in zip(wanted_snaps, found[1 + len(wanted_days) :], strict=True)
+    }
+    return history

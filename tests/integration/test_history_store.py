@@ -1,0 +1,58 @@
+"""The stage history kept in Redis (services/analytics/store.py): written batch by batch as a
+worker would, read back only in the parts a question needs, it answers as a plain replay of the
+same transitions does."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+from redis.asyncio import Redis
+
+from services.analytics.history import DAY_MS, Transition
+from services.analytics.store import load_for_read, load_for_write, queue_changes
+from tests.conftest import StackInfo
+from tests.unit.test_history import STAGES, T0, naive_counts, naive_flow, replay
+
+
+def _history(rnd: random.Random, customers: int, days: int) -> list[Transition]:
+    out: list[Transition] = []
+    for ident in range(customers):
+        for _ in range(rnd.randint(1, 6)):
+            out.append((T0 + rnd.randrange(days * DAY_MS), ident, rnd.choice([*STAGES, None])))
+    return sorted(out, key=lambda t: t[0])
+
+
+async def test_written_in_batches_and_read_in_parts_it_answers_as_a_replay(stack: StackInfo) -> None:
+    rnd = random.Random(5)
+    transitions = _history(rnd, customers=300, days=40)
+    tenant, model, shard = f"hist-{uuid.uuid4().hex[:8]}", "lifecycle", 3
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        # batches of up to 50 in time order; the watermark closes the days a day behind the newest
+        for start in range(0, len(transitions), 50):
+            batch = transitions[start : start + 50]
+            history = await load_for_write(redis, tenant, model, shard, STAGES, snapshot_every=3)
+            before = len(history.order)
+            history.add(batch)
+            history.close_until(batch[-1][0] // DAY_MS - 1)
+            async with redis.pipeline(transaction=True) as pipe:
+                queue_changes(pipe, tenant, model, shard, history, before)
+                await pipe.execute()
+        instants = [T0 + rnd.randrange(-DAY_MS, 41 * DAY_MS) for _ in range(40)]
+        for at in instants:
+            found = await load_for_read(redis, tenant, model, shard, STAGES, [at], snapshot_every=3)
+            assert len(found.days) <= 4 and len(found.snapshots) <= 1  # the parts it needs, no more
+            assert found.counts_at(at) == naive_counts(transitions, at), at
+            expected = replay(transitions, at)
+            members = {s: set(b) for s, b in found.members_at(at).items()}
+            assert members == {s: {c for c, st in expected.items() if st == s} for s in STAGES}
+        for t0, t1 in zip(instants[::2], instants[1::2], strict=True):
+            t0, t1 = sorted((t0, t1))
+            found = await load_for_read(redis, tenant, model, shard, STAGES, [t0, t1], snapshot_every=3)
+            assert found.flow(t0, t1) == naive_flow(transitions, t0, t1)
+    finally:
+        keys = [k async for k in redis.scan_iter(match=f"crm:hist:{{{tenant}:*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
