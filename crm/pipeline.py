@@ -194,6 +194,20 @@ async def consumed(service: Service, *, bootstrap: str, retrying: Retrying = _pl
         await asyncio.sleep(1.0)
 
 
+async def check_workers(services: Sequence[Service], *, bootstrap: str, retrying: Retrying = _plain) -> None:
+    """Return once every service of `services` has a worker in its consumer group; else one
+    CrmError naming every service without one, a line each, in the order data flows."""
+    checks = await asyncio.gather(
+        *(consumed(s, bootstrap=bootstrap, retrying=retrying) for s in services), return_exceptions=True
+    )
+    missing = [str(found) for found in checks if isinstance(found, CrmError)]
+    if missing:
+        raise CrmError("\n".join(missing))
+    for found in checks:
+        if isinstance(found, BaseException):
+            raise found
+
+
 async def wait_pipeline(
     services: Sequence[Service],
     *,
@@ -209,15 +223,7 @@ async def wait_pipeline(
     """`wait_service` for each service in turn, in the order data flows (what the triggers read
     is complete only once the stager is), within one overall `timeout`. A service with no worker
     is named first, before waiting on any."""
-    checks = await asyncio.gather(
-        *(consumed(s, bootstrap=bootstrap, retrying=retrying) for s in services), return_exceptions=True
-    )
-    missing = [str(found) for found in checks if isinstance(found, CrmError)]
-    if missing:  # every service without a worker, in the order data flows
-        raise CrmError("\n".join(missing))
-    for found in checks:
-        if isinstance(found, BaseException):
-            raise found
+    await check_workers(services, bootstrap=bootstrap, retrying=retrying)
     deadline = time.monotonic() + timeout
     for service in services:
         await wait_service(service, bootstrap=bootstrap, redis=redis, tenant=tenant, latest_ms=latest_ms,

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from crm.datasets import read_dataset
 from crm.pacing import event_times, plan_chunks
-from crm.pipeline import consumed, pipeline, wait_pipeline
+from crm.pipeline import check_workers, pipeline, wait_pipeline
 from services.attribution.settings import AttributionSettings
 from services.common.avro import default_codec
 from services.common.constants import REDIS_PREFIX
@@ -117,8 +117,7 @@ async def replay(
             await _retrying("creating the topics", lambda: ensure_topics(settings.kafka_bootstrap))
             if wait:  # a service with no worker is named now, not after the whole replay was produced
                 services = pipeline(settings, triggers, attribution)
-                await asyncio.gather(*(consumed(s, bootstrap=settings.kafka_bootstrap, retrying=_retrying)
-                                       for s in services))  # fmt: skip
+                await check_workers(services, bootstrap=settings.kafka_bootstrap, retrying=_retrying)
 
             async def progress(n: int, ok: int, last: int) -> None:
                 await _retrying("writing the replay ledger", lambda: redis.hset(ledger, digest, f"{n}:{ok}:{last}"))

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from services.common.constants import DEFAULT_TRIGGER_RULES
 from services.common.errors import ConfigError
-from services.common.settings import read_config_file
+from services.common.settings import config_problem, read_config_file
 
 __all__ = ["AttributionConfig", "RuleWindow", "load_attribution_config"]
 
@@ -23,7 +24,15 @@ _CHANNEL_COSTS: dict[Channel, float] = {"sms": 0.05, "email": 0.01, "push": 0.0,
 # what one message may cost: a finite amount, at most this (a typo of a few orders of magnitude
 # would make every campaign's return meaningless)
 MAX_MESSAGE_COST = 100.0
-Cost = Annotated[float, Field(ge=0, le=MAX_MESSAGE_COST, allow_inf_nan=False)]
+
+
+def _whole_cents(value: float) -> float:
+    if abs(value * 100 - round(value * 100)) > 1e-6:
+        raise ValueError(f"{value} is not a whole number of cents (figures are kept in cents)")
+    return value
+
+
+Cost = Annotated[float, Field(ge=0, le=MAX_MESSAGE_COST, allow_inf_nan=False), AfterValidator(_whole_cents)]
 
 
 class _Strict(BaseModel):
@@ -33,6 +42,9 @@ class _Strict(BaseModel):
 
 class RuleWindow(_Strict):
     attribution_window_days: int = Field(ge=1, le=366)
+    # a rule of the tenant's own trigger table, not one the engine ships with: a name that is
+    # neither is refused, so a misspelt rule cannot quietly keep the default window
+    custom: bool = False
 
 
 class AttributionConfig(_Strict):
@@ -46,12 +58,22 @@ class AttributionConfig(_Strict):
     # per trigger rule (its name): another window
     rules: dict[str, RuleWindow] = Field(default_factory=dict)
     # a refund up to this long after a window's end still takes the order back out of its figures
-    keep_days: float = Field(90.0, gt=0, le=3660)
+    keep_days: float = Field(90.0, ge=1, le=3660)
 
     @field_validator("channel_costs", mode="before")
     @classmethod
     def _over_defaults(cls, value: Any) -> Any:
         return {**_CHANNEL_COSTS, **value} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _known_rules(self) -> AttributionConfig:
+        for name, window in self.rules.items():
+            if name not in DEFAULT_TRIGGER_RULES and not window.custom:
+                raise ValueError(
+                    f"rules.{name}: not a default trigger rule ({', '.join(DEFAULT_TRIGGER_RULES)}); "
+                    "for a rule of your own trigger table, add `custom: true`"
+                )
+        return self
 
     def window_ms(self, rule: str) -> int:
         found = self.rules.get(rule)
@@ -75,5 +97,5 @@ def load_attribution_config(path: Path | None = None) -> AttributionConfig:
     try:
         return AttributionConfig(**loaded)
     except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()]
+        problems = [config_problem(".".join(str(p) for p in err["loc"]), err) for err in exc.errors()]
         raise ConfigError(f"invalid attribution settings in {path}: " + "; ".join(problems)) from exc

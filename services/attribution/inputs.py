@@ -24,12 +24,19 @@ FIELDS: dict[str, tuple[str, ...]] = {
 _ACTIVITY = frozenset({"crm.events.Browse", "crm.events.Cart", "crm.events.Follow"})
 
 
+def _named(value: str, what: str) -> str:
+    """A name the counters and keys can carry: not empty, no control character."""
+    if not value:
+        raise ValueError(f"out of range: an empty {what}")
+    return checked_id(value, what)
+
+
 def to_input(
     schema: str, record: dict[str, Any], origin: str, config: AttributionConfig
 ) -> tuple[str, str, Input] | None:
     """(tenant, customer, input) of a decoded record; None for what attribution does not read
     (orders created or cancelled, suppressions other than a hold-out). ValueError for a time, an
-    amount or a tenant the state cannot hold (dead-lettered, as by every service)."""
+    amount, a tenant or a name the state cannot hold (dead-lettered, as by every service)."""
     item: Input
     if schema == "crm.triggers.Trigger":
         reason = record["suppressed"]
@@ -38,9 +45,9 @@ def to_input(
         treated = reason is None
         offer = record["offer"]
         item = Touch(
-            trigger_id=record["trigger_id"],
-            campaign=record["campaign_id"],
-            rule=record["rule"],
+            trigger_id=_named(record["trigger_id"], "trigger_id"),
+            campaign=_named(record["campaign_id"], "campaign_id"),
+            rule=_named(record["rule"], "rule"),
             group=TREATMENT if treated else CONTROL,
             time=checked_time(epoch_ms(record["deliver_after"])),
             window_ms=config.window_ms(record["rule"]),

@@ -49,9 +49,13 @@ class Figures:
     def revenue_per_trial(self) -> float | None:
         return self.revenue / self.trials if self.trials else None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, *, per_customer: bool = True) -> dict[str, Any]:
+        """`per_customer`: False for the interaction buckets, which keep no customers, cost or
+        design effect (those read None, not 0)."""
         out = asdict(self)
         out.update(conversion_rate=self.rate, average_order_value=self.average_order_value)
+        if not per_customer:
+            out.update(customers=None, cost=None, design_effect=None)
         return out
 
 
@@ -123,8 +127,8 @@ class Readout:
             "final_trials": self.final_trials,
             "open_trials": self.open_trials,
             "interaction": {
-                "interacting": self.interacting.as_dict(),
-                "not_interacting": self.not_interacting.as_dict(),
+                "interacting": self.interacting.as_dict(per_customer=False),
+                "not_interacting": self.not_interacting.as_dict(per_customer=False),
             },
         }
 
@@ -165,7 +169,7 @@ def design_effect(trials: int, converted: int, trials_sq: int, converted_sq: int
     if binomial <= 0:
         return 1.0
     spread = converted_sq - 2 * p * cross + p * p * trials_sq  # sum of (y_i - p n_i)^2
-    return max(1.0, spread / binomial)
+    return max(1.0, round(spread / binomial, 9))  # 1.0000000000000002 is 1
 
 
 def _figures(counters: Mapping[str, int], bucket: str, statuses: tuple[str, ...]) -> Figures:

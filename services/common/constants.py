@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_PARTITIONS",
+    "DEFAULT_TRIGGER_RULES",
     "EVENT_TYPES",
     "MAX_AMOUNT_CENTS",
     "MAX_TIME_MS",
@@ -34,6 +35,14 @@ __all__ = [
 ]
 
 DEFAULT_PARTITIONS = 12
+
+# The names of the trigger rules the engine ships with: decisions carry them (`rule`), and a
+# service that configures something per rule checks its names against them.
+DEFAULT_TRIGGER_RULES: tuple[str, ...] = (
+    "considering_coupon", "first_purchase_gift", "repurchase_reminder", "vip_rights", "referral_incentive",
+    "unpaid_order_reminder", "abandoned_cart_reminder", "winback_declining", "winback_churned", "welcome",
+    "birthday_gift",
+)  # fmt: skip
 
 # The five event types of the domain; each has its schema `schemas/<type>.avsc` and its topic.
 EVENT_TYPES: tuple[str, ...] = ("browse", "cart", "order", "follow", "profile")

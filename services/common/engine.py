@@ -39,7 +39,7 @@ from redis.exceptions import WatchError
 
 from services.common.avro import Codec
 from services.common.clock import EventClock, ShardClock, merge_shard_clocks, shard_value
-from services.common.constants import TOPICS
+from services.common.constants import TOPICS, checked_tenant, checked_time
 from services.common.deadletter import dead_letter, quarantine
 from services.common.fence import OffsetFence
 from services.common.messages import Message
@@ -226,14 +226,16 @@ class StreamEngine(Generic[In]):
 
     def control(self, shard: int, schema: str, record: dict[str, Any]) -> bool:
         """Take a record that is not an input; True if taken. An upstream service's progress moves
-        the shard's ceiling (when following it)."""
+        the shard's ceiling (when following it). ValueError for one it cannot take (a tenant or a
+        time no state can hold): it is dead-lettered like an input."""
         if schema != "crm.stage.Progress":
             return False
+        tenant, watermark = checked_tenant(record["tenant"]), checked_time(epoch_ms(record["watermark"]))
         if self.follow_upstream:
-            clock = self.clocks.get(record["tenant"])
+            clock = self.clocks.get(tenant)
             if clock is None:
-                clock = self.clocks[record["tenant"]] = self.new_clock()
-            clock.ceil(shard, epoch_ms(record["watermark"]))
+                clock = self.clocks[tenant] = self.new_clock()
+            clock.ceil(shard, watermark)
         return True
 
     async def apply(self, batch: Batch[In]) -> None:
@@ -310,10 +312,10 @@ class StreamEngine(Generic[In]):
                 expected = TOPIC_SCHEMAS.get(msg.topic)
                 if expected is not None and schema not in expected:
                     raise ValueError(f"wrong schema: {schema} on {msg.topic} (which carries {', '.join(expected)})")
-                if self.control(msg.partition, schema, record):
-                    continue
                 origin = f"{msg.topic}|{msg.partition}|{msg.offset}"
                 stage = "invalid"  # decoded, but not an input the service can hold
+                if self.control(msg.partition, schema, record):
+                    continue
                 mapped = to_input(schema, record, origin)
                 self.values[origin] = msg.value
             except Exception as exc:  # noqa: BLE001 - whatever the input, the partition flows on

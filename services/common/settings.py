@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.common.constants import DEFAULT_PARTITIONS
 from services.common.errors import ConfigError
 
-__all__ = ["REPO_ROOT", "CommonSettings", "StreamSettings", "load_settings", "read_config_file"]
+__all__ = ["REPO_ROOT", "CommonSettings", "StreamSettings", "config_problem", "load_settings", "read_config_file"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,15 +72,40 @@ class StreamSettings(CommonSettings):
         raise NotImplementedError
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last,
+    so one of two settings would be dropped without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_file(path: Path, what: str, expected: str = "a mapping") -> dict[str, Any]:
-    """The mapping a YAML or JSON file holds; ConfigError naming `what` and the file otherwise."""
+    """The mapping a YAML or JSON file holds; ConfigError naming `what` and the file otherwise
+    (also for a key given twice in one mapping)."""
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a safe loader
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{what} {path}: {exc}") from exc
     if not isinstance(loaded, dict):
         raise ConfigError(f"{what} {path}: expected {expected}")
     return loaded
+
+
+def config_problem(where: str, err: Any) -> str:
+    """One line of a settings file's validation error: the key, the message and the value given
+    (YAML reads `1e9` as text, which a bare "should be a valid number" would not show)."""
+    given = err.get("input")
+    shown = "" if isinstance(given, (dict, list, tuple)) else f" (got {given!r})"
+    return f"{where or 'config'}: {err['msg']}{shown}"
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from services.common.errors import ConfigError
-from services.common.settings import read_config_file
+from services.common.settings import config_problem, read_config_file
 
 __all__ = [
     "CHANNELS",
@@ -190,5 +190,5 @@ def load_trigger_config(path: Path | None = None) -> TriggerConfig:
             loc = list(err["loc"])
             if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
                 loc[1] = merged[loc[1]].get("name", loc[1])
-            problems.append(f"{'.'.join(str(p) for p in loc) or 'config'}: {err['msg']}")
+            problems.append(config_problem(".".join(str(p) for p in loc), err))
         raise ConfigError(f"invalid trigger rules in {path}: " + "; ".join(problems)) from exc

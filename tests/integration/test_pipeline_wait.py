@@ -10,7 +10,9 @@ import pytest
 from redis.asyncio import Redis
 
 import crm.pipeline
+import crm.replay
 from crm.pipeline import pipeline, wait_pipeline, wait_service
+from crm.replay import replay
 from services.common.errors import CrmError
 from services.stager.settings import StagerSettings
 from services.triggers.settings import TriggerSettings
@@ -125,4 +127,28 @@ async def test_the_wait_holds_until_what_a_service_decided_is_on_kafka(
     finally:
         await redis.hdel(service.clock_key, f"{tenant}|{shard}")
         await redis.hdel(service.outbox_key(shard), f"test-{run}")
+        await redis.aclose()
+
+
+async def test_a_replay_names_every_service_without_a_worker_before_producing(
+    stack: StackInfo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(crm.pipeline, "JOIN_GRACE_SECONDS", 1.0)
+    run = uuid.uuid4().hex[:8]
+    stager = StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                            stager_group=f"nobody-{run}")  # fmt: skip
+    triggers = TriggerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                               triggers_group=f"nobody-{run}")  # fmt: skip
+    data = tmp_path / "cdnow.txt"
+    data.write_text(" 00001 19970101  1   11.77\n 00002 19970112  1   12.00\n")
+    with pytest.raises(CrmError) as raised:
+        await replay(stager, data, "cdnow", f"t-{run}", triggers=triggers, timeout=600, say=print)
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("no stager worker is consuming"), lines
+    assert lines[1].startswith("no triggers worker is consuming"), lines
+    redis = Redis.from_url(stack.redis_url)
+    try:  # nothing was produced: the ledger holds no progress for the file
+        assert not await redis.hlen(crm.replay._ledger_key(f"t-{run}"))
+    finally:
         await redis.aclose()

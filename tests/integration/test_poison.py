@@ -21,7 +21,14 @@ from redis.asyncio import Redis
 from services.attribution.app import SOURCE_TOPICS as ATTRIBUTION_SOURCES
 from services.common import keys
 from services.common.avro import Codec, default_codec
-from services.common.constants import TOPIC_DLQ, TOPIC_REFERRALS, TOPIC_STAGE_TRANSITIONS, event_topic
+from services.common.constants import (
+    MAX_TIME_MS,
+    TOPIC_DLQ,
+    TOPIC_REFERRALS,
+    TOPIC_STAGE_TRANSITIONS,
+    TOPIC_TRIGGERS_SUPPRESSED,
+    event_topic,
+)
 from services.common.tail import read_topic
 from tests.conftest import StackInfo
 from tests.integration.stager_process import AttributionProcess, StagerProcess, TriggersProcess
@@ -30,7 +37,13 @@ from tests.integration.test_determinism import start_at_end
 T0 = 1_700_000_000_000
 STAGER_TOPICS = {event_topic(t) for t in ("browse", "cart", "follow", "order")} | {TOPIC_REFERRALS}
 LABELS: dict[tuple[str, int, int], str] = {}  # (topic, partition, offset) -> what the bad record is
-OUT_OF_RANGE = {"time before 1970", "negative amount", "amount not finite"}
+OUT_OF_RANGE = {
+    "time before 1970",
+    "negative amount",
+    "amount not finite",
+    "progress beyond any time",
+    "progress of a tenant with a control character",
+}
 TRIGGER_TOPICS = {TOPIC_STAGE_TRANSITIONS, event_topic("order"), event_topic("cart"), event_topic("profile")}
 ATTRIBUTION_TOPICS = set(ATTRIBUTION_SOURCES)
 READERS = {"stager": STAGER_TOPICS, "triggers": TRIGGER_TOPICS, "attribution": ATTRIBUTION_TOPICS}
@@ -78,6 +91,14 @@ def _bad(codec: Codec, topic: str, tenant: str, n: int) -> list[tuple[str, bytes
         ("truncated", good[:14], readers),
         ("time before 1970", codec.encode(*_valid(topic, tenant, "bad", n + 2, event_time=-5)), readers),
     ]
+    if topic in (TOPIC_STAGE_TRANSITIONS, TOPIC_TRIGGERS_SUPPRESSED):  # progress no clock can hold
+
+        def progress(who: str, watermark: int) -> bytes:
+            return codec.encode("crm.stage.Progress", {"tenant": who, "partition": 0, "watermark": watermark,
+                                                       "source": "poison"})  # fmt: skip
+
+        out.append(("progress beyond any time", progress(tenant, MAX_TIME_MS), readers))
+        out.append(("progress of a tenant with a control character", progress(f"{tenant}\x01", T0), readers))
     if topic == event_topic("order"):  # both services refuse what the state cannot hold
         negative = codec.encode(*_valid(topic, tenant, "bad", n + 3, amount=-0.01))
         out.append(("negative amount", negative, readers))

@@ -167,6 +167,16 @@ def test_one_trial_per_customer_keeps_the_plain_interval() -> None:
     assert figures.uplift_ci95 == two_proportion_ci(30, 100, 20, 100)
 
 
+def test_independent_trials_read_a_design_effect_of_exactly_one_and_no_customers_per_interaction() -> None:
+    counters = _sum([_clustered([(1, 1)] * 2 + [(1, 0)] * 3, TREATMENT), _clustered([(1, 0)] * 5, CONTROL)])
+    shown = readout("c1", counters).as_dict()
+    assert shown["treatment"]["design_effect"] == 1.0  # not 1.0000000000000002
+    assert shown["treatment"]["customers"] == 5
+    # the interaction buckets keep no customers or cost: None, not a zero that reads as a figure
+    assert shown["interaction"]["not_interacting"]["trials"] == 5
+    assert [shown["interaction"]["not_interacting"][k] for k in ("customers", "cost", "design_effect")] == [None] * 3
+
+
 def test_a_customers_trials_that_move_together_count_as_one_unit() -> None:
     """Four reminders to each customer, who converts on all four or on none, tell no more than
     one reminder each: the interval is that of 100 customers, not of 400 trials."""

@@ -40,6 +40,10 @@ def test_a_file_changes_a_window_per_rule_and_a_channel_cost_keeping_the_other_d
         ({"rules": {"welcome": {"attribution_window_days": False}}}, "rules.welcome.attribution_window_days"),
         ({"model": "linear"}, "model"),
         ({"keep_days": 0}, "keep_days"),
+        ({"keep_days": 0.001}, "keep_days"),
+        ({"channel_costs": {"sms": 0.004}}, "channel_costs.sms"),  # would count as nothing
+        ({"channel_costs": {"sms": 0.055}}, "channel_costs.sms"),
+        ({"rules": {"first_purchse_gift": {"attribution_window_days": 3}}}, "rules.first_purchse_gift"),
         ({"windw_days": 7}, "windw_days"),
     ],
 )
@@ -52,4 +56,28 @@ def test_not_a_number_is_refused_as_a_cost(tmp_path: Path) -> None:
     path = tmp_path / "attribution.json"
     path.write_text('{"channel_costs": {"sms": NaN}}')  # Python's json writes and reads it
     with pytest.raises(ConfigError, match=r"channel_costs[.]sms"):
+        load_attribution_config(path)
+
+
+def test_a_rule_of_the_tenants_own_table_is_accepted_when_said_so(tmp_path: Path) -> None:
+    config = _load(tmp_path, {"rules": {"member_day": {"attribution_window_days": 2, "custom": True}}})
+    assert config.window_ms("member_day") == 2 * DAY_MS
+
+
+def test_a_cost_in_whole_cents_is_kept_exactly(tmp_path: Path) -> None:
+    config = _load(tmp_path, {"channel_costs": {"sms": 0.07, "push": 1.15}})
+    assert (config.channel_cents("sms"), config.channel_cents("push")) == (7, 115)
+
+
+def test_a_key_given_twice_is_refused_not_silently_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "attribution.yaml"
+    path.write_text("channel_costs:\n  sms: 0.05\n  sms: 0.50\n")
+    with pytest.raises(ConfigError, match=r"'sms' appears twice"):
+        load_attribution_config(path)
+
+
+def test_a_value_yaml_reads_as_text_is_shown_as_given(tmp_path: Path) -> None:
+    path = tmp_path / "attribution.yaml"
+    path.write_text("channel_costs:\n  sms: 1e9\n")  # YAML 1.1 reads this as the text '1e9'
+    with pytest.raises(ConfigError, match=r"channel_costs[.]sms: .* \(got '1e9'\)"):
         load_attribution_config(path)

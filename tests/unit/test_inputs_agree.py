@@ -1,4 +1,5 @@
-"""The stager and the triggers agree on what an order is: one either refuses, the other does too."""
+"""The services agree on what an order is (one refuses, the other does too) and on the default
+trigger rules' names."""
 
 from __future__ import annotations
 
@@ -51,3 +52,10 @@ def test_every_engine_refuses_a_customer_id_with_a_control_character() -> None:
     ):
         with pytest.raises(ValueError, match="control character"):
             read()
+
+
+def test_the_shared_list_of_default_rule_names_is_the_triggers_default_table() -> None:
+    from services.common.constants import DEFAULT_TRIGGER_RULES
+    from services.triggers.config import DEFAULT_RULES
+
+    assert tuple(r.name for r in DEFAULT_RULES) == DEFAULT_TRIGGER_RULES
