@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
+from services.common.constants import MAX_TIME_MS
 from services.common.errors import CrmError
 from services.common.settings import CommonSettings, load_settings
 from services.stager.rules import MODELS
@@ -289,6 +290,28 @@ def attribution_worker() -> None:
     run()
 
 
+# --- analytics ---------------------------------------------------------------------------------
+@cli.group()
+def analytics() -> None:
+    """The analytics service: the stage-history worker and the HTTP API for marketers."""
+
+
+@analytics.command("worker")
+def analytics_worker() -> None:
+    """Run a stage-history worker (same as `python -m services.analytics`)."""
+    from services.analytics.__main__ import main as run
+
+    run()
+
+
+@analytics.command("api")
+def analytics_api() -> None:
+    """Run the analytics HTTP API (same as `python -m services.analytics.api`)."""
+    from services.analytics.api import main as run
+
+    run()
+
+
 @cli.group()
 def report() -> None:
     """Reports for marketers."""
@@ -328,7 +351,8 @@ def report_campaigns(tenant: str, as_json: bool, final_only: bool) -> None:
 @click.option("--max", "as_fast", is_flag=True, help="As fast as possible (the default).")
 @click.option("--wait/--no-wait", default=True, help="Return only once every stream service has applied everything.")
 @click.option("--stager-only", is_flag=True, help="Wait for the stager alone (no other worker runs).")
-@click.option("--no-attribution", is_flag=True, help="Wait for the stager and the triggers, not attribution.")
+@click.option("--no-attribution", is_flag=True, help="Do not wait for attribution (no attribution worker runs).")
+@click.option("--no-analytics", is_flag=True, help="Do not wait for analytics (no history worker runs).")
 @click.option("--force", is_flag=True, help="Replay even if this file was already replayed under the tenant.")
 @click.option("--timeout", default=900.0, show_default=True)
 def replay(
@@ -340,6 +364,7 @@ def replay(
     wait: bool,
     stager_only: bool,
     no_attribution: bool,
+    no_analytics: bool,
     force: bool,
     timeout: float,
 ) -> None:
@@ -348,30 +373,33 @@ def replay(
     from services.stager.settings import StagerSettings
 
     settings = load_settings(StagerSettings)
-    triggers, attribution = _downstream(stager_only, no_attribution)
+    triggers, attribution, analytics = _downstream(stager_only, no_attribution, no_analytics)
     report = asyncio.run(run(settings, path, fmt, tenant, None if as_fast else speed, wait, force, timeout, click.echo,
-                             triggers=triggers, attribution=attribution))  # fmt: skip
+                             triggers=triggers, attribution=attribution, analytics=analytics))  # fmt: skip
     if not report.skipped and wait:
         who = "the stager has" if stager_only else "every stream service has"
         click.echo(f"{who} applied all {report.accepted} events; clock at {_iso(report.latest_ms)}")
 
 
-def _downstream(stager_only: bool, no_attribution: bool) -> tuple[Any, Any]:
+def _downstream(stager_only: bool, no_attribution: bool, no_analytics: bool) -> tuple[Any, Any, Any]:
     """The settings of the services to wait for after the stager (None: not waited for)."""
+    from services.analytics.settings import AnalyticsSettings
     from services.attribution.settings import AttributionSettings
     from services.triggers.settings import TriggerSettings
 
     triggers = None if stager_only else load_settings(TriggerSettings)
     attribution = None if stager_only or no_attribution else load_settings(AttributionSettings)
-    return triggers, attribution
+    analytics = None if stager_only or no_analytics else load_settings(AnalyticsSettings)
+    return triggers, attribution, analytics
 
 
 @cli.command("wait")
 @click.option("--tenant", required=True)
 @click.option("--stager-only", is_flag=True, help="Wait for the stager alone (no other worker runs).")
-@click.option("--no-attribution", is_flag=True, help="Wait for the stager and the triggers, not attribution.")
+@click.option("--no-attribution", is_flag=True, help="Do not wait for attribution (no attribution worker runs).")
+@click.option("--no-analytics", is_flag=True, help="Do not wait for analytics (no history worker runs).")
 @click.option("--timeout", default=900.0, show_default=True)
-def wait_cmd(tenant: str, stager_only: bool, no_attribution: bool, timeout: float) -> None:
+def wait_cmd(tenant: str, stager_only: bool, no_attribution: bool, no_analytics: bool, timeout: float) -> None:
     """Until every stream service has applied what is on its topics for TENANT and fired the
     timers due by the tenant's latest event time."""
     from crm.replay import wait_applied
@@ -380,7 +408,7 @@ def wait_cmd(tenant: str, stager_only: bool, no_attribution: bool, timeout: floa
     from services.stager.settings import StagerSettings
 
     settings = load_settings(StagerSettings)
-    triggers, attribution = _downstream(stager_only, no_attribution)
+    triggers, attribution, analytics = _downstream(stager_only, no_attribution, no_analytics)
 
     async def run() -> int:
         redis = _redis()
@@ -388,7 +416,7 @@ def wait_cmd(tenant: str, stager_only: bool, no_attribution: bool, timeout: floa
             latest, _ = tenant_clock(await redis.hgetall(keys.shard_clock_key()), tenant)
             if not latest:
                 raise CrmError(f"no event of tenant {tenant!r} has been applied")
-            await wait_applied(settings, redis, tenant, latest, timeout, click.echo, triggers, attribution)
+            await wait_applied(settings, redis, tenant, latest, timeout, click.echo, triggers, attribution, analytics)
             return latest
         finally:
             await redis.aclose()
@@ -408,18 +436,23 @@ MODEL = click.Choice(MODELS)
 @stages.command("counts")
 @click.option("--model", type=MODEL, required=True)
 @click.option("--tenant", required=True)
-@click.option("--at", "at", default=None, help="Instant, ISO 8601 (e.g. 1997-10-01T00:00:00Z); default: now.")
+@click.option("--at", "at", default=None, help="Instant (1997-10-01T00:00:00Z, a date, or epoch ms); default: now.")
 @click.option("--json", "as_json", is_flag=True)
 def stages_counts(model: str, tenant: str, at: str | None, as_json: bool) -> None:
-    """How many customers are in each stage of MODEL (now, or at an instant)."""
-    from services.stager import analytics
+    """How many customers are in each stage of MODEL (now, or at an instant), from the stage
+    history the analytics worker keeps."""
+    from services.analytics import query
+    from services.analytics.settings import AnalyticsSettings
+
+    settings = load_settings(AnalyticsSettings)
+    instant = MAX_TIME_MS - 1 if at is None else _parse_instant(at)
 
     async def run() -> dict[str, int]:
         redis = _redis()
         try:
-            if at is None:
-                return await analytics.counts_now(redis, tenant, model)
-            return await analytics.counts_at(redis, tenant, model, _parse_instant(at))
+            found = await query.counts(redis, tenant, model, instant, partitions=settings.partitions,
+                                       snapshot_every=settings.analytics_snapshot_every)  # fmt: skip
+            return {stage: n for stage, n in found.items() if n}
         finally:
             await redis.aclose()
 
@@ -429,17 +462,25 @@ def stages_counts(model: str, tenant: str, at: str | None, as_json: bool) -> Non
 @stages.command("flow")
 @click.option("--model", type=MODEL, required=True)
 @click.option("--tenant", required=True)
-@click.option("--from", "from_", required=True, help="Start instant, ISO 8601.")
-@click.option("--to", "to", required=True, help="End instant, ISO 8601.")
+@click.option("--from", "from_", required=True, help="Start instant (ISO 8601, a date, or epoch ms).")
+@click.option("--to", "to", required=True, help="End instant.")
 @click.option("--json", "as_json", is_flag=True)
 def stages_flow(model: str, tenant: str, from_: str, to: str, as_json: bool) -> None:
     """Customers whose stage at --from differs from their stage at --to, by "from->to"."""
-    from services.stager import analytics
+    from services.analytics import query
+    from services.analytics.settings import AnalyticsSettings
+
+    settings = load_settings(AnalyticsSettings)
+    t0, t1 = _parse_instant(from_), _parse_instant(to)
+    if t1 < t0:
+        raise click.BadParameter("--to is before --from")
 
     async def run() -> dict[str, int]:
         redis = _redis()
         try:
-            return await analytics.flow(redis, tenant, model, _parse_instant(from_), _parse_instant(to))
+            found = await query.flow(redis, tenant, model, t0, t1, partitions=settings.partitions,
+                                     snapshot_every=settings.analytics_snapshot_every)  # fmt: skip
+            return {f"{a}->{b}": n for (a, b), n in sorted(found.cells.items()) if a != b}
         finally:
             await redis.aclose()
 
@@ -453,15 +494,12 @@ def _redis() -> Any:
 
 
 def _parse_instant(text: str) -> int:
-    from datetime import datetime
+    from services.common.times import parse_instant
 
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not an ISO 8601 instant (e.g. 1997-10-01T00:00:00Z)") from None
-    if parsed.tzinfo is None:
-        raise click.BadParameter(f"{text!r} needs a time zone (e.g. Z)")
-    return int(parsed.timestamp() * 1000)
+        return parse_instant(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _iso(ms: int) -> str:
@@ -490,6 +528,7 @@ def demo(customers: int) -> None:
     """Start the stack and the services, push a demo stream over HTTP, print what happened."""
     from crm.demo import demo_stream
     from crm.localstack import LocalStack
+    from services.analytics.settings import AnalyticsSettings
     from services.attribution.settings import AttributionSettings
     from services.common.avro import default_codec
     from services.common.tail import read_topic, to_json
@@ -512,6 +551,12 @@ def demo(customers: int) -> None:
     attribution_url = f"http://127.0.0.1:{attribution_port}"
     _ensure_service("attribution", "services.attribution", attribution_url, {"CRM_LOG_LEVEL": "warn"}, settings,
                     local)  # fmt: skip
+    analytics = load_settings(AnalyticsSettings)
+    history_url = f"http://127.0.0.1:{analytics.analytics_web_port}"
+    _ensure_service("analytics", "services.analytics", history_url, {"CRM_LOG_LEVEL": "warn"}, settings, local)
+    api_url = f"http://127.0.0.1:{analytics.analytics_port}"
+    api_env = {"CRM_LOG_LEVEL": "warn", "CRM_ANALYTICS_API_KEYS": f"{DEMO_KEY}:demo"}
+    _ensure_service("analytics-api", "services.analytics.api", api_url, api_env, settings, local)
 
     from tqdm import tqdm
 
@@ -539,7 +584,9 @@ def demo(customers: int) -> None:
     asyncio.run(_show_stages(settings, latest))
     asyncio.run(_show_triggers(settings))
     asyncio.run(_show_campaigns())
-    click.echo(f"metrics: {url}/metrics, {stager_url}/metrics, {triggers_url}/metrics and {attribution_url}/metrics")
+    click.echo(f"metrics: {url}/metrics, {stager_url}/metrics, {triggers_url}/metrics, {attribution_url}/metrics, "
+               f"{history_url}/metrics and {api_url}/metrics")  # fmt: skip
+    click.echo(f"analytics API: {api_url}/v1/demo/stages/pyramid/counts (header X-API-Key: {DEMO_KEY})")
     click.echo("stop everything: .venv/bin/crm stack down")
 
 
@@ -577,18 +624,19 @@ async def _show_campaigns() -> None:
 
 async def _show_stages(settings: Any, latest: int) -> None:
     from crm.replay import wait_applied
+    from services.analytics import query
+    from services.analytics.settings import AnalyticsSettings
     from services.attribution.settings import AttributionSettings
-    from services.stager import analytics
     from services.triggers.settings import TriggerSettings
 
     redis = _redis()
     try:
         await wait_applied(settings, redis, "demo", latest, 300, click.echo, load_settings(TriggerSettings),
-                           load_settings(AttributionSettings))  # fmt: skip
+                           load_settings(AttributionSettings), load_settings(AnalyticsSettings))  # fmt: skip
         click.echo(f"stages of tenant 'demo' (crm stages counts --tenant demo --model M), clock at {_iso(latest)}:")
         for model in MODELS:
-            counts = await analytics.counts_now(redis, "demo", model)
-            click.echo(f"  {model:11} " + ", ".join(f"{stage} {n}" for stage, n in counts.items()))
+            counts = await query.counts(redis, "demo", model, MAX_TIME_MS - 1, partitions=settings.partitions)
+            click.echo(f"  {model:11} " + ", ".join(f"{stage} {n}" for stage, n in counts.items() if n))
     finally:
         await redis.aclose()
 

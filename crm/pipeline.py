@@ -15,6 +15,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
+from services.analytics.app import SOURCE_TOPICS as ANALYTICS_TOPICS
+from services.analytics.settings import AnalyticsSettings
 from services.attribution.app import SOURCE_TOPICS as ATTRIBUTION_TOPICS
 from services.attribution.settings import AttributionSettings
 from services.common import keys
@@ -26,7 +28,16 @@ from services.stager.settings import StagerSettings
 from services.triggers.app import SOURCE_TOPICS as TRIGGER_TOPICS
 from services.triggers.settings import TriggerSettings
 
-__all__ = ["Service", "consumed", "end_offsets", "members", "pipeline", "wait_pipeline", "wait_service"]
+__all__ = [
+    "Service",
+    "check_workers",
+    "consumed",
+    "end_offsets",
+    "members",
+    "pipeline",
+    "wait_pipeline",
+    "wait_service",
+]
 
 T = TypeVar("T")
 Retrying = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
@@ -54,11 +65,14 @@ class Service:
 
 
 def pipeline(
-    stager: StagerSettings, triggers: TriggerSettings | None = None, attribution: AttributionSettings | None = None
+    stager: StagerSettings,
+    triggers: TriggerSettings | None = None,
+    attribution: AttributionSettings | None = None,
+    analytics: AnalyticsSettings | None = None,
 ) -> list[Service]:
     """The stream services in the order data flows through them (the triggers read what the
-    stager writes, attribution what the triggers write); a service whose settings are not given
-    is not waited for."""
+    stager writes, attribution what the triggers write, analytics what the stager writes); a
+    service whose settings are not given is not waited for."""
     stager_outbox: Callable[[int], str] = partial(keys.outbox_key, stager.group)
     wanted = [
         ("stager", stager, STAGER_TOPICS, keys.shard_clock_key(), keys.timers_key, stager_outbox),
@@ -66,6 +80,8 @@ def pipeline(
          keys.trigger_outbox_key),
         ("attribution", attribution, ATTRIBUTION_TOPICS, keys.attribution_clock_key(), keys.attribution_timers_key,
          keys.attribution_outbox_key),
+        ("analytics", analytics, ANALYTICS_TOPICS, keys.analytics_clock_key(), keys.analytics_timers_key,
+         keys.analytics_outbox_key),
     ]  # fmt: skip
     return [
         Service(

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from crm.datasets import read_dataset
 from crm.pacing import event_times, plan_chunks
 from crm.pipeline import check_workers, pipeline, wait_pipeline
+from services.analytics.settings import AnalyticsSettings
 from services.attribution.settings import AttributionSettings
 from services.common.avro import default_codec
 from services.common.constants import REDIS_PREFIX
@@ -98,6 +99,7 @@ async def replay(
     say: Callable[[str], None] = print,
     triggers: TriggerSettings | None = None,
     attribution: AttributionSettings | None = None,
+    analytics: AnalyticsSettings | None = None,
 ) -> ReplayReport:
     """Produce every event of `path` under `tenant`; with `wait`, return once the stager (and,
     given their settings, the triggers and attribution) has applied them and fired the timers
@@ -116,7 +118,7 @@ async def replay(
                 say(f"resuming {path.name} after {produced} events already produced")
             await _retrying("creating the topics", lambda: ensure_topics(settings.kafka_bootstrap))
             if wait:  # a service with no worker is named now, not after the whole replay was produced
-                services = pipeline(settings, triggers, attribution)
+                services = pipeline(settings, triggers, attribution, analytics)
                 await check_workers(services, bootstrap=settings.kafka_bootstrap, retrying=_retrying)
 
             async def progress(n: int, ok: int, last: int) -> None:
@@ -125,7 +127,7 @@ async def replay(
             accepted, latest = await _produce(settings, events, produced, accepted, latest, path.name, speed, progress)
             say(f"produced {len(events) - produced} events; {len(events) - accepted} rejected to crm.events.dlq")
         if wait:
-            await wait_applied(settings, redis, tenant, latest, timeout, say, triggers, attribution)
+            await wait_applied(settings, redis, tenant, latest, timeout, say, triggers, attribution, analytics)
         return ReplayReport(len(events), accepted, len(events) - accepted, latest, skipped=produced >= len(events))
     finally:
         await redis.aclose()
@@ -181,12 +183,13 @@ async def wait_applied(
     say: Callable[[str], None],
     triggers: TriggerSettings | None = None,
     attribution: AttributionSettings | None = None,
+    analytics: AnalyticsSettings | None = None,
 ) -> None:
     """Until the stager (and, given their settings, the triggers and attribution after it) has
     applied every message now on its topics, its clock for `tenant` stands at `latest_ms` or
     later, and no timer of the tenant is due by then; at once an error when no worker of a
     service is consuming."""
-    services = pipeline(settings, triggers, attribution)
+    services = pipeline(settings, triggers, attribution, analytics)
     await wait_pipeline(services, bootstrap=settings.kafka_bootstrap, redis=redis, tenant=tenant,
                         latest_ms=latest_ms, timeout=timeout, partitions=settings.partitions, say=say,
                         retrying=_retrying)  # fmt: skip

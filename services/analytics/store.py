@@ -9,9 +9,12 @@ Per (tenant, model, shard), under `services.common.keys.history_key`:
   `t`, `i`, `c` (the day's transitions: ms offsets, ids, stage codes, as packed arrays);
 - `snap:<d>`: hash, stage -> members at that day's end (every `snapshot_every` changed days);
 - `current`: hash, stage -> members at the end of the last closed day;
-- `open`: hash, "<time>:<id>:<n>" -> stage code, the transitions of days not yet closed.
+- `open`: sorted set of the transitions of days not yet closed, scored by their time, each
+  "<n>:<id>:<stage code>" with `n` (20 digits) its place in arrival order: adding one is a ZADD
+  that a redelivery repeats harmlessly, and closing days removes them by score.
 
-A writer reads `meta`, `order`, `current` and `open`, adds and closes, and queues only what is new.
+A writer adds transitions with `queue_open` (nothing read), and closes days by reading `meta`,
+`order`, `current` and `open` and queuing only what is new (`queue_changes`).
 A reader loads, for the instants asked about, the order, the counts, one snapshot and at most
 `snapshot_every` days each, and the current parts when an instant lies past the closed days.
 """
@@ -26,10 +29,10 @@ from typing import Any
 
 from pyroaring import BitMap
 
-from services.analytics.history import DAY_MS, Day, History
+from services.analytics.history import DAY_MS, Day, History, Transition
 from services.common.keys import history_key
 
-__all__ = ["load_for_read", "load_for_write", "queue_changes"]
+__all__ = ["load_for_read", "load_for_write", "queue_changes", "queue_open"]
 
 
 def _decode_members(raw: dict[bytes, bytes], stages: tuple[str, ...]) -> dict[str, BitMap]:
@@ -58,18 +61,20 @@ async def _base(redis: Any, key: Any, history: History) -> None:
         pipe.hget(key("meta"), "closed")
         pipe.zrange(key("order"), 0, -1)
         pipe.hgetall(key("current"))
-        pipe.hgetall(key("open"))
+        pipe.zrange(key("open"), 0, -1, withscores=True)
         closed, order, current, pending = await pipe.execute()
     history.closed = int(closed) if closed is not None else -1
     history.order = [int(d) for d in order]
     history.current = _decode_members(current, history.stages)
-    opened = []
-    for field, code in pending.items():
-        at, ident, _ = field.decode().split(":")
+    opened: list[tuple[int, bytes, int, str | None]] = []
+    for member, at in pending:
+        if int(at) // DAY_MS <= history.closed:
+            continue  # added after its day was closed (a worker that held the shard before): too late
+        n, ident, code = member.split(b":")
         c = int(code)
-        opened.append((int(at), int(ident), history.stages[c - 1] if c else None, field))
-    opened.sort(key=lambda t: (t[0], int(t[3].decode().split(":")[2])))
-    history.open = [(at, ident, stage) for at, ident, stage, _ in opened]
+        opened.append((int(at), n, int(ident), history.stages[c - 1] if c else None))
+    opened.sort(key=lambda t: (t[0], t[1]))
+    history.open = [(at, ident, stage) for at, _, ident, stage in opened]
 
 
 async def load_for_write(
@@ -96,15 +101,25 @@ def queue_changes(pipe: Any, tenant: str, model: str, shard: int, history: Histo
         snap = history.snapshots.get(day)
         if snap is not None:
             pipe.hset(key(f"snap:{day}"), mapping={s: b.serialize() for s, b in snap.items()})
-    pipe.delete(key("current"), key("open"))
+    pipe.delete(key("current"))
     members = {s: b.serialize() for s, b in history.current.items() if b}
     if members:
         pipe.hset(key("current"), mapping=members)
-    code = {s: i + 1 for i, s in enumerate(history.stages)}
-    if history.open:
-        pending = {f"{t}:{ident}:{n}": code[s] if s else 0 for n, (t, ident, s) in enumerate(history.open)}
-        pipe.hset(key("open"), mapping=pending)
+    if history.closed >= 0:
+        pipe.zremrangebyscore(key("open"), "-inf", (history.closed + 1) * DAY_MS - 1)
     pipe.hset(key("meta"), "closed", history.closed)
+
+
+def queue_open(
+    pipe: Any, tenant: str, model: str, shard: int, stages: tuple[str, ...], added: Iterable[tuple[int, Transition]]
+) -> None:
+    """Queue on `pipe` transitions of days not yet closed, each `(n, transition)` with `n` its
+    place in arrival order (a Kafka offset): the order of one customer's transitions at one
+    instant."""
+    code = {s: i + 1 for i, s in enumerate(stages)}
+    members = {f"{n:020d}:{ident}:{code[s] if s else 0}": at for n, (at, ident, s) in added}
+    if members:
+        pipe.zadd(history_key(tenant, model, shard, "open"), members)
 
 
 async def load_for_read(

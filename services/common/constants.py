@@ -15,6 +15,7 @@ __all__ = [
     "EVENT_TYPES",
     "MAX_AMOUNT_CENTS",
     "MAX_TIME_MS",
+    "MODEL_STAGES",
     "TOPICS",
     "TOPIC_ATTRIBUTION",
     "TOPIC_DLQ",
@@ -35,6 +36,17 @@ __all__ = [
 ]
 
 DEFAULT_PARTITIONS = 12
+
+# Every model the stager places customers in, with its stages lowest first: the names that
+# crm.stage.transitions carries (a stage of no model there is refused by its readers).
+MODEL_STAGES: dict[str, tuple[str, ...]] = {
+    "pyramid": ("aware", "considering", "first_purchase", "repeat", "loyal", "advocate"),
+    "aipl": ("A", "I", "P", "L"),
+    "lifecycle": ("prospect", "new", "developing", "mature", "declining", "churned"),
+    "path": ("browsing", "selecting", "ordered_unpaid", "paid"),
+    "value_grid": tuple(f"{v}_value_{i}_interaction" for v in ("low", "high") for i in ("low", "high")),
+    "sicas": ("sense", "interest", "connect", "action", "share"),
+}
 
 # The names of the trigger rules the engine ships with: decisions carry them (`rule`), and a
 # service that configures something per rule checks its names against them.

@@ -17,6 +17,11 @@ __all__ = [
     "counts_key",
     "customer_key",
     "history_key",
+    "customer_ids_key",
+    "customer_names_key",
+    "analytics_timers_key",
+    "analytics_outbox_key",
+    "analytics_clock_key",
     "log_key",
     "outbox_key",
     "shard_clock_key",
@@ -125,5 +130,30 @@ def campaign_key(tenant: str, campaign: str) -> str:
 
 def history_key(tenant: str, model: str, shard: int, part: str) -> str:
     """One part of a model's stage history for one shard (`services.analytics.store`); the hash
-    tag keeps a history's parts together on a Redis Cluster."""
-    return f"{REDIS_PREFIX}hist:{{{tenant}:{model}:{shard}}}:{part}"
+    tag keeps a shard's histories and customer ids together on a Redis Cluster."""
+    return f"{REDIS_PREFIX}hist:{{{tenant}:{shard}}}:{model}:{part}"
+
+
+def customer_ids_key(tenant: str, shard: int) -> str:
+    """Hash customer -> dense integer id (from 0) of one shard's customers (the bitmaps' members)."""
+    return f"{REDIS_PREFIX}hist:{{{tenant}:{shard}}}:ids"
+
+
+def customer_names_key(tenant: str, shard: int) -> str:
+    """Hash dense id -> customer: the other way round."""
+    return f"{REDIS_PREFIX}hist:{{{tenant}:{shard}}}:names"
+
+
+def analytics_timers_key(tenant: str, shard: int) -> str:
+    """Sorted set of the analytics worker's timers (it sets none; the loop looks)."""
+    return f"{REDIS_PREFIX}an:timers:{tenant}:{shard}"
+
+
+def analytics_outbox_key(shard: int) -> str:
+    """Hash of the analytics worker's dead letters not yet confirmed on Kafka."""
+    return f"{REDIS_PREFIX}an:outbox:{shard}"
+
+
+def analytics_clock_key() -> str:
+    """Hash "tenant|shard" -> the analytics worker's shard clock."""
+    return f"{REDIS_PREFIX}an:clock"

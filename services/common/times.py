@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-__all__ = ["epoch_ms"]
+__all__ = ["epoch_ms", "iso", "parse_instant"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -19,3 +19,26 @@ def epoch_ms(value: Any) -> int:
     if isinstance(value, datetime):
         return (value - _EPOCH) // _MS
     raise TypeError(f"expected epoch milliseconds or a datetime, got {type(value).__name__}")
+
+
+def parse_instant(text: str) -> int:
+    """Epoch milliseconds of an ISO 8601 instant with a zone (`1997-10-01T00:00:00Z`), a date
+    (`1997-10-01`: its start, UTC) or a number of epoch milliseconds; ValueError saying which
+    forms are accepted otherwise."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an instant: give 1997-10-01T00:00:00Z, 1997-10-01 or epoch ms") from None
+    if parsed.tzinfo is None:
+        if len(text) != 10:  # a bare date is UTC; a time needs its zone
+            raise ValueError(f"{text!r} needs a time zone (e.g. Z or +08:00)")
+        parsed = parsed.replace(tzinfo=UTC)
+    return epoch_ms(parsed)
+
+
+def iso(ms: int) -> str:
+    """`ms` as an ISO 8601 instant in UTC (`...Z`)."""
+    return (_EPOCH + ms * _MS).isoformat().replace("+00:00", "Z")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from operator import attrgetter
 
+from services.common.constants import MODEL_STAGES
 from services.stager.config import StageRules
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
     "stages_at",
 ]
 
-MODELS: tuple[str, ...] = ("pyramid", "aipl", "lifecycle", "path", "value_grid", "sicas")
+MODELS: tuple[str, ...] = tuple(MODEL_STAGES)
 RECENT = 8  # most recent behaviour events kept: interaction (5 in 30 days) and late session merges
 CREDITS = 64  # referral credits remembered against repeats
 
@@ -59,14 +60,7 @@ PRODUCT_INTEREST = frozenset({Kind.CART_ADD, Kind.FAVOURITE})  # SICAS Interest:
 STEP = {Kind.BROWSE: 1, Kind.CART_ADD: 2, Kind.FAVOURITE: 2, Kind.ORDER_CREATED: 3, Kind.ORDER_PAID: 4}
 PATH_STAGES = {1: "browsing", 2: "selecting", 3: "ordered_unpaid", 4: "paid"}
 PAID, REFUNDED = 1, 2
-STAGE_NAMES: dict[str, tuple[str, ...]] = {
-    "pyramid": ("aware", "considering", "first_purchase", "repeat", "loyal", "advocate"),
-    "aipl": ("A", "I", "P", "L"),
-    "lifecycle": ("prospect", "new", "developing", "mature", "declining", "churned"),
-    "path": ("browsing", "selecting", "ordered_unpaid", "paid"),
-    "value_grid": tuple(f"{v}_value_{i}_interaction" for v in ("low", "high") for i in ("low", "high")),
-    "sicas": ("sense", "interest", "connect", "action", "share"),
-}
+STAGE_NAMES = MODEL_STAGES  # the contract: what crm.stage.transitions carries
 
 
 def stage_names(model: str) -> tuple[str, ...]:

@@ -1,10 +1,12 @@
 """`crm demo` end to end, as a newcomer runs it, on a stack of its own (own ports and state folder)."""
 
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import cast
 
@@ -30,6 +32,9 @@ def env(tmp_path: Path) -> dict[str, str]:
         "CRM_TRIGGERS_GROUP": "crm-triggers-e2e",
         "CRM_ATTRIBUTION_WEB_PORT": "28068",
         "CRM_ATTRIBUTION_GROUP": "crm-attribution-e2e",
+        "CRM_ANALYTICS_WEB_PORT": "28069",
+        "CRM_ANALYTICS_GROUP": "crm-analytics-e2e",
+        "CRM_ANALYTICS_PORT": "28090",
     }
 
 
@@ -69,6 +74,12 @@ def test_demo_twice_then_down_leaves_nothing(env: dict[str, str], tmp_path: Path
         # one welcome per customer: as many treated customers as treated trials
         assert int(welcome.group(1)) > 0 and int(welcome.group(2)) == int(welcome.group(1))
 
+        # the analytics API answers for the demo tenant with the key the demo printed
+        api = cast(re.Match[str], re.search(r"analytics API: (\S+) \(header X-API-Key: (\S+)\)", first.stdout))
+        request = urllib.request.Request(api.group(1), headers={"X-API-Key": api.group(2)})
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            assert json.loads(reply.read())["total"] == 200
+
         second = crm(env, "demo", "--customers", "200")
         assert second.returncode == 0, second.stdout + second.stderr
         assert "ingest already up" in second.stdout and "stager already up" in second.stdout
@@ -80,12 +91,12 @@ def test_demo_twice_then_down_leaves_nothing(env: dict[str, str], tmp_path: Path
         assert status.returncode == 0 and "ingest" in status.stdout
 
         pids = [int(p.read_text()) for p in (tmp_path / "state" / "pids").glob("*.pid")]
-        assert len(pids) == 6  # kafka, redis, ingest, stager, triggers, attribution
+        assert len(pids) == 8  # kafka, redis, ingest, stager, triggers, attribution, analytics, analytics-api
     finally:
         down = crm(env, "stack", "down")
     assert down.returncode == 0, down.stderr
-    for name in ("kafka", "redis", "ingest", "stager", "triggers", "attribution"):
+    for name in ("kafka", "redis", "ingest", "stager", "triggers", "attribution", "analytics", "analytics-api"):
         assert name in down.stdout
     assert not any(pid_alive(pid) for pid in pids)
-    assert not any(listening(port) for port in (29092, 29093, 26379, 28081, 28066, 28067, 28068))
+    assert not any(listening(port) for port in (29092, 29093, 26379, 28081, 28066, 28067, 28068, 28069, 28090))
     assert crm(env, "stack", "status").returncode == 1

@@ -97,6 +97,14 @@ class AttributionProcess(WorkerProcess):
         super().__init__("services.attribution", stack, port, log_path, env)
 
 
+class AnalyticsProcess(WorkerProcess):
+    def __init__(
+        self, stack: StackInfo, group: str, port: int, log_path: Path, env: Mapping[str, str] | None = None
+    ) -> None:
+        env = {"CRM_ANALYTICS_GROUP": group, "CRM_ANALYTICS_WEB_PORT": str(port), **(env or {})}
+        super().__init__("services.analytics", stack, port, log_path, env)
+
+
 class IngestProcess(WorkerProcess):
     def __init__(
         self, stack: StackInfo, port: int, log_path: Path, key: str = "test-key", env: Mapping[str, str] | None = None

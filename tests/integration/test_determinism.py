@@ -21,6 +21,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from crm.replay import replay
+from services.analytics import query
+from services.analytics.settings import AnalyticsSettings
 from services.common import keys
 from services.common.avro import default_codec
 from services.common.clock import tenant_clock
@@ -34,11 +36,13 @@ from services.common.constants import (
     event_topic,
 )
 from services.common.tail import read_topic
+from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
 from services.triggers.settings import TriggerSettings
 from tests.conftest import StackInfo
+from tests.integration.batch_rules import cdnow_events, expected_counts, expected_flow
 from tests.integration.batch_triggers import CHANNELS, expected_decisions
-from tests.integration.stager_process import StagerProcess, TriggersProcess, WorkerProcess
+from tests.integration.stager_process import AnalyticsProcess, StagerProcess, TriggersProcess, WorkerProcess
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CDNOW_SAMPLE = DATA / "cdnow" / "CDNOW_sample.txt"
@@ -129,13 +133,16 @@ def _run(
     """Replay `data` under a new tenant with new worker groups; returns the tenant."""
     run = uuid.uuid4().hex[:6]
     tenant, stager_group, triggers_group = f"det-{name}-{run}", f"stager-{name}-{run}", f"triggers-{name}-{run}"
+    history_group = f"history-{name}-{run}"
     env = {"CRM_BATCH_MAX": str(batch), **(env or {})}
     asyncio.run(start_at_end(stack, stager_group, STAGER_INPUTS))
     asyncio.run(start_at_end(stack, triggers_group, TRIGGER_INPUTS))
+    asyncio.run(start_at_end(stack, history_group, (TOPIC_STAGE_TRANSITIONS,)))
     procs: list[WorkerProcess] = []
     for i in range(workers):
         procs.append(StagerProcess(stack, stager_group, port + 2 * i, tmp_path / f"{name}-stager{i}.log", env))
         procs.append(TriggersProcess(stack, triggers_group, port + 2 * i + 1, tmp_path / f"{name}-trg{i}.log", env))
+        procs.append(AnalyticsProcess(stack, history_group, port + 6 + i, tmp_path / f"{name}-hist{i}.log", env))
     try:
         for proc in procs:
             proc.start()
@@ -144,7 +151,10 @@ def _run(
         triggers = TriggerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
                                    triggers_group=triggers_group)  # fmt: skip
         # returns once both services applied everything and fired what was due (crm.pipeline)
-        asyncio.run(replay(settings, data, fmt, tenant, speed=speed, timeout=600, say=print, triggers=triggers))
+        history = AnalyticsSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                                    analytics_group=history_group)  # fmt: skip
+        asyncio.run(replay(settings, data, fmt, tenant, speed=speed, timeout=600, say=print, triggers=triggers,
+                           analytics=history))  # fmt: skip
     finally:
         for proc in procs:
             proc.stop()
@@ -202,6 +212,38 @@ def test_replays_at_any_pace_batch_size_and_worker_count_give_the_same_transitio
         extra = sorted(v for k, v in got.items() if k not in expected)[:5]
         assert got == expected, f"{name}: missing {missing}, extra {extra}"
         assert {r for r, *_ in got.values()} >= {"first_purchase_gift", "repurchase_reminder", "winback_declining"}
+
+    # the stage history kept by the analytics workers: at any instant, and between two, the
+    # answers of the batch computation, whatever the pace, batch size or number of workers
+    events = cdnow_events(data)
+    instants = [852_076_800_000 + k * 45 * 86_400_000 for k in range(12)]  # 1997-01-01, every 45 days
+    for name, tenant in tenants.items():
+        counts, flows = asyncio.run(_history(quiet_stack, tenant, instants))
+        for at, at_counts in zip(instants, counts, strict=True):
+            wanted = expected_counts(events, at)
+            assert {m: {s: n for s, n in c.items() if n} for m, c in at_counts.items()} == {
+                m: wanted.get(m, {}) for m in MODELS
+            }, f"{name}: counts at {at}"
+        for (t0, t1), found_flow in zip(zip(instants, instants[3:], strict=False), flows, strict=True):
+            for model in MODELS:
+                moved = {f"{a}->{b}": n for (a, b), n in found_flow[model].items() if a != b}
+                assert moved == expected_flow(events, model, t0, t1), f"{name}: {model} flow {t0}..{t1}"
+
+
+async def _history(
+    stack: StackInfo, tenant: str, instants: list[int]
+) -> tuple[list[dict[str, dict[str, int]]], list[dict[str, dict[tuple[str, str], int]]]]:
+    """Counts of every model at each instant, and flows from each instant to the third after it."""
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        counts = [{m: await query.counts(redis, tenant, m, at, partitions=12) for m in MODELS} for at in instants]
+        flows = [
+            {m: (await query.flow(redis, tenant, m, t0, t1, partitions=12)).cells for m in MODELS}
+            for t0, t1 in zip(instants, instants[3:], strict=False)
+        ]
+        return counts, flows
+    finally:
+        await redis.aclose()
 
 
 TAOBAO = DATA / "taobao_userbehavior" / "UserBehavior_by_user.csv"

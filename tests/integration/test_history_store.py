@@ -10,7 +10,7 @@ import uuid
 from redis.asyncio import Redis
 
 from services.analytics.history import DAY_MS, Transition
-from services.analytics.store import load_for_read, load_for_write, queue_changes
+from services.analytics.store import load_for_read, load_for_write, queue_changes, queue_open
 from tests.conftest import StackInfo
 from tests.unit.test_history import STAGES, T0, naive_counts, naive_flow, replay
 
@@ -30,15 +30,22 @@ async def test_written_in_batches_and_read_in_parts_it_answers_as_a_replay(stack
     redis = Redis.from_url(stack.redis_url)
     try:
         # batches of up to 50 in time order; the watermark closes the days a day behind the newest
+        # (each batch's transitions are added as they come, then the days closed in their own step)
         for start in range(0, len(transitions), 50):
             batch = transitions[start : start + 50]
+            async with redis.pipeline(transaction=True) as pipe:
+                queue_open(pipe, tenant, model, shard, STAGES, enumerate(batch, start))
+                await pipe.execute()
             history = await load_for_write(redis, tenant, model, shard, STAGES, snapshot_every=3)
             before = len(history.order)
-            history.add(batch)
             history.close_until(batch[-1][0] // DAY_MS - 1)
             async with redis.pipeline(transaction=True) as pipe:
                 queue_changes(pipe, tenant, model, shard, history, before)
                 await pipe.execute()
+        # a redelivered batch adds nothing twice
+        async with redis.pipeline(transaction=True) as pipe:
+            queue_open(pipe, tenant, model, shard, STAGES, [(len(transitions) - 1, transitions[-1])])
+            await pipe.execute()
         instants = [T0 + rnd.randrange(-DAY_MS, 41 * DAY_MS) for _ in range(40)]
         for at in instants:
             found = await load_for_read(redis, tenant, model, shard, STAGES, [at], snapshot_every=3)

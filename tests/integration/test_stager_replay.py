@@ -14,19 +14,21 @@ import pytest
 from redis.asyncio import Redis
 
 from crm.replay import replay
+from services.analytics.settings import AnalyticsSettings
 from services.common import keys
 from services.stager import analytics
 from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
 from tests.conftest import StackInfo
 from tests.integration.batch_rules import Event, cdnow_events, expected_counts, expected_flow, taobao_events
-from tests.integration.stager_process import StagerProcess
+from tests.integration.stager_process import AnalyticsProcess, StagerProcess
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TAOBAO = DATA / "taobao_userbehavior" / "UserBehavior_by_user.csv"
 CDNOW = DATA / "cdnow" / "CDNOW_master.txt"
 # the stager's web port moves with the stack's ports, so two checkouts can run this side by side
 WEB_PORT = 22066 + int(os.environ.get("CRM_TEST_PORT_OFFSET", "0"))
+HISTORY_PORT = 22068 + int(os.environ.get("CRM_TEST_PORT_OFFSET", "0"))
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,14 @@ def group() -> str:
 @pytest.fixture(scope="module")
 def stager(stack: StackInfo, group: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StagerProcess]:
     proc = StagerProcess(stack, group, WEB_PORT, tmp_path_factory.mktemp("stager") / "stager.log").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def history(stack: StackInfo, group: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnalyticsProcess]:
+    log = tmp_path_factory.mktemp("analytics") / "analytics.log"
+    proc = AnalyticsProcess(stack, f"{group}-history", HISTORY_PORT, log).start()
     yield proc
     proc.stop()
 
@@ -88,14 +98,17 @@ async def _clock(stack: StackInfo, tenant: str) -> tuple[int, int]:
 
 
 def test_counts_at_an_instant_and_flows_between_two_match_the_batch_computation(
-    stack: StackInfo, stager: StagerProcess, group: str
+    stack: StackInfo, stager: StagerProcess, history: AnalyticsProcess, group: str
 ) -> None:
+    """From the stage history the analytics worker keeps (the CLI reads it, as the API does)."""
     from click.testing import CliRunner
 
     from crm.cli import cli
 
     tenant = f"cdnow-at-{uuid.uuid4().hex[:6]}"
-    asyncio.run(replay(settings_for(stack, group), CDNOW, "cdnow", tenant, timeout=600, say=print))
+    analytics = AnalyticsSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                                  analytics_group=f"{group}-history")  # fmt: skip
+    asyncio.run(replay(settings_for(stack, group), CDNOW, "cdnow", tenant, timeout=600, say=print, analytics=analytics))
     events = cdnow_events(CDNOW)
     t0, t1 = 875664000000, 883612800000  # 1997-10-01T00:00:00Z, 1998-01-01T00:00:00Z
     env = {"CRM_REDIS_URL": stack.redis_url}
@@ -121,6 +134,11 @@ def test_counts_at_an_instant_and_flows_between_two_match_the_batch_computation(
         result = runner.invoke(cli, args, env=env)
         assert result.exit_code == 0, result.output
         assert json.loads(result.output) == expected_flow(events, model, t0, t1), model
+    now = asyncio.run(live_counts(stack, tenant))  # the stager's own counters
+    for model in MODELS:
+        result = runner.invoke(cli, ["stages", "counts", "--model", model, "--tenant", tenant, "--json"], env=env)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output) == now[model], model
 
 
 def test_two_tenants_are_fully_separate(stack: StackInfo, stager: StagerProcess, group: str) -> None:

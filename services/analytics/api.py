@@ -1,0 +1,213 @@
+"""The analytics HTTP API for marketers (aiohttp, like ingest): stage counts now or at any
+instant, flows between two instants, a stage-population series; `/healthz` and `/metrics`.
+
+Every `/v1/{tenant}/...` request needs an API key (`X-API-Key` or `Authorization: Bearer`) from
+`CRM_ANALYTICS_API_KEYS`; 401 without a valid one, 403 when the key is not for that tenant or
+no such tenant has data. A bad query (unknown model, an instant that does not parse, `to`
+before `from`) gets 400 naming the parameter.
+
+Run it with `python -m services.analytics.api` (or `crm analytics api`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from redis.asyncio import Redis
+
+from services.analytics import query
+from services.analytics.settings import AnalyticsSettings
+from services.common import keys
+from services.common.constants import MAX_TIME_MS, MODEL_STAGES
+from services.common.errors import ConfigError
+from services.common.metrics import PREFIX, metrics_handler
+from services.common.redisbatch import connect
+from services.common.settings import load_settings
+from services.common.times import iso, parse_instant
+
+__all__ = ["create_app", "main"]
+
+SETTINGS = web.AppKey("settings", AnalyticsSettings)
+REDIS = web.AppKey("redis", Redis)
+KEYS: web.AppKey[dict[bytes, frozenset[str] | None]] = web.AppKey("keys")
+MAX_SERIES_POINTS = 400
+_NOW = MAX_TIME_MS - 1  # every transition applied so far
+
+
+class BadQuery(Exception):
+    """A query the API cannot answer: 400 with this message."""
+
+
+def create_app(settings: AnalyticsSettings, registry: CollectorRegistry | None = None) -> web.Application:
+    """The analytics web application; its Redis client opens and closes with it. ValueError for
+    API keys that do not parse."""
+    registry = registry if registry is not None else CollectorRegistry()
+    requests = Counter(f"{PREFIX}analytics_requests", "API requests by status", ["status"], registry=registry)
+    latency = Histogram(f"{PREFIX}analytics_request_seconds", "Time to answer an API request", registry=registry)
+    app = web.Application(middlewares=[_measured(requests, latency)])
+    app[SETTINGS] = settings
+    app[KEYS] = settings.api_keys()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        app[REDIS] = connect(settings.redis_url)
+        yield
+        await app[REDIS].aclose()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/v1/{tenant}/stages/{model}/counts", stage_counts)
+    app.router.add_get("/v1/{tenant}/stages/{model}/flow", stage_flow)
+    app.router.add_get("/v1/{tenant}/stages/{model}/series", stage_series)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler(registry))
+    return app
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _measured(requests: Counter, latency: Histogram) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except BadQuery as exc:
+            response = web.json_response({"error": str(exc)}, status=400)
+        except web.HTTPException as exc:
+            requests.labels(str(exc.status)).inc()
+            raise
+        requests.labels(str(response.status)).inc()
+        latency.observe(time.perf_counter() - started)
+        return response
+
+    return middleware
+
+
+async def _tenant(request: web.Request) -> str:
+    """The tenant of the path, once the key may read it and it has data; else 401/403."""
+    tenant = request.match_info["tenant"]
+    given = request.headers.get("X-API-Key", "").encode()
+    if not given:
+        auth = request.headers.get("Authorization", "")
+        given = auth[7:].encode() if auth.startswith("Bearer ") else b""
+    scope: frozenset[str] | None = frozenset()
+    found = False
+    for key, tenants in request.app[KEYS].items():  # every key compared: timing tells nothing
+        if hmac.compare_digest(given, key):
+            found, scope = True, tenants
+    if not given or not found:
+        raise web.HTTPUnauthorized(
+            text='{"error": "missing or invalid API key (X-API-Key header)"}', content_type="application/json"
+        )
+    if (scope is not None and tenant not in scope) or not await request.app[REDIS].sismember(
+        keys.tenants_key(), tenant
+    ):
+        raise web.HTTPForbidden(
+            text=f'{{"error": "this key may not read tenant {_quoted(tenant)}, or it has no data"}}',
+            content_type="application/json",
+        )
+    return tenant
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')[:100]
+
+
+def _model(request: web.Request) -> str:
+    model = request.match_info["model"]
+    if model not in MODEL_STAGES:
+        raise BadQuery(f"unknown model {model!r}; one of {', '.join(MODEL_STAGES)}")
+    return model
+
+
+def _instant(request: web.Request, name: str, default: int | None = None) -> int:
+    text = request.query.get(name)
+    if text is None:
+        if default is None:
+            raise BadQuery(f"missing parameter `{name}`")
+        return default
+    try:
+        at = parse_instant(text)
+    except ValueError as exc:
+        raise BadQuery(f"parameter `{name}`: {exc}") from None
+    if not 0 <= at < MAX_TIME_MS:
+        raise BadQuery(f"parameter `{name}`: {text!r} is out of range")
+    return at
+
+
+def _period(request: web.Request) -> tuple[int, int]:
+    t0, t1 = _instant(request, "from"), _instant(request, "to")
+    if t1 < t0:
+        raise BadQuery(f"`to` ({iso(t1)}) is before `from` ({iso(t0)})")
+    return t0, t1
+
+
+async def stage_counts(request: web.Request) -> web.Response:
+    """Each stage's customers now (`at` left out) or at instant `at`."""
+    tenant, model = await _tenant(request), _model(request)
+    at = _instant(request, "at", _NOW)
+    settings = request.app[SETTINGS]
+    found = await query.counts(request.app[REDIS], tenant, model, at, partitions=settings.partitions,
+                               snapshot_every=settings.analytics_snapshot_every)  # fmt: skip
+    return web.json_response({"tenant": tenant, "model": model, "at": None if at == _NOW else iso(at),
+                              "counts": found, "total": sum(found.values())})  # fmt: skip
+
+
+async def stage_flow(request: web.Request) -> web.Response:
+    """The full flow matrix between `from` and `to` and the conversion between adjacent layers."""
+    tenant, model = await _tenant(request), _model(request)
+    t0, t1 = _period(request)
+    settings = request.app[SETTINGS]
+    found = await query.flow(request.app[REDIS], tenant, model, t0, t1, partitions=settings.partitions,
+                             snapshot_every=settings.analytics_snapshot_every)  # fmt: skip
+    return web.json_response({"tenant": tenant, "model": model, "from": iso(t0), "to": iso(t1), **found.as_dict()})
+
+
+async def stage_series(request: web.Request) -> web.Response:
+    """Each stage's customers at `from`, every `step_days` (default 1) after it, up to `to`."""
+    tenant, model = await _tenant(request), _model(request)
+    t0, t1 = _period(request)
+    try:
+        step = int(request.query.get("step_days", "1"))
+    except ValueError:
+        raise BadQuery("parameter `step_days`: a whole number of days") from None
+    if step < 1:
+        raise BadQuery("parameter `step_days`: at least 1")
+    instants = list(range(t0, t1 + 1, step * 86_400_000))
+    if len(instants) > MAX_SERIES_POINTS:
+        raise BadQuery(f"more than {MAX_SERIES_POINTS} points: widen `step_days` or shorten the period")
+    settings = request.app[SETTINGS]
+    points = await query.series(request.app[REDIS], tenant, model, instants, partitions=settings.partitions,
+                                snapshot_every=settings.analytics_snapshot_every)  # fmt: skip
+    shown = [{"at": iso(at), "counts": c} for at, c in zip(instants, points, strict=True)]
+    return web.json_response({"tenant": tenant, "model": model, "stages": list(MODEL_STAGES[model]), "points": shown})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 while Redis answers, 503 otherwise."""
+    try:
+        ok = bool(await request.app[REDIS].ping())
+    except Exception:  # noqa: BLE001 - any failure to answer is 'not healthy'
+        ok = False
+    return web.json_response({"status": "ok" if ok else "degraded", "redis": ok}, status=200 if ok else 503)
+
+
+def main() -> None:
+    try:
+        settings = load_settings(AnalyticsSettings)
+        app = create_app(settings)
+    except (ConfigError, ValueError) as exc:
+        sys.exit(f"analytics api: {exc}")
+    logging.basicConfig(level=settings.logging_level())
+    web.run_app(app, host=settings.analytics_host, port=settings.analytics_port, print=None)
+
+
+if __name__ == "__main__":
+    main()

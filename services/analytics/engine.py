@@ -1,0 +1,196 @@
+"""The history worker on the shared loop: stage transitions in, each model's stage history per
+shard (`services.analytics.store`) in Redis out.
+
+Per batch: each customer gets a dense integer id of its shard (assigned once, atomically, by a
+script; an id taken by a batch that then fails is simply kept), and the transitions are added to
+the open part of their model's history together with the clocks, the dead letters and the new
+applied offsets in one MULTI/EXEC. Adding is a ZADD of members fixed by the Kafka offset, so a
+batch applied twice (a rebalance) adds nothing twice. After the timers of a tick, every day that
+the shard's watermark has passed is closed into bitmaps (one MULTI per shard, all models): no
+transition of it can still arrive, since the stager declared its partition complete up to there.
+A transition of a day already closed is dead-lettered (`too late`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.analytics.history import DAY_MS, Transition
+from services.analytics.metrics import AnalyticsMetrics
+from services.analytics.settings import AnalyticsSettings
+from services.analytics.store import load_for_write, queue_changes, queue_open
+from services.common import keys
+from services.common.avro import Codec
+from services.common.constants import MODEL_STAGES, checked_id, checked_tenant, checked_time
+from services.common.engine import Batch, DeadLetters, StreamEngine
+from services.common.outbox import SentSince
+from services.common.produce import Send
+from services.common.times import epoch_ms
+
+__all__ = ["ASSIGN_IDS", "AnalyticsEngine", "Move", "to_input"]
+
+# KEYS[1]: customer -> id, KEYS[2]: id -> customer; ARGV: customers. Returns their ids, giving
+# each new customer the next free one (the names hash's length: ids are dense from 0).
+ASSIGN_IDS = """
+local out = {}
+for i, customer in ipairs(ARGV) do
+  local id = redis.call('HGET', KEYS[1], customer)
+  if not id then
+    id = redis.call('HLEN', KEYS[2])
+    redis.call('HSET', KEYS[2], id, customer)
+    redis.call('HSET', KEYS[1], customer, id)
+  end
+  out[i] = tonumber(id)
+end
+return out
+"""
+FIELDS: dict[str, tuple[str, ...]] = {"crm.stage.StageTransition": ("tenant", "customer_id", "model", "to_stage", "at")}
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One stage transition as the history takes it."""
+
+    time: int
+    model: str
+    stage: str | None  # None: left the model
+    offset: int  # where it was read: its place in arrival order on its partition
+    origin: str
+
+
+def to_input(schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Move] | None:
+    """(tenant, customer, move) of a transition; ValueError for a model or stage of no model, or
+    a time, tenant or customer no history can hold."""
+    if schema != "crm.stage.StageTransition":
+        return None
+    model, stage = record["model"], record["to_stage"]
+    stages = MODEL_STAGES.get(model)
+    if stages is None:
+        raise ValueError(f"out of range: unknown model {model!r}")
+    if stage is not None and stage not in stages:
+        raise ValueError(f"out of range: {stage!r} is no stage of {model}")
+    move = Move(checked_time(epoch_ms(record["at"])), model, stage, int(origin.rsplit("|", 1)[1]), origin)
+    return checked_tenant(record["tenant"]), checked_id(record["customer_id"]), move
+
+
+class AnalyticsEngine(StreamEngine[Move]):
+    """The history worker on the shared loop (see the module's text)."""
+
+    metrics: AnalyticsMetrics
+    settings: AnalyticsSettings
+
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        send: Send,
+        codec: Codec,
+        settings: AnalyticsSettings,
+        metrics: AnalyticsMetrics,
+        sent_since: SentSince,
+        shards: Callable[[], Iterable[int]] | None = None,
+    ) -> None:
+        """`send(topic, key, value)` produces (dead letters); `sent_since` finds outbox records
+        already on Kafka; `shards()` are the partitions this worker owns (default: every one)."""
+        super().__init__(
+            redis=redis,
+            codec=codec,
+            settings=settings,
+            metrics=metrics,
+            group=settings.analytics_group,
+            source=f"analytics:{settings.analytics_group}",
+            send=send,
+            sent_since=sent_since,
+            outbox_key=keys.analytics_outbox_key,
+            clock_key=keys.analytics_clock_key(),
+            timers_key=keys.analytics_timers_key,
+            shards=shards or (lambda: range(settings.partitions)),
+            fields=FIELDS,
+            follow_upstream=settings.analytics_follow_stager,
+        )
+        self.snapshot_every = settings.analytics_snapshot_every
+        self.closed: dict[tuple[str, int], int] = {}  # (tenant, shard) -> the last day closed in every model
+
+    def to_input(self, schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Move] | None:
+        return to_input(schema, record, origin)
+
+    def reset(self) -> None:
+        super().reset()
+        self.closed.clear()  # another worker may have closed days of a shard meanwhile
+
+    async def apply(self, batch: Batch[Move]) -> None:
+        shards: dict[tuple[str, int], dict[str, list[Move]]] = {}
+        for (tenant, customer), group in batch.groups.items():
+            shards.setdefault((tenant, group.shard), {})[customer] = group.items
+        added: dict[tuple[str, int, str], list[tuple[int, Transition]]] = {}
+        for (tenant, shard), customers in shards.items():
+            ids = await self._ids(tenant, shard, list(customers))
+            closed = await self._closed(tenant, shard)
+            late: list[tuple[Move, str]] = []
+            for customer, moves in customers.items():
+                for m in moves:
+                    if m.time // DAY_MS <= closed:
+                        late.append((m, f"too late: the history of {_day(m.time // DAY_MS)} is closed"))
+                    else:
+                        added.setdefault((tenant, shard, m.model), []).append(
+                            (m.offset, (m.time, ids[customer], m.stage))
+                        )
+            if late:
+                self.metrics.late.inc(len(late))
+                self.reject(shard, late, batch.dead)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for (tenant, shard, model), entries in added.items():
+                queue_open(pipe, tenant, model, shard, MODEL_STAGES[model], entries)
+            self.queue_loop_writes(pipe, batch.offsets, batch.dead)
+            await pipe.execute()
+        for (_, _, model), entries in added.items():
+            self.metrics.kept.labels(model).inc(len(entries))
+
+    async def fire(self, tenant: str, shard: int, watermark: int, customers: list[str], dead: DeadLetters) -> None:
+        """No timers: days are closed after each tick."""
+
+    async def after_tick(self, owned: set[int]) -> None:
+        for tenant, clock in self.clocks.items():
+            for shard in owned:
+                state = clock.shards.get(shard)
+                if state is None:
+                    continue
+                until = (state.watermark + 1) // DAY_MS - 1  # the last day the watermark has passed whole
+                if until > await self._closed(tenant, shard):
+                    await self._close(tenant, shard, until)
+
+    async def _close(self, tenant: str, shard: int, until: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for model, stages in MODEL_STAGES.items():
+                history = await load_for_write(self.redis, tenant, model, shard, stages, self.snapshot_every)
+                before = len(history.order)
+                history.close_until(until)
+                queue_changes(pipe, tenant, model, shard, history, before)
+                self.metrics.closed.labels(model).inc(len(history.order) - before)
+            await pipe.execute()
+        self.closed[(tenant, shard)] = until
+
+    async def _closed(self, tenant: str, shard: int) -> int:
+        """The last day closed in every model of the shard (-1: none)."""
+        found = self.closed.get((tenant, shard))
+        if found is None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for model in MODEL_STAGES:
+                    pipe.hget(keys.history_key(tenant, model, shard, "meta"), "closed")
+                days = await pipe.execute()
+            found = self.closed[(tenant, shard)] = min(int(d) if d is not None else -1 for d in days)
+        return found
+
+    async def _ids(self, tenant: str, shard: int, customers: list[str]) -> dict[str, int]:
+        names = (keys.customer_ids_key(tenant, shard), keys.customer_names_key(tenant, shard))
+        ids = await self.redis.eval(ASSIGN_IDS, 2, *names, *customers)
+        return dict(zip(customers, (int(i) for i in ids), strict=True))
+
+
+def _day(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).date().isoformat()

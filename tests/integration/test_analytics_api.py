@@ -1,0 +1,132 @@
+"""The analytics HTTP API over the stage history its worker keeps: a replay of CDNOW through the
+stager and the history worker, then counts now and at an instant, a flow and a series equal to
+the independent batch computation; keys scoped to tenants; bad queries named."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crm.replay import replay
+from services.analytics.settings import AnalyticsSettings
+from services.stager.rules import MODELS
+from services.stager.settings import StagerSettings
+from tests.conftest import StackInfo
+from tests.integration.batch_rules import cdnow_events, expected_counts, expected_flow
+from tests.integration.stager_process import AnalyticsProcess, StagerProcess, WorkerProcess
+
+SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cdnow" / "CDNOW_sample.txt"
+_OFFSET = int(os.environ.get("CRM_TEST_PORT_OFFSET", "0"))
+STAGER_PORT, HISTORY_PORT, API_PORT = 22074 + _OFFSET, 22075 + _OFFSET, 22076 + _OFFSET
+KEY, OTHER_KEY = "analyst-key", "other-brand-key"
+T0, T1 = "1997-03-01T00:00:00Z", "1997-09-01T00:00:00Z"
+T0_MS, T1_MS = 857_174_400_000, 873_072_000_000
+
+
+@pytest.fixture(scope="module")
+def replayed(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A tenant holding the CDNOW sample, with the API up (yields the tenant)."""
+    run = uuid.uuid4().hex[:8]
+    tenant = f"api-{run}"
+    logs = tmp_path_factory.mktemp("analytics-api")
+    procs: list[WorkerProcess] = []
+    try:
+        procs.append(StagerProcess(stack, f"stager-{run}", STAGER_PORT, logs / "stager.log").start())
+        procs.append(AnalyticsProcess(stack, f"history-{run}", HISTORY_PORT, logs / "history.log").start())
+        api_env = {"CRM_ANALYTICS_PORT": str(API_PORT), "CRM_ANALYTICS_API_KEYS": f"{KEY}:{tenant},{OTHER_KEY}:else"}
+        procs.append(WorkerProcess("services.analytics.api", stack, API_PORT, logs / "api.log", api_env).start())
+        stager = StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                                stager_group=f"stager-{run}")  # fmt: skip
+        history = AnalyticsSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                                    analytics_group=f"history-{run}")  # fmt: skip
+        asyncio.run(replay(stager, SAMPLE, "cdnow", tenant, timeout=600, say=print, analytics=history))
+        yield tenant
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def _get(path: str, key: str | None = KEY) -> tuple[int, Any]:
+    request = urllib.request.Request(f"http://127.0.0.1:{API_PORT}{path}", headers={"X-API-Key": key} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_counts_now_and_at_an_instant_equal_the_batch_computation(replayed: str) -> None:
+    events = cdnow_events(SAMPLE)
+    now, then = expected_counts(events), expected_counts(events, T0_MS)
+    for model in MODELS:
+        status, body = _get(f"/v1/{replayed}/stages/{model}/counts")
+        assert status == 200, body
+        assert {s: n for s, n in body["counts"].items() if n} == now.get(model, {}), model
+        assert body["at"] is None and body["total"] == sum(now.get(model, {}).values())
+        status, body = _get(f"/v1/{replayed}/stages/{model}/counts?at={T0}")
+        assert status == 200, body
+        assert {s: n for s, n in body["counts"].items() if n} == then.get(model, {}), model
+        assert body["at"] == T0
+
+
+def test_the_flow_between_two_instants_equals_the_batch_computation(replayed: str) -> None:
+    events = cdnow_events(SAMPLE)
+    for model in MODELS:
+        status, body = _get(f"/v1/{replayed}/stages/{model}/flow?from={T0}&to={T1}")
+        assert status == 200, body
+        axis = body["stages"]
+        moved = {f"{a}->{b}": n for a, row in zip(axis, body["matrix"], strict=True)
+                 for b, n in zip(axis, row, strict=True) if n and a != b}  # fmt: skip
+        assert moved == expected_flow(events, model, T0_MS, T1_MS), model
+        before = expected_counts(events, T0_MS).get(model, {})
+        assert [sum(row) for row in body["matrix"][:-1]] == [before.get(s, 0) for s in axis[:-1]]
+
+
+def test_a_series_gives_the_counts_at_each_step(replayed: str) -> None:
+    events = cdnow_events(SAMPLE)
+    status, body = _get(f"/v1/{replayed}/stages/lifecycle/series?from={T0}&to={T1}&step_days=30")
+    assert status == 200, body
+    assert len(body["points"]) == 7  # 184 days: 0, 30, ..., 180
+    for point in body["points"][::3]:
+        at = T0_MS + body["points"].index(point) * 30 * 86_400_000
+        expected = expected_counts(events, at).get("lifecycle", {})
+        assert {s: n for s, n in point["counts"].items() if n} == expected, point["at"]
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "status", "said"),
+    [
+        ("/v1/{t}/stages/aipl/counts", None, 401, "API key"),
+        ("/v1/{t}/stages/aipl/counts", "wrong", 401, "API key"),
+        ("/v1/{t}/stages/aipl/counts", OTHER_KEY, 403, "may not read tenant"),
+        ("/v1/nobody-{t}/stages/aipl/counts", KEY, 403, "may not read tenant"),
+        ("/v1/{t}/stages/rfm/counts", KEY, 400, "unknown model 'rfm'"),
+        ("/v1/{t}/stages/aipl/counts?at=yesterday", KEY, 400, "parameter `at`"),
+        (f"/v1/{{t}}/stages/aipl/flow?from={T1}&to={T0}", KEY, 400, "`to` (1997-03-01T00:00:00Z) is before `from`"),
+        ("/v1/{t}/stages/aipl/flow?from=1997-01-01", KEY, 400, "missing parameter `to`"),
+        ("/v1/{t}/stages/aipl/series?from=1990-01-01&to=1999-01-01", KEY, 400, "more than 400 points"),
+    ],
+)
+def test_a_request_it_cannot_answer_is_refused_with_its_reason(
+    replayed: str, path: str, key: str | None, status: int, said: str
+) -> None:
+    got, body = _get(path.replace("{t}", replayed), key)
+    assert (got, said in body["error"]) == (status, True), body
+
+
+def test_health_and_metrics(replayed: str) -> None:
+    assert _get(f"/v1/{replayed}/stages/aipl/counts", OTHER_KEY)[0] == 403
+    status, body = _get("/healthz", None)
+    assert (status, body["redis"]) == (200, True)
+    with urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    assert 'crm_analytics_requests_total{status="403"}' in text

@@ -1,0 +1,77 @@
+"""The analytics service's pure parts: what it takes of a transition, the Data Bank's flow view,
+instants as marketers write them, and API keys scoped to tenants."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from services.analytics.engine import Move, to_input
+from services.analytics.query import Flow
+from services.analytics.settings import AnalyticsSettings
+from services.common.times import parse_instant
+
+
+def _transition(**override: Any) -> dict[str, Any]:
+    return {"tenant": "shop", "customer_id": "c1", "model": "aipl", "to_stage": "I",
+            "at": datetime(2024, 5, 1, tzinfo=UTC), **override}  # fmt: skip
+
+
+def test_a_transition_becomes_a_move_placed_by_its_offset() -> None:
+    assert to_input("crm.stage.StageTransition", _transition(), "crm.stage.transitions|3|41") == (
+        "shop", "c1", Move(1_714_521_600_000, "aipl", "I", 41, "crm.stage.transitions|3|41")
+    )  # fmt: skip
+    left = to_input("crm.stage.StageTransition", _transition(to_stage=None), "t|0|1")
+    assert left is not None and left[2].stage is None  # left the model
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ({"model": "rfm"}, "unknown model 'rfm'"),
+        ({"to_stage": "loyal"}, "'loyal' is no stage of aipl"),
+        ({"tenant": "a:b"}, "tenant"),
+        ({"customer_id": "c\x00"}, "customer_id"),
+        ({"at": datetime(1960, 1, 1, tzinfo=UTC)}, "event time"),
+    ],
+)
+def test_what_no_history_can_hold_is_refused(override: dict[str, Any], said: str) -> None:
+    with pytest.raises(ValueError, match=f"out of range: .*{said}"):
+        to_input("crm.stage.StageTransition", _transition(**override), "t|0|1")
+
+
+def test_the_flow_matrix_has_stayers_on_the_diagonal_and_none_for_new_and_lost() -> None:
+    flow = Flow(("A", "I", "P"), {("A", "A"): 5, ("A", "I"): 3, ("A", "P"): 2, ("none", "A"): 4, ("I", "none"): 1})
+    assert flow.matrix() == [[5, 3, 2, 0], [0, 0, 0, 1], [0, 0, 0, 0], [4, 0, 0, 0]]
+    # A -> I: of A's 10 at the start, 5 were in I or above at the end (one who skipped I converted too)
+    assert flow.adjacent_rates() == {"A->I": 0.5, "I->P": 0.0}
+    assert Flow(("A", "I"), {}).adjacent_rates() == {"A->I": None}  # no base: no rate
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("1997-10-01", 875_664_000_000), ("1997-10-01T00:00:00Z", 875_664_000_000),
+     ("1997-10-01T08:00:00+08:00", 875_664_000_000), ("875664000000", 875_664_000_000)],
+)  # fmt: skip
+def test_an_instant_is_a_date_an_iso_instant_with_its_zone_or_epoch_ms(text: str, ms: int) -> None:
+    assert parse_instant(text) == ms
+
+
+@pytest.mark.parametrize(("text", "said"), [("1997-10-01T00:00", "time zone"), ("yesterday", "not an instant")])
+def test_an_instant_that_does_not_parse_says_what_would(text: str, said: str) -> None:
+    with pytest.raises(ValueError, match=said):
+        parse_instant(text)
+
+
+def test_api_keys_are_scoped_to_tenants() -> None:
+    settings = AnalyticsSettings(analytics_api_keys=SecretStr("k1:shop|outlet, k2:*"))
+    assert settings.api_keys() == {b"k1": frozenset({"shop", "outlet"}), b"k2": None}
+
+
+@pytest.mark.parametrize("keys", ["k1", "k1:", ":shop", "k1:|"])
+def test_an_api_key_without_its_tenants_is_refused(keys: str) -> None:
+    with pytest.raises(ValueError, match="CRM_ANALYTICS_API_KEYS entry 1"):
+        AnalyticsSettings(analytics_api_keys=SecretStr(keys)).api_keys()
