@@ -12,7 +12,9 @@ Run it with `python -m services.analytics.api` (or `crm analytics api`).
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.asyncio import Redis
 
 from services.analytics import query
+from services.analytics.audience import ATTRIBUTES, ExpressionError, Node, parse, terms
 from services.analytics.settings import AnalyticsSettings
 from services.common import keys
 from services.common.constants import MAX_TIME_MS, MODEL_STAGES
@@ -64,6 +67,15 @@ def create_app(settings: AnalyticsSettings, registry: CollectorRegistry | None =
     app.router.add_get("/v1/{tenant}/stages/{model}/counts", stage_counts)
     app.router.add_get("/v1/{tenant}/stages/{model}/flow", stage_flow)
     app.router.add_get("/v1/{tenant}/stages/{model}/series", stage_series)
+    app.router.add_get("/v1/{tenant}/audiences", list_audiences)
+    app.router.add_post("/v1/{tenant}/audiences", save_audience)
+    app.router.add_get("/v1/{tenant}/audiences/count", audience_count)
+    app.router.add_get("/v1/{tenant}/audiences/export", audience_export)
+    app.router.add_get("/v1/{tenant}/audiences/crossing", audience_crossing)
+    app.router.add_get("/v1/{tenant}/audiences/overlap", audience_overlap)
+    app.router.add_get("/v1/{tenant}/audiences/{name}/count", audience_count)
+    app.router.add_get("/v1/{tenant}/audiences/{name}/export", audience_export)
+    app.router.add_get("/v1/{tenant}/audiences/{name}/crossing", audience_crossing)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler(registry))
     return app
@@ -80,6 +92,8 @@ def _measured(requests: Counter, latency: Histogram) -> Any:
             response = await handler(request)
         except BadQuery as exc:
             response = web.json_response({"error": str(exc)}, status=400)
+        except ExpressionError as exc:
+            response = web.json_response({"error": str(exc), "position": exc.position}, status=400)
         except web.HTTPException as exc:
             requests.labels(str(exc.status)).inc()
             raise
@@ -188,6 +202,152 @@ async def stage_series(request: web.Request) -> web.Response:
                                 snapshot_every=settings.analytics_snapshot_every)  # fmt: skip
     shown = [{"at": iso(at), "counts": c} for at, c in zip(instants, points, strict=True)]
     return web.json_response({"tenant": tenant, "model": model, "stages": list(MODEL_STAGES[model]), "points": shown})
+
+
+# --- audiences ---------------------------------------------------------------------------------
+_AUDIENCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+EXPORT_FORMATS = ("csv", "ndjson")
+
+
+def _audiences(request: web.Request, tenant: str) -> query.Audiences:
+    settings = request.app[SETTINGS]
+    return query.Audiences(request.app[REDIS], tenant, _instant(request, "at", _NOW), settings.partitions,
+                           settings.analytics_snapshot_every)  # fmt: skip
+
+
+def _expression(request: web.Request, name: str = "expression") -> Node:
+    """The audience of the path (`{name}`: a saved one) or of the query parameter `name`."""
+    saved = request.match_info.get("name")
+    if saved is not None:
+        return parse(f"audience:{saved}") if _AUDIENCE_NAME.fullmatch(saved) else _no_such(saved)
+    text = request.query.get(name)
+    if text is None:
+        raise BadQuery(f"missing parameter `{name}` (an audience expression, e.g. aipl:I & follow:brand)")
+    return parse(text)
+
+
+def _no_such(name: str) -> Node:
+    raise BadQuery(f"no saved audience {name[:64]!r}")
+
+
+async def list_audiences(request: web.Request) -> web.Response:
+    """Every saved audience of the tenant: name, expression, when saved."""
+    tenant = await _tenant(request)
+    raw: dict[Any, Any] = await request.app[REDIS].hgetall(keys.audiences_key(tenant))
+    saved = [{"name": k.decode(), **json.loads(v)} for k, v in sorted(raw.items())]
+    return web.json_response({"tenant": tenant, "audiences": saved})
+
+
+async def save_audience(request: web.Request) -> web.Response:
+    """Save `{"name": ..., "expression": ...}` (replacing one of the same name); 201 with its count now."""
+    tenant = await _tenant(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadQuery('the body must be JSON: {"name": ..., "expression": ...}') from None
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("name"), str)
+        or not isinstance(body.get("expression"), str)
+    ):
+        raise BadQuery('the body must be {"name": "...", "expression": "..."}')
+    name, text = body["name"], body["expression"]
+    if not _AUDIENCE_NAME.fullmatch(name):
+        raise BadQuery("`name`: 1 to 64 letters, digits, '_', '.' or '-', not starting with '.' or '-'")
+    tree = parse(text)
+    audiences = _audiences(request, tenant)
+    if any(t.kind == "audience" and t.value == name for t in terms(tree)):
+        raise BadQuery(f"audience {name!r} cannot name itself")
+    count = await audiences.count(tree)  # every saved audience it names exists
+    record = {"expression": text, "saved_at": iso(int(time.time() * 1000))}
+    await request.app[REDIS].hset(keys.audiences_key(tenant), name, json.dumps(record))
+    return web.json_response({"tenant": tenant, "name": name, **record, "count": count}, status=201)
+
+
+async def audience_count(request: web.Request) -> web.Response:
+    """The customers of an expression (`?expression=`) or of a saved audience, now or `at`."""
+    tenant = await _tenant(request)
+    tree = _expression(request)
+    count = await _audiences(request, tenant).count(tree)
+    at = _instant(request, "at", _NOW)
+    return web.json_response({"tenant": tenant, "expression": str(tree), "at": None if at == _NOW else iso(at),
+                              "count": count})  # fmt: skip
+
+
+async def audience_export(request: web.Request) -> web.StreamResponse:
+    """Every customer of the audience, streamed as CSV or NDJSON (`format`), with `tags`: the
+    saved audiences (of those listed, comma-separated) each customer is also in."""
+    tenant = await _tenant(request)
+    tree = _expression(request)
+    fmt = request.query.get("format", "csv")
+    if fmt not in EXPORT_FORMATS:
+        raise BadQuery(f"parameter `format`: one of {', '.join(EXPORT_FORMATS)}")
+    tags = [t for t in request.query.get("tags", "").split(",") if t]
+    audiences = _audiences(request, tenant)
+    chosen = await audiences.members(tree)
+    tagged = {tag: await audiences.members(parse(f"audience:{tag}")) for tag in tags}
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson",
+        "Content-Disposition": f'attachment; filename="{tenant}-audience.{fmt}"',
+    })  # fmt: skip
+    await response.prepare(request)
+    if fmt == "csv":
+        await response.write(b"customer_id,tags\r\n")
+    for shard, found in enumerate(chosen):
+        ids = list(found)
+        for start in range(0, len(ids), 5000):
+            part = ids[start : start + 5000]
+            names = await audiences.names(shard, part)
+            lines = []
+            for ident, customer in zip(part, names, strict=False):
+                carried = [t for t in tags if ident in tagged[t][shard]]
+                if fmt == "csv":
+                    lines.append(f"{_csv(customer)},{_csv(' '.join(carried))}\r\n")
+                else:
+                    lines.append(json.dumps({"customer_id": customer, "tags": carried}) + "\n")
+            await response.write("".join(lines).encode())
+    await response.write_eof()
+    return response
+
+
+def _csv(value: str) -> str:
+    if any(c in value for c in ',"\r\n') or value[:1] in ("=", "+", "-", "@"):  # no formula in a spreadsheet
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+async def audience_crossing(request: web.Request) -> web.Response:
+    """Within the audience: customers by (`rows` value, `cols` value), each a profile attribute
+    or a model (its stages at the instant)."""
+    tenant = await _tenant(request)
+    tree = _expression(request)
+    dims = []
+    for param in ("rows", "cols"):
+        name = request.query.get(param)
+        if name not in (*ATTRIBUTES, *MODEL_STAGES):
+            raise BadQuery(f"parameter `{param}`: one of {', '.join((*ATTRIBUTES, *MODEL_STAGES))}")
+        dims.append(name)
+    audiences = _audiences(request, tenant)
+    within = await audiences.members(tree)
+    rows, cols = await audiences.dimension(dims[0]), await audiences.dimension(dims[1])
+    cells = [[sum(len(within[s] & r[s] & c[s]) for s in range(len(within))) for c in cols.values()]
+             for r in rows.values()]  # fmt: skip
+    return web.json_response({"tenant": tenant, "expression": str(tree),
+                              "rows": {"name": dims[0], "values": list(rows)},
+                              "cols": {"name": dims[1], "values": list(cols)}, "cells": cells,
+                              "total": sum(len(b) for b in within)})  # fmt: skip
+
+
+async def audience_overlap(request: web.Request) -> web.Response:
+    """Two audiences (`a`, `b`: expressions): customers in a only, b only, both, either."""
+    tenant = await _tenant(request)
+    a, b = _expression(request, "a"), _expression(request, "b")
+    audiences = _audiences(request, tenant)
+    left, right = await audiences.members(a), await audiences.members(b)
+    both = sum(len(x & y) for x, y in zip(left, right, strict=True))
+    in_a, in_b = sum(len(x) for x in left), sum(len(y) for y in right)
+    return web.json_response({"tenant": tenant, "a": str(a), "b": str(b), "a_only": in_a - both,
+                              "b_only": in_b - both, "both": both, "either": in_a + in_b - both})  # fmt: skip
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1,6 +1,7 @@
-"""The history worker as a Faust app: stage transitions in, stage histories in Redis.
+"""The history worker as a Faust app: stage transitions, profiles and follows in, stage histories
+and attribute bitmaps in Redis.
 
-The transitions topic is read by the shared batch loop (`services.common.batchloop`); Faust runs
+The input topics are read by the shared batch loop (`services.common.batchloop`); Faust runs
 the ticks (which close days) and the health and metrics pages.
 """
 
@@ -13,13 +14,15 @@ from services.analytics.engine import AnalyticsEngine
 from services.analytics.metrics import AnalyticsMetrics
 from services.analytics.settings import AnalyticsSettings
 from services.common.avro import default_codec
-from services.common.constants import TOPIC_STAGE_TRANSITIONS
+from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.faustapp import engine_app
 from services.common.outbox import kafka_sent_since
 
 __all__ = ["SOURCE_TOPICS", "create_app"]
 
-SOURCE_TOPICS: tuple[str, ...] = (TOPIC_STAGE_TRANSITIONS,)
+# All keyed by customer with the same partition count: partition p of each holds the same
+# customers, so one worker owns a shard's history, ids and attributes together.
+SOURCE_TOPICS: tuple[str, ...] = (TOPIC_STAGE_TRANSITIONS, event_topic("profile"), event_topic("follow"))
 
 
 def create_app(settings: AnalyticsSettings, registry: CollectorRegistry | None = None) -> faust.App:

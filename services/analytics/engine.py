@@ -19,7 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
+from services.analytics.audience import ATTRIBUTES, FOLLOW_TARGETS
 from services.analytics.history import DAY_MS, Transition
 from services.analytics.metrics import AnalyticsMetrics
 from services.analytics.settings import AnalyticsSettings
@@ -32,7 +34,7 @@ from services.common.outbox import SentSince
 from services.common.produce import Send
 from services.common.times import epoch_ms
 
-__all__ = ["ASSIGN_IDS", "AnalyticsEngine", "Move", "to_input"]
+__all__ = ["ASSIGN_IDS", "AnalyticsEngine", "Facts", "Input", "Move", "queue_facts", "to_input"]
 
 # KEYS[1]: customer -> id, KEYS[2]: id -> customer; ARGV: customers. Returns their ids, giving
 # each new customer the next free one (the names hash's length: ids are dense from 0).
@@ -49,7 +51,11 @@ for i, customer in ipairs(ARGV) do
 end
 return out
 """
-FIELDS: dict[str, tuple[str, ...]] = {"crm.stage.StageTransition": ("tenant", "customer_id", "model", "to_stage", "at")}
+FIELDS: dict[str, tuple[str, ...]] = {
+    "crm.stage.StageTransition": ("tenant", "customer_id", "model", "to_stage", "at"),
+    "crm.events.Follow": ("event_id", "customer_id", "tenant", "event_time", "target_type", "action"),
+}
+MAX_VALUE_LENGTH = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +69,51 @@ class Move:
     origin: str
 
 
-def to_input(schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Move] | None:
-    """(tenant, customer, move) of a transition; ValueError for a model or stage of no model, or
-    a time, tenant or customer no history can hold."""
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What one profile or follow event says of a customer now: attribute -> value (None: no
+    longer, as after an unfollow). The latest event by (time, event id) decides each attribute."""
+
+    time: int
+    event_id: str
+    values: tuple[tuple[str, str | None], ...]
+    origin: str
+
+
+Input = Move | Facts
+
+
+def _value(value: str, what: str) -> str:
+    if len(value) > MAX_VALUE_LENGTH or not value:
+        raise ValueError(f"out of range: {what} must have 1 to {MAX_VALUE_LENGTH} characters")
+    return checked_id(value, what)
+
+
+def _facts(schema: str, record: dict[str, Any], origin: str) -> Facts | None:
+    at, event_id = checked_time(epoch_ms(record["event_time"])), checked_id(record["event_id"], "event_id")
+    values: list[tuple[str, str | None]] = []
+    if schema == "crm.events.Follow":
+        target = record["target_type"]
+        if target not in FOLLOW_TARGETS:
+            return None
+        values.append((f"follow:{target}", "1" if record["action"] == "follow" else None))
+    else:
+        for name in ATTRIBUTES:
+            given = record.get(name)
+            if given is None:
+                continue
+            if name == "member_since":
+                given = str(datetime.fromtimestamp(checked_time(epoch_ms(given)) / 1000, UTC).year)
+            values.append((name, _value(given, name)))
+    return Facts(at, event_id, tuple(values), origin) if values else None
+
+
+def to_input(schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Input] | None:
+    """(tenant, customer, input) of a transition, a profile or a follow event; ValueError for a
+    model or stage of no model, or a time, tenant, customer or value no history can hold."""
+    if schema in ("crm.events.Profile", "crm.events.Follow"):
+        facts = _facts(schema, record, origin)
+        return None if facts is None else (checked_tenant(record["tenant"]), checked_id(record["customer_id"]), facts)
     if schema != "crm.stage.StageTransition":
         return None
     model, stage = record["model"], record["to_stage"]
@@ -78,7 +126,7 @@ def to_input(schema: str, record: dict[str, Any], origin: str) -> tuple[str, str
     return checked_tenant(record["tenant"]), checked_id(record["customer_id"]), move
 
 
-class AnalyticsEngine(StreamEngine[Move]):
+class AnalyticsEngine(StreamEngine[Input]):
     """The history worker on the shared loop (see the module's text)."""
 
     metrics: AnalyticsMetrics
@@ -116,40 +164,81 @@ class AnalyticsEngine(StreamEngine[Move]):
         self.snapshot_every = settings.analytics_snapshot_every
         self.closed: dict[tuple[str, int], int] = {}  # (tenant, shard) -> the last day closed in every model
 
-    def to_input(self, schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Move] | None:
+    def to_input(self, schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Input] | None:
         return to_input(schema, record, origin)
 
     def reset(self) -> None:
         super().reset()
         self.closed.clear()  # another worker may have closed days of a shard meanwhile
 
-    async def apply(self, batch: Batch[Move]) -> None:
-        shards: dict[tuple[str, int], dict[str, list[Move]]] = {}
-        for (tenant, customer), group in batch.groups.items():
-            shards.setdefault((tenant, group.shard), {})[customer] = group.items
-        added: dict[tuple[str, int, str], list[tuple[int, Transition]]] = {}
-        for (tenant, shard), customers in shards.items():
-            ids = await self._ids(tenant, shard, list(customers))
-            closed = await self._closed(tenant, shard)
-            late: list[tuple[Move, str]] = []
-            for customer, moves in customers.items():
-                for m in moves:
-                    if m.time // DAY_MS <= closed:
-                        late.append((m, f"too late: the history of {_day(m.time // DAY_MS)} is closed"))
-                    else:
-                        added.setdefault((tenant, shard, m.model), []).append(
-                            (m.offset, (m.time, ids[customer], m.stage))
-                        )
-            if late:
-                self.metrics.late.inc(len(late))
-                self.reject(shard, late, batch.dead)
-        async with self.redis.pipeline(transaction=True) as pipe:
+    async def apply(self, batch: Batch[Input]) -> None:
+        added, facts = await self._sort(batch)
+        watched = [keys.attribute_state_key(t, s) for t, s in facts]
+
+        def build(current: list[dict[str, bytes | None]], pipe: Any) -> None:
+            for (tenant, shard), found in zip(facts, current, strict=True):
+                queue_facts(pipe, tenant, shard, facts[(tenant, shard)], found)
             for (tenant, shard, model), entries in added.items():
                 queue_open(pipe, tenant, model, shard, MODEL_STAGES[model], entries)
             self.queue_loop_writes(pipe, batch.offsets, batch.dead)
-            await pipe.execute()
+
+        await self._watched(watched, facts, build)
         for (_, _, model), entries in added.items():
             self.metrics.kept.labels(model).inc(len(entries))
+
+    async def _sort(
+        self, batch: Batch[Input]
+    ) -> tuple[
+        dict[tuple[str, int, str], list[tuple[int, Transition]]], dict[tuple[str, int], list[tuple[int, Facts]]]
+    ]:
+        """The batch's transitions by (tenant, shard, model) and facts by (tenant, shard), each
+        customer with its shard's dense id; a transition of a closed day is dead-lettered."""
+        shards: dict[tuple[str, int], dict[str, list[Input]]] = {}
+        for (tenant, customer), group in batch.groups.items():
+            shards.setdefault((tenant, group.shard), {})[customer] = group.items
+        added: dict[tuple[str, int, str], list[tuple[int, Transition]]] = {}
+        facts: dict[tuple[str, int], list[tuple[int, Facts]]] = {}
+        for (tenant, shard), customers in shards.items():
+            ids = await self._ids(tenant, shard, list(customers))
+            closed = await self._closed(tenant, shard)
+            late: list[tuple[Input, str]] = []
+            for customer, items in customers.items():
+                for m in items:
+                    if isinstance(m, Facts):
+                        facts.setdefault((tenant, shard), []).append((ids[customer], m))
+                    elif m.time // DAY_MS <= closed:
+                        late.append((m, f"too late: the history of {_day(m.time // DAY_MS)} is closed"))
+                    else:
+                        entry = (m.offset, (m.time, ids[customer], m.stage))
+                        added.setdefault((tenant, shard, m.model), []).append(entry)
+            if late:
+                self.metrics.late.inc(len(late))
+                self.reject(shard, late, batch.dead)
+        return added, facts
+
+    async def _watched(
+        self,
+        watched: list[str],
+        facts: dict[tuple[str, int], list[tuple[int, Facts]]],
+        build: Callable[[list[dict[str, bytes | None]], Any], None],
+    ) -> None:
+        """Read the attributes the facts touch WATCHed, queue everything, EXEC; again if another
+        worker (holding a shard briefly during a rebalance) changed them in between."""
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    current: list[dict[str, bytes | None]] = []
+                    if watched:
+                        await pipe.watch(*watched)
+                        for key, items in zip(watched, facts.values(), strict=True):
+                            fields = sorted({f"{ident}|{name}" for ident, f in items for name, _ in f.values})
+                            current.append(dict(zip(fields, await pipe.hmget(key, fields), strict=True)))
+                    pipe.multi()
+                    build(current, pipe)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    self.metrics.conflicts.inc()
 
     async def fire(self, tenant: str, shard: int, watermark: int, customers: list[str], dead: DeadLetters) -> None:
         """No timers: days are closed after each tick."""
@@ -190,6 +279,38 @@ class AnalyticsEngine(StreamEngine[Move]):
         names = (keys.customer_ids_key(tenant, shard), keys.customer_names_key(tenant, shard))
         ids = await self.redis.eval(ASSIGN_IDS, 2, *names, *customers)
         return dict(zip(customers, (int(i) for i in ids), strict=True))
+
+
+def queue_facts(
+    pipe: Any, tenant: str, shard: int, facts: list[tuple[int, Facts]], current: dict[str, bytes | None]
+) -> None:
+    """Queue the attribute changes of `facts` (id, facts) given the values held now (`current`,
+    field "<id>|<attribute>" -> "<time>|<event id>|<value>"): for each attribute the latest update
+    by (time, event id) wins, whatever the order they come in; its customer's bit moves from the
+    old value's bitmap to the new one's."""
+    held: dict[str, tuple[int, str, str]] = {}
+    for field, raw in current.items():
+        if raw is not None:
+            when, said, text = raw.decode().split("|", 2)
+            held[field] = (int(when), said, text)
+    changed: dict[str, tuple[int, str, str]] = {}
+    for who, f in facts:
+        for name, value in f.values:
+            field = f"{who}|{name}"
+            old = changed.get(field) or held.get(field)
+            if old is not None and (old[0], old[1]) >= (f.time, f.event_id):
+                continue
+            changed[field] = (f.time, f.event_id, value or "")
+    for field, (at, event_id, now) in changed.items():
+        ident_text, name = field.split("|", 1)
+        ident = int(ident_text)
+        before = held.get(field)
+        if before is not None and before[2] and before[2] != now:
+            pipe.setbit(keys.attribute_key(tenant, shard, name, before[2]), ident, 0)
+        if now:
+            pipe.setbit(keys.attribute_key(tenant, shard, name, now), ident, 1)
+            pipe.sadd(keys.attribute_values_key(tenant, shard, name), now)
+        pipe.hset(keys.attribute_state_key(tenant, shard), field, f"{at}|{event_id}|{now}")
 
 
 def _day(day: int) -> str:

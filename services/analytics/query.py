@@ -8,17 +8,21 @@ snapshot and at most `snapshot_every` days of changes, plus the instant's own da
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pyroaring import BitMap
 
+from services.analytics.audience import ExpressionError, Node, Term, evaluate, parse, terms
 from services.analytics.history import NONE, History
 from services.analytics.store import load_for_read
+from services.common import keys
 from services.common.constants import MODEL_STAGES
 
-__all__ = ["Flow", "counts", "flow", "members", "series"]
+__all__ = ["Audiences", "Flow", "bitmap_of", "counts", "flow", "members", "series"]
 
 
 async def _histories(
@@ -102,3 +106,117 @@ async def flow(
         for pair, n in history.flow(t0, t1).items():
             cells[pair] = cells.get(pair, 0) + n
     return Flow(MODEL_STAGES[model], cells)
+
+
+# --- audiences ---------------------------------------------------------------------------------
+_BITS = [tuple(i for i in range(8) if byte & (0x80 >> i)) for byte in range(256)]
+MAX_DEPTH = 8  # saved audiences naming saved audiences, at most this deep
+
+
+def bitmap_of(raw: bytes | None) -> BitMap:
+    """The members of a Redis bitmap (bit i, most significant first in each byte, is id i)."""
+    out = BitMap()
+    if not raw:
+        return out
+    for index, byte in enumerate(raw):
+        if byte:
+            base = index * 8
+            out.update(base + i for i in _BITS[byte])
+    return out
+
+
+@dataclass
+class Audiences:
+    """Evaluates audience expressions of one tenant at one instant, shard by shard, reading each
+    term's members once (stages from the history, attributes and follows from their bitmaps,
+    saved audiences from their expressions)."""
+
+    redis: Any
+    tenant: str
+    at: int
+    partitions: int
+    snapshot_every: int = 7
+    stages: dict[str, list[dict[str, BitMap]]] = field(default_factory=dict)  # model -> per shard
+    attributes: dict[tuple[str, str], list[BitMap]] = field(default_factory=dict)
+    saved: dict[str, list[BitMap]] = field(default_factory=dict)  # audience name -> per shard
+
+    async def members(self, tree: Node, depth: int = 0) -> list[BitMap]:
+        """Per shard, the expression's members (dense ids of the shard)."""
+        await self._load(tree, depth)
+        return [evaluate(tree, partial(self._term, shard=shard)) for shard in range(self.partitions)]
+
+    async def count(self, tree: Node) -> int:
+        return sum(len(b) for b in await self.members(tree))
+
+    async def values(self, name: str) -> list[str]:
+        """Every value attribute `name` has taken in any shard."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(self.partitions):
+                pipe.smembers(keys.attribute_values_key(self.tenant, shard, name))
+            found = await pipe.execute()
+        return sorted({v.decode() for values in found for v in values})
+
+    async def dimension(self, name: str) -> dict[str, list[BitMap]]:
+        """value -> per-shard members, for a profile attribute or a model's stages (at the instant)."""
+        if name in MODEL_STAGES:
+            await self._stages(name)
+            return {s: [shard[s] for shard in self.stages[name]] for s in MODEL_STAGES[name]}
+        values = await self.values(name)
+        for value in values:
+            await self._attribute(name, value)
+        return {value: self.attributes[(name, value)] for value in values}
+
+    async def names(self, shard: int, ids: list[int]) -> list[str]:
+        """The customers of `ids` on `shard`."""
+        found = await self.redis.hmget(keys.customer_names_key(self.tenant, shard), ids) if ids else []
+        return [n.decode() for n in found if n is not None]
+
+    def _term(self, term: Term, shard: int) -> BitMap:
+        if term.kind in MODEL_STAGES:
+            return self.stages[term.kind][shard][term.value]
+        if term.kind == "audience":
+            return self.saved[term.value][shard]
+        return self.attributes[(_attribute_name(term), _attribute_value(term))][shard]
+
+    async def _load(self, tree: Node, depth: int) -> None:
+        for term in terms(tree):
+            if term.kind in MODEL_STAGES:
+                await self._stages(term.kind)
+            elif term.kind == "audience":
+                await self._audience(term, depth)
+            else:
+                await self._attribute(_attribute_name(term), _attribute_value(term))
+
+    async def _stages(self, model: str) -> None:
+        if model not in self.stages:
+            self.stages[model] = await members(self.redis, self.tenant, model, self.at, partitions=self.partitions,
+                                               snapshot_every=self.snapshot_every)  # fmt: skip
+
+    async def _attribute(self, name: str, value: str) -> None:
+        if (name, value) in self.attributes:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(self.partitions):
+                pipe.get(keys.attribute_key(self.tenant, shard, name, value))
+            found = await pipe.execute()
+        self.attributes[(name, value)] = [bitmap_of(raw) for raw in found]
+
+    async def _audience(self, term: Term, depth: int) -> None:
+        if term.value in self.saved:
+            return
+        if depth >= MAX_DEPTH:
+            raise ExpressionError(
+                f"audience:{term.value} nests saved audiences more than {MAX_DEPTH} deep", term.position
+            )
+        raw = await self.redis.hget(keys.audiences_key(self.tenant), term.value)
+        if raw is None:
+            raise ExpressionError(f"no saved audience {term.value!r}", term.position)
+        self.saved[term.value] = await self.members(parse(json.loads(raw)["expression"]), depth + 1)
+
+
+def _attribute_name(term: Term) -> str:
+    return f"follow:{term.value}" if term.kind == "follow" else term.kind
+
+
+def _attribute_value(term: Term) -> str:
+    return "1" if term.kind == "follow" else term.value

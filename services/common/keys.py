@@ -20,6 +20,10 @@ __all__ = [
     "customer_ids_key",
     "customer_names_key",
     "analytics_timers_key",
+    "attribute_state_key",
+    "attribute_key",
+    "attribute_values_key",
+    "audiences_key",
     "analytics_outbox_key",
     "analytics_clock_key",
     "log_key",
@@ -142,6 +146,27 @@ def customer_ids_key(tenant: str, shard: int) -> str:
 def customer_names_key(tenant: str, shard: int) -> str:
     """Hash dense id -> customer: the other way round."""
     return f"{REDIS_PREFIX}hist:{{{tenant}:{shard}}}:names"
+
+
+def attribute_state_key(tenant: str, shard: int) -> str:
+    """Hash "<id>|<attribute>" -> "<event time>|<event id>|<value>": the value each customer of
+    the shard holds now, and the update it came from."""
+    return f"{REDIS_PREFIX}hist:{{{tenant}:{shard}}}:attrs"
+
+
+def attribute_key(tenant: str, shard: int, name: str, value: str) -> str:
+    """Redis bitmap of the shard's customers (bit = dense id) whose attribute `name` is `value`."""
+    return f"{REDIS_PREFIX}hist:{{{tenant}:{shard}}}:a:{name}:{value}"
+
+
+def attribute_values_key(tenant: str, shard: int, name: str) -> str:
+    """Set of the values attribute `name` has taken on the shard."""
+    return f"{REDIS_PREFIX}hist:{{{tenant}:{shard}}}:av:{name}"
+
+
+def audiences_key(tenant: str) -> str:
+    """Hash audience name -> JSON of its saved expression."""
+    return f"{REDIS_PREFIX}aud:{tenant}"
 
 
 def analytics_timers_key(tenant: str, shard: int) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from services.analytics.settings import AnalyticsSettings
 from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
 from tests.conftest import StackInfo
-from tests.integration.batch_rules import cdnow_events, expected_counts, expected_flow
+from tests.integration.batch_rules import cdnow_events, expected_counts, expected_flow, expected_stages
 from tests.integration.stager_process import AnalyticsProcess, StagerProcess, WorkerProcess
 
 SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cdnow" / "CDNOW_sample.txt"
@@ -49,10 +50,44 @@ def replayed(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iter
         history = AnalyticsSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
                                     analytics_group=f"history-{run}")  # fmt: skip
         asyncio.run(replay(stager, SAMPLE, "cdnow", tenant, timeout=600, say=print, analytics=history))
+        profiles = logs / "profiles.ndjson"
+        profiles.write_text("".join(json.dumps(e) + "\n" for e in _profile_events()))
+        asyncio.run(replay(stager, profiles, "ndjson", tenant, timeout=600, say=print, analytics=history))
         yield tenant
     finally:
         for proc in procs:
             proc.stop()
+
+
+CITIES = ("Shanghai", "Beijing", "New York")
+
+
+def _profile_events() -> list[dict[str, Any]]:
+    """A profile for every customer of the sample in January 1997, and a move to another city
+    in March 1997 for every fifth (the later one holds)."""
+    out = []
+    for n, customer in enumerate(sorted(cdnow_events(SAMPLE), key=int)):
+        first = {"type": "profile", "event_id": f"p1-{customer}", "customer_id": customer,
+                 "event_time": 852_076_800_000 + n * 1000, "city": CITIES[n % 3], "gender": "fm"[n % 2],
+                 "member_since": 820_454_400_000 + (n % 2) * 31_536_000_000}  # fmt: skip
+        out.append(first)
+        if n % 5 == 0:
+            out.append({"type": "profile", "event_id": f"p2-{customer}", "customer_id": customer,
+                        "event_time": 857_174_400_000 + n * 1000, "city": CITIES[(n + 1) % 3]})  # fmt: skip
+    return out
+
+
+def _attributes() -> dict[str, dict[str, str]]:
+    """customer -> attribute -> its value now, computed from `_profile_events` directly."""
+    out: dict[str, dict[str, str]] = {}
+    for e in sorted(_profile_events(), key=lambda e: e["event_time"]):
+        mine = out.setdefault(e["customer_id"], {})
+        for name in ("city", "gender"):
+            if name in e:
+                mine[name] = e[name]
+        if "member_since" in e:
+            mine["member_since"] = "1996" if e["member_since"] < 852_076_800_000 else "1997"
+    return out
 
 
 def _get(path: str, key: str | None = KEY) -> tuple[int, Any]:
@@ -130,3 +165,96 @@ def test_health_and_metrics(replayed: str) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/metrics", timeout=5) as reply:
         text = reply.read().decode()
     assert 'crm_analytics_requests_total{status="403"}' in text
+
+
+def _in(model: str, stage: str) -> set[str]:
+    stages = expected_stages(cdnow_events(SAMPLE), 10**14)[model]
+    return {c for c, s in stages.items() if s == stage}
+
+
+def _with(name: str, value: str) -> set[str]:
+    return {c for c, attrs in _attributes().items() if attrs.get(name) == value}
+
+
+def _post(path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    request = urllib.request.Request(f"http://127.0.0.1:{API_PORT}{path}", data=json.dumps(body).encode(),
+                                     headers={"X-API-Key": KEY, "Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _count(tenant: str, expression: str) -> int:
+    status, body = _get(f"/v1/{tenant}/audiences/count?expression={urllib.parse.quote(expression)}")
+    assert status == 200, body
+    return int(body["count"])
+
+
+def test_an_audience_is_a_set_expression_over_stages_and_attributes(replayed: str) -> None:
+    repeat, loyal = _in("pyramid", "repeat"), _in("pyramid", "loyal")
+    shanghai, women = _with("city", "Shanghai"), _with("gender", "f")
+    assert len(repeat & shanghai) > 10  # the later profile moved some customers out of Shanghai
+    assert _count(replayed, "pyramid:repeat & city:Shanghai") == len(repeat & shanghai)
+    assert _count(replayed, "(pyramid:repeat | pyramid:loyal) - gender:f") == len((repeat | loyal) - women)
+    assert _count(replayed, 'pyramid:loyal & city:"New York" | member_since:1996') == len(
+        (loyal & _with("city", "New York")) | _with("member_since", "1996")
+    )
+    assert _count(replayed, "follow:brand") == 0  # no follow events in this data
+
+
+def test_a_saved_audience_counts_exports_and_crosses(replayed: str) -> None:
+    repeat, shanghai, women = _in("pyramid", "repeat"), _with("city", "Shanghai"), _with("gender", "f")
+    status, body = _post(
+        f"/v1/{replayed}/audiences", {"name": "sh-repeat", "expression": "pyramid:repeat & city:Shanghai"}
+    )
+    assert (status, body["count"]) == (201, len(repeat & shanghai)), body
+    status, body = _post(
+        f"/v1/{replayed}/audiences", {"name": "sh-repeat-women", "expression": "audience:sh-repeat & gender:f"}
+    )
+    assert (status, body["count"]) == (201, len(repeat & shanghai & women)), body
+    status, body = _get(f"/v1/{replayed}/audiences")
+    assert [a["name"] for a in body["audiences"]] == ["sh-repeat", "sh-repeat-women"]
+    assert _get(f"/v1/{replayed}/audiences/sh-repeat/count")[1]["count"] == len(repeat & shanghai)
+
+    url = f"http://127.0.0.1:{API_PORT}/v1/{replayed}/audiences/sh-repeat/export?format=csv&tags=sh-repeat-women"
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"X-API-Key": KEY}), timeout=30) as reply:
+        rows = reply.read().decode().splitlines()
+    assert rows[0] == "customer_id,tags"
+    exported = dict(row.split(",") for row in rows[1:])
+    assert set(exported) == repeat & shanghai  # every customer once
+    assert {c for c, tags in exported.items() if tags == "sh-repeat-women"} == repeat & shanghai & women
+    url = url.replace("format=csv", "format=ndjson")
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"X-API-Key": KEY}), timeout=30) as reply:
+        assert {json.loads(line)["customer_id"] for line in reply.read().decode().splitlines()} == repeat & shanghai
+
+    status, body = _get(f"/v1/{replayed}/audiences/crossing?expression=pyramid:repeat&rows=city&cols=gender")
+    assert status == 200, body
+    assert body["rows"]["values"] == sorted(CITIES) and body["cols"]["values"] == ["f", "m"]
+    for i, city in enumerate(body["rows"]["values"]):
+        for j, gender in enumerate(body["cols"]["values"]):
+            assert body["cells"][i][j] == len(repeat & _with("city", city) & _with("gender", gender))
+
+    status, body = _get(f"/v1/{replayed}/audiences/overlap?a=pyramid:repeat&b=city:Beijing")
+    beijing = _with("city", "Beijing")
+    assert (body["a_only"], body["both"], body["b_only"]) == (len(repeat - beijing), len(repeat & beijing),
+                                                             len(beijing - repeat))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("expression", "said", "position"),
+    [
+        ("aipl:I &", "ends where a term was expected", 8),
+        ("aipl:X", "'X' is no stage of aipl", 5),
+        ("(aipl:I | city:Shanghai", "'(' is never closed", 0),
+        ("aipl:I city:Shanghai", "expected an operator", 7),
+        ("audience:nobody", "no saved audience 'nobody'", 0),
+    ],
+)
+def test_a_malformed_expression_gets_400_pointing_at_its_position(
+    replayed: str, expression: str, said: str, position: int
+) -> None:
+    status, body = _get(f"/v1/{replayed}/audiences/count?expression={urllib.parse.quote(expression)}")
+    assert (status, body["position"]) == (400, position), body
+    assert said in body["error"]

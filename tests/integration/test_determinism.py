@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from crm.replay import replay
 from services.analytics import query
+from services.analytics.app import SOURCE_TOPICS as ANALYTICS_SOURCES
 from services.analytics.settings import AnalyticsSettings
 from services.common import keys
 from services.common.avro import default_codec
@@ -48,6 +49,7 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CDNOW_SAMPLE = DATA / "cdnow" / "CDNOW_sample.txt"
 DECISIONS = (TOPIC_TRIGGERS_COUPONS, TOPIC_TRIGGERS_REMINDERS, TOPIC_TRIGGERS_OUTREACH, TOPIC_TRIGGERS_SUPPRESSED)
 TRIGGER_INPUTS = (TOPIC_STAGE_TRANSITIONS, event_topic("order"), event_topic("cart"), event_topic("profile"))
+HISTORY_INPUTS = ANALYTICS_SOURCES
 STAGER_INPUTS = (*(event_topic(t) for t in ("browse", "cart", "order", "follow")), TOPIC_REFERRALS)
 # name -> (event seconds per wall second or None for full speed, batch size, workers of each service)
 RUNS = {
@@ -137,7 +139,7 @@ def _run(
     env = {"CRM_BATCH_MAX": str(batch), **(env or {})}
     asyncio.run(start_at_end(stack, stager_group, STAGER_INPUTS))
     asyncio.run(start_at_end(stack, triggers_group, TRIGGER_INPUTS))
-    asyncio.run(start_at_end(stack, history_group, (TOPIC_STAGE_TRANSITIONS,)))
+    asyncio.run(start_at_end(stack, history_group, HISTORY_INPUTS))
     procs: list[WorkerProcess] = []
     for i in range(workers):
         procs.append(StagerProcess(stack, stager_group, port + 2 * i, tmp_path / f"{name}-stager{i}.log", env))

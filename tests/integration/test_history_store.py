@@ -1,16 +1,21 @@
 """The stage history kept in Redis (services/analytics/store.py): written batch by batch as a
 worker would, read back only in the parts a question needs, it answers as a plain replay of the
-same transitions does."""
+same transitions does. Profile attributes and follows: the latest update holds, whatever order
+the updates arrive in (services/analytics/engine.py `queue_facts`)."""
 
 from __future__ import annotations
 
 import random
 import uuid
+from typing import cast
 
 from redis.asyncio import Redis
 
+from services.analytics.engine import Facts, queue_facts
 from services.analytics.history import DAY_MS, Transition
+from services.analytics.query import bitmap_of
 from services.analytics.store import load_for_read, load_for_write, queue_changes, queue_open
+from services.common import keys
 from tests.conftest import StackInfo
 from tests.unit.test_history import STAGES, T0, naive_counts, naive_flow, replay
 
@@ -62,4 +67,51 @@ async def test_written_in_batches_and_read_in_parts_it_answers_as_a_replay(stack
         keys = [k async for k in redis.scan_iter(match=f"crm:hist:{{{tenant}:*")]
         if keys:
             await redis.delete(*keys)
+        await redis.aclose()
+
+
+async def _apply_facts(redis: Redis, tenant: str, facts: list[tuple[int, Facts]]) -> None:
+    key = keys.attribute_state_key(tenant, 0)
+    fields = sorted({f"{ident}|{name}" for ident, f in facts for name, _ in f.values})
+    current = dict(zip(fields, cast(list[bytes | None], await redis.hmget(key, fields)), strict=True))
+    async with redis.pipeline(transaction=True) as pipe:
+        queue_facts(pipe, tenant, 0, facts, current)
+        await pipe.execute()
+
+
+async def _members(redis: Redis, tenant: str, name: str, values: list[str]) -> dict[str, set[int]]:
+    return {
+        v: set(bitmap_of(cast(bytes | None, await redis.get(keys.attribute_key(tenant, 0, name, v))))) for v in values
+    }
+
+
+async def test_the_latest_profile_update_holds_whatever_order_updates_arrive_in(stack: StackInfo) -> None:
+    rnd = random.Random(11)
+    cities = ["Shanghai", "Beijing", "Hangzhou"]
+    updates = [(ident, Facts(1_000 + rnd.randrange(50), f"e{n}", (("city", rnd.choice(cities)),
+               ("follow:brand", rnd.choice(["1", None]))), "o"))
+               for n, ident in enumerate(rnd.choices(range(40), k=300))]  # fmt: skip
+    expected: dict[str, dict[int, str | None]] = {"city": {}, "follow:brand": {}}
+    for ident, f in sorted(updates, key=lambda u: (u[1].time, u[1].event_id)):
+        for name, value in f.values:
+            expected[name][ident] = value
+    redis = Redis.from_url(stack.redis_url)
+    tenants = [f"facts-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    try:
+        await _apply_facts(redis, tenants[0], updates)  # one batch
+        shuffled = updates[:]
+        rnd.shuffle(shuffled)
+        for start in range(0, len(shuffled), 7):  # batches of seven, in another order, one repeated
+            await _apply_facts(redis, tenants[1], shuffled[start : start + 7])
+        await _apply_facts(redis, tenants[1], shuffled[:7])
+        for tenant in tenants:
+            cities_now = await _members(redis, tenant, "city", cities)
+            assert cities_now == {c: {i for i, v in expected["city"].items() if v == c} for c in cities}
+            follows = (await _members(redis, tenant, "follow:brand", ["1"]))["1"]
+            assert follows == {i for i, v in expected["follow:brand"].items() if v == "1"}
+    finally:
+        for tenant in tenants:
+            found = [k async for k in redis.scan_iter(match=f"crm:hist:{{{tenant}:*")]
+            if found:
+                await redis.delete(*found)
         await redis.aclose()

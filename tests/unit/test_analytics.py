@@ -25,7 +25,7 @@ def test_a_transition_becomes_a_move_placed_by_its_offset() -> None:
         "shop", "c1", Move(1_714_521_600_000, "aipl", "I", 41, "crm.stage.transitions|3|41")
     )  # fmt: skip
     left = to_input("crm.stage.StageTransition", _transition(to_stage=None), "t|0|1")
-    assert left is not None and left[2].stage is None  # left the model
+    assert left is not None and isinstance(left[2], Move) and left[2].stage is None  # left the model
 
 
 @pytest.mark.parametrize(
