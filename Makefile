@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 
 .PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers bench-attribution bench-history clean
 
-setup: system-deps $(VENV)/.installed
+WEB    := services/analytics/web
+
+setup: system-deps $(VENV)/.installed $(WEB)/node_modules/.installed
 
 system-deps:
 	@bash deploy/local/install-system-deps.sh
@@ -13,6 +15,11 @@ system-deps:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+## The analytics page's chart library, pinned in its package-lock.json (no build step).
+$(WEB)/node_modules/.installed: $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 ## The whole pipeline on a demo stream, on the local stack (Kafka + Redis on loopback).

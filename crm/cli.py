@@ -586,6 +586,7 @@ def demo(customers: int) -> None:
     asyncio.run(_show_campaigns())
     click.echo(f"metrics: {url}/metrics, {stager_url}/metrics, {triggers_url}/metrics, {attribution_url}/metrics, "
                f"{history_url}/metrics and {api_url}/metrics")  # fmt: skip
+    click.echo(f"analytics page: {api_url}/?tenant=demo#key={DEMO_KEY}")
     click.echo(f"analytics API: {api_url}/v1/demo/stages/pyramid/counts (header X-API-Key: {DEMO_KEY})")
     click.echo("stop everything: .venv/bin/crm stack down")
 

@@ -18,6 +18,7 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -25,9 +26,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.asyncio import Redis
 
 from services.analytics import query
-from services.analytics.audience import ATTRIBUTES, ExpressionError, Node, parse, terms
+from services.analytics.audience import ATTRIBUTES, FOLLOW_TARGETS, ExpressionError, Node, parse, terms
 from services.analytics.settings import AnalyticsSettings
 from services.common import keys
+from services.common.clock import tenant_clock
 from services.common.constants import MAX_TIME_MS, MODEL_STAGES
 from services.common.errors import ConfigError
 from services.common.metrics import PREFIX, metrics_handler
@@ -67,6 +69,9 @@ def create_app(settings: AnalyticsSettings, registry: CollectorRegistry | None =
     app.router.add_get("/v1/{tenant}/stages/{model}/counts", stage_counts)
     app.router.add_get("/v1/{tenant}/stages/{model}/flow", stage_flow)
     app.router.add_get("/v1/{tenant}/stages/{model}/series", stage_series)
+    app.router.add_get("/", page)
+    app.router.add_get("/static/{file}", static)
+    app.router.add_get("/v1/{tenant}/info", info)
     app.router.add_get("/v1/{tenant}/audiences", list_audiences)
     app.router.add_post("/v1/{tenant}/audiences", save_audience)
     app.router.add_get("/v1/{tenant}/audiences/count", audience_count)
@@ -202,6 +207,49 @@ async def stage_series(request: web.Request) -> web.Response:
                                 snapshot_every=settings.analytics_snapshot_every)  # fmt: skip
     shown = [{"at": iso(at), "counts": c} for at, c in zip(instants, points, strict=True)]
     return web.json_response({"tenant": tenant, "model": model, "stages": list(MODEL_STAGES[model]), "points": shown})
+
+
+# --- the page ----------------------------------------------------------------------------------
+WEB = Path(__file__).resolve().parent / "web"
+STATIC = {
+    "app.js": (WEB / "app.js", "text/javascript"),
+    "style.css": (WEB / "style.css", "text/css"),
+    "echarts.min.js": (WEB / "node_modules" / "echarts" / "dist" / "echarts.min.js", "text/javascript"),
+    "echarts-LICENSE": (WEB / "node_modules" / "echarts" / "LICENSE", "text/plain"),
+}
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    """The marketers' page (plain HTML and JS; the key is typed in it, not in the address)."""
+    return web.FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def static(request: web.Request) -> web.StreamResponse:
+    found = STATIC.get(request.match_info["file"])
+    if found is None:
+        raise web.HTTPNotFound()
+    path, kind = found
+    if not path.exists():  # the chart library comes with `make setup` (npm ci)
+        raise web.HTTPNotFound(text=f"{path.name} is not installed: run `make setup`")
+    return web.FileResponse(path, headers={"Content-Type": kind, "Cache-Control": "no-cache"})
+
+
+async def info(request: web.Request) -> web.Response:
+    """What the page needs to start: the models and their stages, the attributes, the saved
+    audiences and how far the tenant's history goes (its latest transition time and the time up
+    to which every shard is complete)."""
+    tenant = await _tenant(request)
+    redis = request.app[REDIS]
+    clocks: dict[Any, Any] = await redis.hgetall(keys.analytics_clock_key())
+    latest, watermark = tenant_clock(clocks, tenant)
+    return web.json_response({
+        "tenant": tenant,
+        "models": {m: list(s) for m, s in MODEL_STAGES.items()},
+        "attributes": list(ATTRIBUTES),
+        "follow_targets": list(FOLLOW_TARGETS),
+        "latest": iso(latest) if latest else None,
+        "complete_until": iso(watermark) if watermark else None,
+    })  # fmt: skip
 
 
 # --- audiences ---------------------------------------------------------------------------------

@@ -76,6 +76,7 @@ def test_demo_twice_then_down_leaves_nothing(env: dict[str, str], tmp_path: Path
 
         # the analytics API answers for the demo tenant with the key the demo printed
         api = cast(re.Match[str], re.search(r"analytics API: (\S+) \(header X-API-Key: (\S+)\)", first.stdout))
+        assert "analytics page: http://127.0.0.1:28090/?tenant=demo#key=" in first.stdout
         request = urllib.request.Request(api.group(1), headers={"X-API-Key": api.group(2)})
         with urllib.request.urlopen(request, timeout=30) as reply:
             assert json.loads(reply.read())["total"] == 200

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -258,3 +259,57 @@ def test_a_malformed_expression_gets_400_pointing_at_its_position(
     status, body = _get(f"/v1/{replayed}/audiences/count?expression={urllib.parse.quote(expression)}")
     assert (status, body["position"]) == (400, position), body
     assert said in body["error"]
+
+
+def test_the_page_shows_what_the_api_answers(replayed: str, tmp_path: Path) -> None:
+    """The marketers' page in Debian's chromium: it opens on the tenant with the key from the
+    address's fragment, shows each stage's count, the flow and a live audience count equal to
+    the API's, and points at the position of an error in an expression."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing (make setup installs it)"
+    now = _get(f"/v1/{replayed}/stages/pyramid/counts")[1]["counts"]
+    # the page's dates mean their ends (the day included): the instant before the next day
+    flow = _get(f"/v1/{replayed}/stages/aipl/flow?from={891_388_800_000 - 1}&to={899_251_200_000 - 1}")[1]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 2400})
+            failures: list[str] = []
+            page.on("pageerror", lambda exc: failures.append(str(exc)))
+            page.goto(f"http://127.0.0.1:{API_PORT}/?tenant={replayed}#key={KEY}")
+            page.wait_for_selector("#stages-table tbody tr")
+            assert "key=" not in page.url  # the key leaves the address once read
+            shown = dict(
+                (row.locator("th").inner_text(), row.locator("td").first.inner_text())
+                for row in page.locator("#stages-table tbody tr").all()
+            )
+            assert {s: shown[s] for s in now} == {s: f"{n:,}" for s, n in now.items()}
+            assert page.locator("#funnel canvas").count() == 1  # the chart library drew
+
+            page.select_option("#model", "aipl")
+            page.fill("#from", "1998-03-31")
+            page.fill("#to", "1998-06-30")
+            page.click("#flow-go")
+            page.wait_for_function(
+                "document.querySelector('#flow-matrix thead th')?.textContent.includes('1998-03-31')"
+            )
+            cells = [
+                [c.inner_text() for c in row.locator("td").all()] for row in page.locator("#flow-matrix tbody tr").all()
+            ]
+            assert cells == [[f"{n:,}" for n in row] for row in flow["matrix"]]
+
+            expression = "pyramid:repeat & city:Shanghai"
+            page.fill("#expression", expression)
+            expected = f"{_count(replayed, expression):,}"
+            page.wait_for_function(f"document.querySelector('#audience-count').textContent === '{expected}'")
+            page.fill("#expression", "pyramid:repeat & & city:Shanghai")
+            page.wait_for_selector("#expression-error:not([hidden])")
+            said = page.locator("#expression-error").inner_text()
+            assert "expected a term, found '&' at position 17" in said
+            assert said.splitlines()[-1] == " " * 17 + "^"  # under the second '&'
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            assert failures == []
+        finally:
+            browser.close()
