@@ -72,6 +72,7 @@ def create_app(settings: AnalyticsSettings, registry: CollectorRegistry | None =
     app.router.add_get("/", page)
     app.router.add_get("/static/{file}", static)
     app.router.add_get("/v1/{tenant}/info", info)
+    app.router.add_get("/v1/{tenant}/campaigns/results", campaign_results)
     app.router.add_get("/v1/{tenant}/audiences", list_audiences)
     app.router.add_post("/v1/{tenant}/audiences", save_audience)
     app.router.add_get("/v1/{tenant}/audiences/count", audience_count)
@@ -250,6 +251,14 @@ async def info(request: web.Request) -> web.Response:
         "latest": iso(latest) if latest else None,
         "complete_until": iso(watermark) if watermark else None,
     })  # fmt: skip
+
+
+async def campaign_results(request: web.Request) -> web.Response:
+    """Each campaign against its control group: the latest readout attribution published
+    (every trial, and the final ones alone), by campaign id."""
+    tenant = await _tenant(request)
+    raw: dict[Any, Any] = await request.app[REDIS].hgetall(keys.campaign_results_key(tenant))
+    return web.json_response({"tenant": tenant, "campaigns": [json.loads(v) for _, v in sorted(raw.items())]})
 
 
 # --- audiences ---------------------------------------------------------------------------------

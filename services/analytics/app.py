@@ -14,15 +14,17 @@ from services.analytics.engine import AnalyticsEngine
 from services.analytics.metrics import AnalyticsMetrics
 from services.analytics.settings import AnalyticsSettings
 from services.common.avro import default_codec
-from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
+from services.common.constants import TOPIC_CAMPAIGN_READOUTS, TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.faustapp import engine_app
 from services.common.outbox import kafka_sent_since
 
 __all__ = ["SOURCE_TOPICS", "create_app"]
 
 # All keyed by customer with the same partition count: partition p of each holds the same
-# customers, so one worker owns a shard's history, ids and attributes together.
-SOURCE_TOPICS: tuple[str, ...] = (TOPIC_STAGE_TRANSITIONS, event_topic("profile"), event_topic("follow"))
+# customers, so one worker owns a shard's history, ids and attributes together. The campaign
+# readouts (keyed by campaign) are kept as they come, for the campaign table.
+SOURCE_TOPICS: tuple[str, ...] = (TOPIC_STAGE_TRANSITIONS, event_topic("profile"), event_topic("follow"),
+                                  TOPIC_CAMPAIGN_READOUTS)  # fmt: skip
 
 
 def create_app(settings: AnalyticsSettings, registry: CollectorRegistry | None = None) -> faust.App:

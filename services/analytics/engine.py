@@ -13,6 +13,7 @@ A transition of a day already closed is dead-lettered (`too late`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from services.common.constants import MODEL_STAGES, checked_id, checked_tenant, 
 from services.common.engine import Batch, DeadLetters, StreamEngine
 from services.common.outbox import SentSince
 from services.common.produce import Send
-from services.common.times import epoch_ms
+from services.common.times import epoch_ms, iso
 
 __all__ = ["ASSIGN_IDS", "AnalyticsEngine", "Facts", "Input", "Move", "queue_facts", "to_input"]
 
@@ -163,9 +164,22 @@ class AnalyticsEngine(StreamEngine[Input]):
         )
         self.snapshot_every = settings.analytics_snapshot_every
         self.closed: dict[tuple[str, int], int] = {}  # (tenant, shard) -> the last day closed in every model
+        self.readouts: dict[tuple[str, str], str] = {}  # (tenant, campaign) -> its latest readout (JSON) of the batch
 
     def to_input(self, schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Input] | None:
         return to_input(schema, record, origin)
+
+    def control(self, shard: int, schema: str, record: dict[str, Any]) -> bool:
+        """A campaign readout is kept with the batch (the latest of a campaign holds); anything
+        else as the base takes it (the stager's progress)."""
+        if schema != "crm.attribution.CampaignReadout":
+            return super().control(shard, schema, record)
+        tenant, campaign = checked_tenant(record["tenant"]), checked_id(record["campaign_id"], "campaign_id")
+        if not campaign:
+            raise ValueError("out of range: an empty campaign_id")
+        shown = {**record, "as_of": iso(checked_time(epoch_ms(record["as_of"])))}
+        self.readouts[(tenant, campaign)] = json.dumps(shown, allow_nan=False)
+        return True
 
     def reset(self) -> None:
         super().reset()
@@ -180,9 +194,12 @@ class AnalyticsEngine(StreamEngine[Input]):
                 queue_facts(pipe, tenant, shard, facts[(tenant, shard)], found)
             for (tenant, shard, model), entries in added.items():
                 queue_open(pipe, tenant, model, shard, MODEL_STAGES[model], entries)
+            for (tenant, campaign), shown in self.readouts.items():
+                pipe.hset(keys.campaign_results_key(tenant), campaign, shown)
             self.queue_loop_writes(pipe, batch.offsets, batch.dead)
 
         await self._watched(watched, facts, build)
+        self.readouts = {}
         for (_, _, model), entries in added.items():
             self.metrics.kept.labels(model).inc(len(entries))
 

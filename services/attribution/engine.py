@@ -12,6 +12,7 @@ trials' results, whatever crashes: a batch is written whole or not at all, and o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Iterable
@@ -24,11 +25,12 @@ from services.attribution.config import DAY_MS, AttributionConfig
 from services.attribution.inputs import FIELDS, to_input
 from services.attribution.metrics import AttributionMetrics
 from services.attribution.model import AttributionState, Credit, Input, Touch, advance, next_due
+from services.attribution.readout import readout_record
 from services.attribution.settings import AttributionSettings
 from services.attribution.state import decode_state, encode_state
 from services.common import keys
 from services.common.avro import Codec
-from services.common.constants import TOPIC_ATTRIBUTION
+from services.common.constants import TOPIC_ATTRIBUTION, TOPIC_CAMPAIGN_READOUTS
 from services.common.engine import Batch, DeadLetters, StreamEngine, WritePlan
 from services.common.outbox import SentSince, pack
 from services.common.produce import Send
@@ -88,7 +90,8 @@ class AttributionEngine(StreamEngine[Input]):
         )
         self.config = config
         self.first_touch = config.model == "first_touch"
-        self.gauged = 0.0  # when the open-windows gauge was last read
+        self.gauged = 0.0  # when the open-windows gauge was last read (and readouts published)
+        self.published: dict[tuple[str, str], tuple[int, tuple[tuple[str, int], ...]]] = {}
 
     def to_input(self, schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Input] | None:
         return to_input(schema, record, origin, self.config)
@@ -101,19 +104,42 @@ class AttributionEngine(StreamEngine[Input]):
         await self._settle([(tenant, c, shard, []) for c in customers], {}, dead)
 
     async def after_tick(self, owned: set[int]) -> None:
+        """Every `attribution_readout_seconds`: the open-windows gauge and, from the worker that
+        owns partition 0, a `crm.attribution.readouts` record of each campaign whose counters
+        changed since it last published (the latest record of a campaign holds)."""
         now = time.monotonic()
-        if now - self.gauged < 10:
+        if now - self.gauged < self.settings.attribution_readout_seconds:
             return
         self.gauged = now
-        for tenant in self.clocks:
-            campaigns = await self.redis.hkeys(keys.campaigns_key(tenant))
+        for tenant, clock in self.clocks.items():
+            raw = await self.redis.hgetall(keys.campaigns_key(tenant))
+            campaigns = {k.decode(): v.decode() for k, v in raw.items()}
             async with self.redis.pipeline(transaction=False) as pipe:
                 for campaign in campaigns:
-                    pipe.hmget(
-                        keys.campaign_key(tenant, campaign.decode()), "open|treatment|trials", "open|control|trials"
-                    )
+                    pipe.hgetall(keys.campaign_key(tenant, campaign))
                 found = await pipe.execute()
-            self.metrics.open_windows.labels(tenant).set(sum(int(v or 0) for pair in found for v in pair))
+            counters = [{k.decode(): int(v) for k, v in c.items()} for c in found]
+            self.metrics.open_windows.labels(tenant).set(
+                sum(c.get("open|treatment|trials", 0) + c.get("open|control|trials", 0) for c in counters)
+            )
+            if 0 in owned:
+                await self._publish(tenant, clock.watermark, campaigns, counters)
+
+    async def _publish(
+        self, tenant: str, as_of: int, campaigns: dict[str, str], counters: list[dict[str, int]]
+    ) -> None:
+        pending = []
+        for (campaign, meta), mine in zip(campaigns.items(), counters, strict=True):
+            said = (as_of, tuple(sorted(mine.items())))
+            if self.published.get((tenant, campaign)) == said:
+                continue
+            rule, _, days = meta.rpartition("|")
+            record = readout_record(tenant, campaign, mine, rule=rule, window_days=int(days or 0), as_of=as_of)
+            value = self.codec.encode("crm.attribution.CampaignReadout", record)
+            pending.append(await self.send(TOPIC_CAMPAIGN_READOUTS, f"{tenant}|{campaign}".encode(), value))
+            self.published[(tenant, campaign)] = said
+        if pending:
+            await asyncio.gather(*pending)
 
     # --- one MULTI per batch -------------------------------------------------------------------
     async def _settle(

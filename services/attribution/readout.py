@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Figures", "Readout", "design_effect", "readout", "two_proportion_ci", "wilson"]
+__all__ = ["Figures", "Readout", "design_effect", "readout", "readout_record", "two_proportion_ci", "wilson"]
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 
@@ -207,3 +207,37 @@ def readout(
         final_trials=trials("final"),
         open_trials=trials("open"),
     )
+
+
+def _figures_record(f: Figures) -> dict[str, Any]:
+    return {"trials": f.trials, "converted": f.converted, "customers": f.customers, "orders": f.orders,
+            "revenue": f.revenue, "cost": f.cost, "design_effect": f.design_effect}  # fmt: skip
+
+
+def _readout_record(r: Readout) -> dict[str, Any]:
+    ci = r.uplift_ci95
+    return {
+        "treatment": _figures_record(r.treatment),
+        "control": _figures_record(r.control),
+        "interacting": _figures_record(r.interacting),
+        "not_interacting": _figures_record(r.not_interacting),
+        "uplift": r.uplift,
+        "uplift_ci_low": None if ci is None else ci[0],
+        "uplift_ci_high": None if ci is None else ci[1],
+        "relative_uplift": r.relative_uplift,
+        "incremental_conversions": r.incremental_conversions,
+        "incremental_revenue": r.incremental_revenue,
+        "roi": r.roi,
+        "final_trials": r.final_trials,
+        "open_trials": r.open_trials,
+    }
+
+
+def readout_record(tenant: str, campaign_id: str, counters: Mapping[str, int], *, rule: str, window_days: int,
+                   as_of: int) -> dict[str, Any]:  # fmt: skip
+    """The `crm.attribution.CampaignReadout` record of a campaign's counters: every trial, and
+    the final ones alone."""
+    every = readout(campaign_id, counters, rule=rule, window_days=window_days)
+    final = readout(campaign_id, counters, rule=rule, window_days=window_days, final_only=True)
+    return {"tenant": tenant, "campaign_id": campaign_id, "rule": rule, "window_days": window_days, "as_of": as_of,
+            "all": _readout_record(every), "final": _readout_record(final)}  # fmt: skip

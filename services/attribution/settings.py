@@ -19,6 +19,8 @@ class AttributionSettings(StreamSettings):
     # a shard's event time passes only what the triggers declared complete on it (their progress
     # records), so no touch arrives after its time; off: follow the inputs alone
     attribution_follow_triggers: bool = True
+    # how often each campaign's readout is published on crm.attribution.readouts (when it changed)
+    attribution_readout_seconds: float = Field(5.0, gt=0, le=3600)
 
     @property
     def group(self) -> str:

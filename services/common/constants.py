@@ -18,6 +18,7 @@ __all__ = [
     "MODEL_STAGES",
     "TOPICS",
     "TOPIC_ATTRIBUTION",
+    "TOPIC_CAMPAIGN_READOUTS",
     "TOPIC_DLQ",
     "TOPIC_REFERRALS",
     "TOPIC_STAGE_TRANSITIONS",
@@ -67,6 +68,7 @@ TOPIC_TRIGGERS_REMINDERS = "crm.triggers.reminders"
 TOPIC_TRIGGERS_OUTREACH = "crm.triggers.outreach"
 TOPIC_TRIGGERS_SUPPRESSED = "crm.triggers.suppressed"
 TOPIC_ATTRIBUTION = "crm.attribution"
+TOPIC_CAMPAIGN_READOUTS = "crm.attribution.readouts"
 
 REDIS_PREFIX = "crm:"
 
@@ -154,4 +156,9 @@ TOPICS: tuple[TopicSpec, ...] = (
         also=("crm.stage.Progress",),
     ),
     TopicSpec(TOPIC_ATTRIBUTION, "crm.attribution.Attribution", "orders attributed to outreach"),
+    TopicSpec(
+        TOPIC_CAMPAIGN_READOUTS,
+        "crm.attribution.CampaignReadout",
+        "each campaign against its control group, as attribution reads it now (the latest holds)",
+    ),
 )

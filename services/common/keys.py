@@ -24,6 +24,7 @@ __all__ = [
     "attribute_key",
     "attribute_values_key",
     "audiences_key",
+    "campaign_results_key",
     "analytics_outbox_key",
     "analytics_clock_key",
     "log_key",
@@ -162,6 +163,11 @@ def attribute_key(tenant: str, shard: int, name: str, value: str) -> str:
 def attribute_values_key(tenant: str, shard: int, name: str) -> str:
     """Set of the values attribute `name` has taken on the shard."""
     return f"{REDIS_PREFIX}hist:{{{tenant}:{shard}}}:av:{name}"
+
+
+def campaign_results_key(tenant: str) -> str:
+    """Hash campaign id -> JSON of its latest readout from crm.attribution.readouts (analytics)."""
+    return f"{REDIS_PREFIX}an:campaigns:{tenant}"
 
 
 def audiences_key(tenant: str) -> str:

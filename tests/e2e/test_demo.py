@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import cast
@@ -80,6 +81,17 @@ def test_demo_twice_then_down_leaves_nothing(env: dict[str, str], tmp_path: Path
         request = urllib.request.Request(api.group(1), headers={"X-API-Key": api.group(2)})
         with urllib.request.urlopen(request, timeout=30) as reply:
             assert json.loads(reply.read())["total"] == 200
+        # and it shows the campaign table attribution published: the welcome campaign's trials
+        results = api.group(1).replace("/stages/pyramid/counts", "/campaigns/results")
+        deadline = time.monotonic() + 60
+        while True:
+            request = urllib.request.Request(results, headers={"X-API-Key": api.group(2)})
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                shown = {c["campaign_id"]: c for c in json.loads(reply.read())["campaigns"]}
+            if "welcome" in shown and shown["welcome"]["all"]["treatment"]["trials"] == int(welcome.group(1)):
+                break
+            assert time.monotonic() < deadline, shown.get("welcome")
+            time.sleep(1)
 
         second = crm(env, "demo", "--customers", "200")
         assert second.returncode == 0, second.stdout + second.stderr

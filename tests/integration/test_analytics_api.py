@@ -309,6 +309,9 @@ def test_the_page_shows_what_the_api_answers(replayed: str, tmp_path: Path) -> N
             said = page.locator("#expression-error").inner_text()
             assert "expected a term, found '&' at position 17" in said
             assert said.splitlines()[-1] == " " * 17 + "^"  # under the second '&'
+            # no trigger or attribution worker ran for this tenant: the campaign table says so
+            page.wait_for_selector("#campaigns tbody tr")
+            assert page.locator("#campaigns tbody tr").first.inner_text().startswith("no campaign yet")
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             assert failures == []
         finally:

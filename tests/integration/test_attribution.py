@@ -15,6 +15,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,8 +28,9 @@ from redis.asyncio import Redis
 from crm.pipeline import pipeline, wait_pipeline
 from crm.replay import replay
 from crm.report import campaign_readouts, campaign_table
+from services.analytics.app import SOURCE_TOPICS as ANALYTICS_SOURCES
 from services.attribution.app import SOURCE_TOPICS as ATTRIBUTION_TOPICS
-from services.attribution.readout import Readout, readout
+from services.attribution.readout import Readout, readout, readout_record
 from services.attribution.settings import AttributionSettings
 from services.common import keys
 from services.common.avro import default_codec
@@ -44,7 +46,13 @@ from services.triggers.settings import TriggerSettings
 from tests.conftest import StackInfo
 from tests.integration.batch_attribution import campaign_counts, engine_figures
 from tests.integration.batch_triggers import cdnow_orders
-from tests.integration.stager_process import AttributionProcess, StagerProcess, TriggersProcess, WorkerProcess
+from tests.integration.stager_process import (
+    AnalyticsProcess,
+    AttributionProcess,
+    StagerProcess,
+    TriggersProcess,
+    WorkerProcess,
+)
 from tests.integration.test_determinism import (
     CDNOW_SAMPLE,
     DECISIONS,
@@ -255,16 +263,22 @@ def test_cdnow_through_the_whole_pipeline_equals_the_batch_computation_to_the_ce
     asyncio.run(start_at_end(stack, groups["stager"], STAGER_INPUTS))
     asyncio.run(start_at_end(stack, groups["triggers"], TRIGGER_INPUTS))
     asyncio.run(start_at_end(stack, groups["attribution"], ATTRIBUTION_TOPICS))
+    history_group = f"analytics-cdnow-{run}"
+    asyncio.run(start_at_end(stack, history_group, ANALYTICS_SOURCES))
     procs: list[WorkerProcess] = [
         StagerProcess(stack, groups["stager"], 22720, tmp_path / "stager.log"),
         TriggersProcess(stack, groups["triggers"], 22721, tmp_path / "triggers.log"),
-        AttributionProcess(stack, groups["attribution"], 22722, tmp_path / "attribution.log"),
-    ]
+        AttributionProcess(stack, groups["attribution"], 22722, tmp_path / "attribution.log",
+                           {"CRM_ATTRIBUTION_READOUT_SECONDS": "1"}),
+        AnalyticsProcess(stack, history_group, 22723, tmp_path / "analytics.log"),
+    ]  # fmt: skip
     try:
         for proc in procs:
             proc.start()
         asyncio.run(replay(stager, data, "cdnow", tenant, timeout=900, say=print, triggers=triggers,
                            attribution=attribution))  # fmt: skip
+        # the readouts attribution publishes reach the analytics side (its campaign table)
+        asyncio.run(_readouts_arrive(stack, tenant))
     finally:
         for proc in procs:
             proc.stop()
@@ -287,6 +301,33 @@ def test_cdnow_through_the_whole_pipeline_equals_the_batch_computation_to_the_ce
     for campaign, uplift, (low, high) in effects:
         margin = (high - low) / 4
         assert low - margin <= 0 <= high + margin, f"{campaign}: uplift {uplift:+.3f}, interval [{low}, {high}]"
+
+
+async def _readouts_arrive(stack: StackInfo, tenant: str, timeout: float = 90) -> None:
+    """Until the analytics side holds, for every campaign, the readout of attribution's counters."""
+    redis: Any = Redis.from_url(stack.redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            meta = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.campaigns_key(tenant))).items()}
+            expected = {}
+            for campaign, said in meta.items():
+                rule, _, days = said.rpartition("|")
+                raw = await redis.hgetall(keys.campaign_key(tenant, campaign))
+                record = readout_record(tenant, campaign, {k.decode(): int(v) for k, v in raw.items()}, rule=rule,
+                                        window_days=int(days), as_of=0)  # fmt: skip
+                expected[campaign] = {k: record[k] for k in ("rule", "window_days", "all", "final")}
+            shown = {
+                k.decode(): json.loads(v) for k, v in (await redis.hgetall(keys.campaign_results_key(tenant))).items()
+            }
+            got = {c: {k: r[k] for k in ("rule", "window_days", "all", "final")} for c, r in shown.items()}
+            if expected and got == expected:
+                return
+            if time.monotonic() > deadline:
+                assert got == expected, "the analytics side's campaign readouts differ from attribution's counters"
+            await asyncio.sleep(1.0)
+    finally:
+        await redis.aclose()
 
 
 async def _unused_tenant(stack: StackInfo, stem: str) -> str:

@@ -59,7 +59,7 @@ def test_ports_are_published_on_loopback_only() -> None:
 def test_prometheus_scrapes_every_service() -> None:
     scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"] for job in scrape["scrape_configs"]}
-    assert jobs == {"ingest", "stager", "triggers", "attribution"}
+    assert jobs == {"ingest", "stager", "triggers", "attribution", "analytics", "analytics-api"}
 
 
 def test_grafana_dashboard_uses_only_metrics_the_services_export() -> None:

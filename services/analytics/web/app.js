@@ -192,6 +192,30 @@ async function cross() {
     body.rows.values.map((v, i) => [v, ...body.cells[i], body.cells[i].reduce((a, b) => a + b, 0)]));
 }
 
+// --- campaigns ---------------------------------------------------------------------------------
+const money = new Intl.NumberFormat("en", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+const points = (x) => (x === null || x === undefined ? "n/a" : (x >= 0 ? "+" : "") + (100 * x).toFixed(2));
+
+async function loadCampaigns() {
+  const body = await api("/campaigns/results");
+  const which = $("final-only").checked ? "final" : "all";
+  const rows = body.campaigns.map((c) => {
+    const r = c[which], t = r.treatment, k = r.control;
+    const rate = (g) => (g.trials ? pct(g.converted / g.trials) : "n/a");
+    let uplift = r.uplift === null ? (t.trials ? "n/a (no control)" : "n/a (none treated)") : points(r.uplift);
+    if (r.uplift_ci_low !== null) uplift += ` [${points(r.uplift_ci_low)}, ${points(r.uplift_ci_high)}]`;
+    return [c.campaign_id, `${c.window_days}d`, `${fmt.format(t.trials)}/${fmt.format(t.customers)}`, rate(t),
+            `${fmt.format(k.trials)}/${fmt.format(k.customers)}`, rate(k), uplift,
+            r.incremental_revenue === null ? "n/a" : money.format(r.incremental_revenue), money.format(t.cost),
+            r.roi === null ? "n/a" : pct(r.roi), `${fmt.format(r.final_trials)}`];
+  });
+  table("campaigns", ["campaign", "window", "treated trials/customers", "conv.", "control trials/customers",
+                      "conv.", "uplift, points [95% CI]", "incr. revenue", "cost", "ROI", "final trials"],
+    rows.length ? rows : [["no campaign yet", "", "", "", "", "", "", "", "", "", ""]]);
+  const asOf = body.campaigns.map((c) => c.as_of).sort().pop();
+  $("campaigns-as-of").textContent = asOf ? `as of ${asOf.replace("T", " ").slice(0, 16)} UTC (event time)` : "";
+}
+
 // --- wiring ------------------------------------------------------------------------------------
 function guard(fn) {
   return async (...args) => {
@@ -225,6 +249,7 @@ async function open() {
   history.replaceState(null, "", `?tenant=${encodeURIComponent(state.tenant)}`);
   await refresh();
   await loadAudiences();
+  await loadCampaigns();
 }
 
 async function refresh() {
@@ -267,6 +292,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("export-csv").addEventListener("click", guard(() => exportAudience("csv")));
   $("export-ndjson").addEventListener("click", guard(() => exportAudience("ndjson")));
   $("crossing-go").addEventListener("click", guard(cross));
+  $("final-only").addEventListener("change", guard(loadCampaigns));
   window.addEventListener("resize", () => Object.values(state.charts).forEach((c) => c.resize()));
   if ($("tenant").value && $("key").value) guard(open)();
 });
