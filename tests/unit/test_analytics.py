@@ -7,8 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
+from pyroaring import BitMap
 
+from services.analytics.audience import ExpressionError, evaluate, parse
 from services.analytics.engine import Move, to_input
 from services.analytics.query import Flow
 from services.analytics.settings import AnalyticsSettings
@@ -75,3 +79,65 @@ def test_api_keys_are_scoped_to_tenants() -> None:
 def test_an_api_key_without_its_tenants_is_refused(keys: str) -> None:
     with pytest.raises(ValueError, match="CRM_ANALYTICS_API_KEYS entry 1"):
         AnalyticsSettings(analytics_api_keys=SecretStr(keys)).api_keys()
+
+
+# --- set algebra ---------------------------------------------------------------------------------
+_NAMES = ["aipl:I", "aipl:P", "city:Shanghai", "gender:f", "follow:brand", "lifecycle:churned"]
+
+
+@st.composite
+def _trees(draw: st.DrawFn, depth: int = 3) -> str:
+    if depth == 0 or draw(st.booleans()):
+        return draw(st.sampled_from(_NAMES))
+    op = draw(st.sampled_from(["&", "|", "-"]))
+    return f"({draw(_trees(depth - 1))} {op} {draw(_trees(depth - 1))})"
+
+
+@given(
+    a=_trees(),
+    b=_trees(),
+    members=st.fixed_dictionaries({n: st.sets(st.integers(0, 60), max_size=40) for n in _NAMES}),
+)
+@settings(max_examples=200, deadline=None)
+def test_set_algebra_holds_for_any_expressions(a: str, b: str, members: dict[str, set[int]]) -> None:
+    """A & B ⊆ A, (A - B) ∩ B = ∅, and De Morgan on the universe of every customer."""
+
+    def value(text: str) -> set[int]:
+        return set(evaluate(parse(text), lambda term: BitMap(members[str(term)])))
+
+    universe = set().union(*members.values())
+    everyone = " | ".join(_NAMES)
+    assert value(f"{a} & {b}") <= value(a)
+    assert not value(f"{a} - {b}") & value(b)
+    assert value(f"({everyone}) - ({a} | {b})") == (universe - value(a)) & (universe - value(b))
+    assert value(f"({everyone}) - ({a} & {b})") == (universe - value(a)) | (universe - value(b))
+    assert value(f"{a} | {b}") == value(a) | value(b)
+
+
+def test_and_binds_tighter_than_or_and_but_not() -> None:
+    assert str(parse("aipl:I | aipl:P & city:x")) == "(aipl:I | (aipl:P & city:x))"
+    assert str(parse("aipl:I - aipl:P - city:x")) == "((aipl:I - aipl:P) - city:x)"
+    assert str(parse('city:"New York" & age_band:25-34')) == '(city:"New York" & age_band:"25-34")'
+
+
+@pytest.mark.parametrize(
+    ("text", "said", "position"),
+    [
+        ("", "an empty expression", 0),
+        ("aipl:I &", "ends where a term was expected", 8),
+        ("aipl:I & & city:x", "expected a term, found '&'", 9),
+        ("(aipl:I | city:x", "'(' is never closed", 0),
+        ("aipl:I )", "')' without its '('", 7),
+        ("aipl:I city:x", "expected an operator", 7),
+        ("aipl:Q", "'Q' is no stage of aipl", 5),
+        ("rfm:x", "unknown term 'rfm'", 0),
+        ("follow:product", "follow: one of brand", 7),
+        ("member_since:24", "member_since: a year", 13),
+        ('city:"New York"x', "a quoted value must be the whole value", 5),
+        ("aipl:I & city:", "city: needs a value", 14),
+    ],
+)
+def test_a_malformed_expression_says_where(text: str, said: str, position: int) -> None:
+    with pytest.raises(ExpressionError) as raised:
+        parse(text)
+    assert said in str(raised.value) and raised.value.position == position
