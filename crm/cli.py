@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -310,6 +311,126 @@ def analytics_api() -> None:
     from services.analytics.api import main as run
 
     run()
+
+
+# --- audiences ---------------------------------------------------------------------------------
+@cli.group()
+def audiences() -> None:
+    """Audiences: set expressions over stages, attributes and follows (as the analytics API)."""
+
+
+def _audiences(tenant: str, at: str | None, redis: Any) -> Any:
+    from services.analytics import query
+    from services.analytics.settings import AnalyticsSettings
+
+    settings = load_settings(AnalyticsSettings)
+    instant = MAX_TIME_MS - 1 if at is None else _parse_instant(at)
+    return query.Audiences(redis, tenant, instant, settings.partitions, settings.analytics_snapshot_every)
+
+
+def _parsed(expression: str) -> Any:
+    from services.analytics.audience import ExpressionError, parse
+
+    try:
+        return parse(expression)
+    except ExpressionError as exc:
+        raise click.BadParameter(f"{exc}\n  {expression}\n  {' ' * exc.position}^") from None
+
+
+AT_OPTION = click.option("--at", "at", default=None, help="Stages at this instant (default: now).")
+
+
+@audiences.command("count")
+@click.argument("expression")
+@click.option("--tenant", required=True)
+@AT_OPTION
+def audiences_count(expression: str, tenant: str, at: str | None) -> None:
+    """How many customers EXPRESSION holds, e.g. 'aipl:I & follow:brand - lifecycle:churned'."""
+    tree = _parsed(expression)
+
+    async def run() -> int:
+        redis = _redis()
+        try:
+            return int(await _audiences(tenant, at, redis).count(tree))
+        finally:
+            await redis.aclose()
+
+    click.echo(_answered(run))
+
+
+def _answered(run: Callable[[], Awaitable[T]]) -> T:
+    """`_ride_out(run)`, a bad expression (a saved audience it names is missing) as a usage error."""
+    try:
+        return _ride_out(run)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@audiences.command("save")
+@click.argument("name")
+@click.argument("expression")
+@click.option("--tenant", required=True)
+def audiences_save(name: str, expression: str, tenant: str) -> None:
+    """Save EXPRESSION as audience NAME (usable as audience:NAME)."""
+    _parsed(expression)
+
+    async def run() -> dict[str, Any]:
+        redis = _redis()
+        try:
+            saved: dict[str, Any] = await _audiences(tenant, None, redis).save(name, expression)
+            return saved
+        finally:
+            await redis.aclose()
+
+    saved = _answered(run)
+    click.echo(f"saved audience {saved['name']!r}: {saved['count']} customers now")
+
+
+@audiences.command("list")
+@click.option("--tenant", required=True)
+def audiences_list(tenant: str) -> None:
+    """The saved audiences of TENANT."""
+    from services.common import keys
+
+    async def run() -> dict[bytes, bytes]:
+        redis = _redis()
+        try:
+            found: dict[bytes, bytes] = await redis.hgetall(keys.audiences_key(tenant))
+            return found
+        finally:
+            await redis.aclose()
+
+    for name, raw in sorted(_ride_out(run).items()):
+        click.echo(f"{name.decode():24} {json.loads(raw)['expression']}")
+
+
+@audiences.command("export")
+@click.argument("expression")
+@click.option("--tenant", required=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "ndjson"]), default="csv", show_default=True)
+@click.option("--tags", default="", help="Comma-separated saved audiences: which each customer is also in.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="File (default: stdout).")
+@AT_OPTION
+def audiences_export(expression: str, tenant: str, fmt: str, tags: str, out: Path | None, at: str | None) -> None:
+    """Every customer EXPRESSION holds, as CSV or NDJSON."""
+    tree = _parsed(expression)
+
+    async def run() -> int:
+        redis = _redis()
+        written = 0
+        try:
+            with open(out, "w", newline="") if out else contextlib.nullcontext(sys.stdout) as sink:
+                rows = _audiences(tenant, at, redis).export(tree, fmt, [t for t in tags.split(",") if t])
+                async for chunk in rows:
+                    sink.write(chunk)
+                    written += chunk.count("\n")
+            return written - (fmt == "csv")
+        finally:
+            await redis.aclose()
+
+    count = _answered(run)
+    if out:
+        click.echo(f"wrote {count} customers to {out}")
 
 
 @cli.group()

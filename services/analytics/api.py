@@ -14,7 +14,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.asyncio import Redis
 
 from services.analytics import query
-from services.analytics.audience import ATTRIBUTES, FOLLOW_TARGETS, ExpressionError, Node, parse, terms
+from services.analytics.audience import ATTRIBUTES, FOLLOW_TARGETS, ExpressionError, Node, parse
+from services.analytics.query import AUDIENCE_NAME, EXPORT_FORMATS
 from services.analytics.settings import AnalyticsSettings
 from services.common import keys
 from services.common.clock import tenant_clock
@@ -262,8 +262,6 @@ async def campaign_results(request: web.Request) -> web.Response:
 
 
 # --- audiences ---------------------------------------------------------------------------------
-_AUDIENCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-EXPORT_FORMATS = ("csv", "ndjson")
 
 
 def _audiences(request: web.Request, tenant: str) -> query.Audiences:
@@ -276,7 +274,7 @@ def _expression(request: web.Request, name: str = "expression") -> Node:
     """The audience of the path (`{name}`: a saved one) or of the query parameter `name`."""
     saved = request.match_info.get("name")
     if saved is not None:
-        return parse(f"audience:{saved}") if _AUDIENCE_NAME.fullmatch(saved) else _no_such(saved)
+        return parse(f"audience:{saved}") if AUDIENCE_NAME.fullmatch(saved) else _no_such(saved)
     text = request.query.get(name)
     if text is None:
         raise BadQuery(f"missing parameter `{name}` (an audience expression, e.g. aipl:I & follow:brand)")
@@ -308,17 +306,13 @@ async def save_audience(request: web.Request) -> web.Response:
         or not isinstance(body.get("expression"), str)
     ):
         raise BadQuery('the body must be {"name": "...", "expression": "..."}')
-    name, text = body["name"], body["expression"]
-    if not _AUDIENCE_NAME.fullmatch(name):
-        raise BadQuery("`name`: 1 to 64 letters, digits, '_', '.' or '-', not starting with '.' or '-'")
-    tree = parse(text)
-    audiences = _audiences(request, tenant)
-    if any(t.kind == "audience" and t.value == name for t in terms(tree)):
-        raise BadQuery(f"audience {name!r} cannot name itself")
-    count = await audiences.count(tree)  # every saved audience it names exists
-    record = {"expression": text, "saved_at": iso(int(time.time() * 1000))}
-    await request.app[REDIS].hset(keys.audiences_key(tenant), name, json.dumps(record))
-    return web.json_response({"tenant": tenant, "name": name, **record, "count": count}, status=201)
+    try:
+        saved = await _audiences(request, tenant).save(body["name"], body["expression"])
+    except ValueError as exc:
+        if isinstance(exc, ExpressionError):
+            raise
+        raise BadQuery(str(exc)) from None
+    return web.json_response({"tenant": tenant, **saved}, status=201)
 
 
 async def audience_count(request: web.Request) -> web.Response:
@@ -341,36 +335,18 @@ async def audience_export(request: web.Request) -> web.StreamResponse:
         raise BadQuery(f"parameter `format`: one of {', '.join(EXPORT_FORMATS)}")
     tags = [t for t in request.query.get("tags", "").split(",") if t]
     audiences = _audiences(request, tenant)
-    chosen = await audiences.members(tree)
-    tagged = {tag: await audiences.members(parse(f"audience:{tag}")) for tag in tags}
+    rows = audiences.export(tree, fmt, tags)
+    first = await anext(rows)  # the audiences it names exist (a 400 comes before any byte)
     response = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson",
         "Content-Disposition": f'attachment; filename="{tenant}-audience.{fmt}"',
     })  # fmt: skip
     await response.prepare(request)
-    if fmt == "csv":
-        await response.write(b"customer_id,tags\r\n")
-    for shard, found in enumerate(chosen):
-        ids = list(found)
-        for start in range(0, len(ids), 5000):
-            part = ids[start : start + 5000]
-            names = await audiences.names(shard, part)
-            lines = []
-            for ident, customer in zip(part, names, strict=False):
-                carried = [t for t in tags if ident in tagged[t][shard]]
-                if fmt == "csv":
-                    lines.append(f"{_csv(customer)},{_csv(' '.join(carried))}\r\n")
-                else:
-                    lines.append(json.dumps({"customer_id": customer, "tags": carried}) + "\n")
-            await response.write("".join(lines).encode())
+    await response.write(first.encode())
+    async for chunk in rows:
+        await response.write(chunk.encode())
     await response.write_eof()
     return response
-
-
-def _csv(value: str) -> str:
-    if any(c in value for c in ',"\r\n') or value[:1] in ("=", "+", "-", "@"):  # no formula in a spreadsheet
-        return '"' + value.replace('"', '""') + '"'
-    return value
 
 
 async def audience_crossing(request: web.Request) -> web.Response:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -21,8 +23,20 @@ from services.analytics.history import NONE, History
 from services.analytics.store import load_for_read
 from services.common import keys
 from services.common.constants import MODEL_STAGES
+from services.common.times import iso
 
-__all__ = ["Audiences", "Flow", "bitmap_of", "counts", "flow", "members", "series"]
+__all__ = [
+    "AUDIENCE_NAME",
+    "EXPORT_FORMATS",
+    "Audiences",
+    "Flow",
+    "bitmap_of",
+    "csv_field",
+    "counts",
+    "flow",
+    "members",
+    "series",
+]
 
 
 async def _histories(
@@ -109,6 +123,9 @@ async def flow(
 
 
 # --- audiences ---------------------------------------------------------------------------------
+AUDIENCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+EXPORT_FORMATS = ("csv", "ndjson")
+EXPORT_CHUNK = 5000
 _BITS = [tuple(i for i in range(8) if byte & (0x80 >> i)) for byte in range(256)]
 MAX_DEPTH = 8  # saved audiences naming saved audiences, at most this deep
 
@@ -166,10 +183,45 @@ class Audiences:
             await self._attribute(name, value)
         return {value: self.attributes[(name, value)] for value in values}
 
-    async def names(self, shard: int, ids: list[int]) -> list[str]:
-        """The customers of `ids` on `shard`."""
+    async def names(self, shard: int, ids: list[int]) -> list[str | None]:
+        """The customers of `ids` on `shard`, in their order."""
         found = await self.redis.hmget(keys.customer_names_key(self.tenant, shard), ids) if ids else []
-        return [n.decode() for n in found if n is not None]
+        return [None if n is None else n.decode() for n in found]
+
+    async def save(self, name: str, text: str) -> dict[str, Any]:
+        """Save audience `name` (replacing one of that name) once its expression parses and every
+        audience it names exists; its record with its count now. ValueError for a bad name."""
+        if not AUDIENCE_NAME.fullmatch(name):
+            raise ValueError("`name`: 1 to 64 letters, digits, '_', '.' or '-', not starting with '.' or '-'")
+        tree = parse(text)
+        if any(t.kind == "audience" and t.value == name for t in terms(tree)):
+            raise ValueError(f"audience {name!r} cannot name itself")
+        count = await self.count(tree)
+        record = {"expression": text, "saved_at": iso(int(time.time() * 1000))}
+        await self.redis.hset(keys.audiences_key(self.tenant), name, json.dumps(record))
+        return {"name": name, **record, "count": count}
+
+    async def export(self, tree: Node, fmt: str, tags: Sequence[str] = ()) -> AsyncIterator[str]:
+        """Every customer of the audience as CSV (`customer_id,tags`) or NDJSON lines, in chunks;
+        `tags`: which of these saved audiences each customer is also in. The first chunk comes
+        once every audience named was found (CSV: the header; NDJSON: possibly empty)."""
+        chosen = await self.members(tree)
+        tagged = {tag: await self.members(parse(f"audience:{tag}")) for tag in tags}
+        yield "customer_id,tags\r\n" if fmt == "csv" else ""
+        for shard, found in enumerate(chosen):
+            ids = list(found)
+            for start in range(0, len(ids), EXPORT_CHUNK):
+                part = ids[start : start + EXPORT_CHUNK]
+                lines = []
+                for ident, customer in zip(part, await self.names(shard, part), strict=True):
+                    if customer is None:
+                        continue
+                    carried = [t for t in tags if ident in tagged[t][shard]]
+                    if fmt == "csv":
+                        lines.append(f"{csv_field(customer)},{csv_field(' '.join(carried))}\r\n")
+                    else:
+                        lines.append(json.dumps({"customer_id": customer, "tags": carried}) + "\n")
+                yield "".join(lines)
 
     def _term(self, term: Term, shard: int) -> BitMap:
         if term.kind in MODEL_STAGES:
@@ -220,3 +272,13 @@ def _attribute_name(term: Term) -> str:
 
 def _attribute_value(term: Term) -> str:
     return "1" if term.kind == "follow" else term.value
+
+
+def csv_field(value: str) -> str:
+    """`value` as one CSV field: quoted when it holds a separator or quote, and, when a
+    spreadsheet would read it as a formula (=, +, -, @, tab, CR first), led by an apostrophe."""
+    if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        value = "'" + value
+    if any(c in value for c in ',"\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value

@@ -358,3 +358,29 @@ def test_a_dozen_audiences_count_what_a_plain_set_evaluation_gives(replayed: str
     assert sum(1 for _, members in cases if members) >= 10  # not a dozen empty sets
     for expression, members in cases:
         assert _count(replayed, expression) == len(members), expression
+
+
+def test_the_audience_commands_mirror_the_api(replayed: str, stack: StackInfo, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from crm.cli import cli
+
+    env = {"CRM_REDIS_URL": stack.redis_url}
+    runner = CliRunner()
+    expression = "pyramid:repeat & city:Shanghai"
+    members = _in("pyramid", "repeat") & _with("city", "Shanghai")
+    done = runner.invoke(cli, ["audiences", "count", expression, "--tenant", replayed], env=env)
+    assert (done.exit_code, done.output.strip()) == (0, str(len(members))), done.output
+    done = runner.invoke(cli, ["audiences", "save", "cli-sh", expression, "--tenant", replayed], env=env)
+    assert done.exit_code == 0 and f"{len(members)} customers now" in done.output, done.output
+    done = runner.invoke(cli, ["audiences", "list", "--tenant", replayed], env=env)
+    assert "cli-sh" in done.output and expression in done.output
+    out = tmp_path / "sh.ndjson"
+    done = runner.invoke(cli, ["audiences", "export", "audience:cli-sh", "--tenant", replayed, "--format", "ndjson",
+                               "--out", str(out)], env=env)  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert {json.loads(line)["customer_id"] for line in out.read_text().splitlines()} == members
+    done = runner.invoke(cli, ["audiences", "count", "pyramid:repeat & & x", "--tenant", replayed], env=env)
+    assert done.exit_code == 2 and "at position 17" in done.output and " " * 19 + "^" in done.output, done.output
+    done = runner.invoke(cli, ["audiences", "count", "audience:nobody", "--tenant", replayed], env=env)
+    assert done.exit_code == 2 and "no saved audience 'nobody'" in done.output, done.output

@@ -14,7 +14,7 @@ from pyroaring import BitMap
 
 from services.analytics.audience import ExpressionError, evaluate, parse
 from services.analytics.engine import Move, to_input
-from services.analytics.query import Flow
+from services.analytics.query import Flow, csv_field
 from services.analytics.settings import AnalyticsSettings
 from services.common.times import parse_instant
 
@@ -141,3 +141,12 @@ def test_a_malformed_expression_says_where(text: str, said: str, position: int) 
     with pytest.raises(ExpressionError) as raised:
         parse(text)
     assert said in str(raised.value) and raised.value.position == position
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [("c1", "c1"), ("a,b", '"a,b"'), ('say "hi"', '"say ""hi"""'), ("=1+2", "'=1+2"), ("+86,1", "\"'+86,1\""),
+     ("@SUM(A1)", "'@SUM(A1)"), ("-3", "'-3")],
+)  # fmt: skip
+def test_an_exported_field_is_quoted_and_never_read_as_a_formula(value: str, field: str) -> None:
+    assert csv_field(value) == field
