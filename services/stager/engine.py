@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,11 +30,11 @@ from services.common.messages import Message
 from services.common.outbox import SentSince, kafka_sent_since
 from services.common.produce import Send, SendMany, SendTo
 from services.common.redisbatch import HGET_MANY
-from services.stager.config import StageRules
+from services.stager.config import DAY_MS, StageRules
 from services.stager.dedup import fingerprint, is_repeat, remember
 from services.stager.facts import FIELDS, to_fact
 from services.stager.metrics import StagerMetrics
-from services.stager.rules import CustomerState, Fact, Transition, next_wake, take
+from services.stager.rules import MODELS, CustomerState, Fact, Transition, next_wake, take
 from services.stager.settings import StagerSettings
 from services.stager.statecodec import decode_state, encode_state
 
@@ -113,9 +114,27 @@ class Engine(StreamEngine[Fact]):
         )
         self.send_many = send_many
         self.rules = rules
+        self.trimmed = 0.0  # when the transition logs were last trimmed
 
     def to_input(self, schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Fact] | None:
         return to_fact(schema, record, origin)
+
+    async def after_tick(self, owned: set[int]) -> None:
+        """Every 10 s, with a retention set: drop the transition log's entries older than the
+        retention behind each tenant's watermark."""
+        days = self.settings.transition_log_days
+        now = time.monotonic()
+        if not days or now - self.trimmed < 10:
+            return
+        self.trimmed = now
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tenant, clock in self.clocks.items():
+                if clock.watermark:
+                    for model in MODELS:
+                        pipe.zremrangebyscore(
+                            keys.log_key(tenant, model), "-inf", f"({clock.watermark - int(days * DAY_MS)}"
+                        )
+            await pipe.execute()
 
     async def on_start(self) -> None:
         try:

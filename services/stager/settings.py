@@ -18,6 +18,9 @@ class StagerSettings(StreamSettings):
     repeat_horizon_seconds: float = Field(900.0, gt=0)
     repeat_limit: int = Field(64, ge=1, le=1024)
     stage_rules_file: Path | None = None
+    # keep the raw transition log (crm:log:<tenant>:<model>) this many days behind the watermark
+    # (0: all of it); the analytics service's history answers for any instant without it
+    transition_log_days: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _horizon_covers_lateness(self) -> StagerSettings:

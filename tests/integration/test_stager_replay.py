@@ -4,6 +4,7 @@ batch computation; a crash of the stager in the middle changes nothing."""
 import asyncio
 import json
 import os
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -166,3 +167,38 @@ def test_replaying_the_same_file_twice_changes_nothing(stack: StackInfo, stager:
     assert again.skipped
     assert asyncio.run(live_counts(stack, tenant)) == first
     assert_same(first, expected_counts(cdnow_events(sample)))
+
+
+def test_the_transition_log_keeps_only_its_retention_behind_the_watermark(stack: StackInfo, tmp_path: Path) -> None:
+    """With CRM_TRANSITION_LOG_DAYS the raw log is trimmed behind each tenant's watermark (the
+    analytics history answers for older instants); without it, it keeps everything."""
+    group = f"crm-stager-retention-{uuid.uuid4().hex[:8]}"
+    port = 22077 + int(os.environ.get("CRM_TEST_PORT_OFFSET", "0"))
+    env = {"CRM_TRANSITION_LOG_DAYS": "30", "CRM_TIMER_INTERVAL_SECONDS": "0.5"}
+    proc = StagerProcess(stack, group, port, tmp_path / "stager.log", env).start()
+    tenant = f"retention-{uuid.uuid4().hex[:6]}"
+    try:
+        sample = DATA / "cdnow" / "CDNOW_sample.txt"
+        asyncio.run(replay(settings_for(stack, group), sample, "cdnow", tenant, timeout=300, say=print,
+                           triggers=None))  # fmt: skip
+        latest, watermark = asyncio.run(_clock(stack, tenant))
+        oldest = asyncio.run(_oldest_logged(stack, tenant, "lifecycle", within=90))
+    finally:
+        proc.stop()
+    assert watermark >= latest - 1
+    assert oldest >= watermark - 30 * 86_400_000, "entries older than the retention are still there"
+
+
+async def _oldest_logged(stack: StackInfo, tenant: str, model: str, within: float) -> int:
+    """The time of the log's oldest entry, once the trimming (every 10 s) has run."""
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            first = await redis.zrange(keys.log_key(tenant, model), 0, 0, withscores=True)
+            watermark = (await _clock(stack, tenant))[1]
+            if first and int(first[0][1]) >= watermark - 30 * 86_400_000 or time.monotonic() > deadline:
+                return int(first[0][1]) if first else 0
+            await asyncio.sleep(1.0)
+    finally:
+        await redis.aclose()
