@@ -6,26 +6,38 @@ times a year, at random instants. The days are added and closed in order, as the
 watermark closes them. Then, at random instants: a count at an instant, a full flow matrix
 between two instants, and an audience count (an expression of three stage memberships at two
 instants); median and worst time of each, and the bytes the index takes per customer per year.
-Pure computation in this process (no Redis): what a query costs on top of reading the bitmaps.
+First in this process (what a query costs on top of reading the bitmaps), then as the service
+runs it: the customers spread over 12 shards, each shard's history written to the bench's own
+Redis (`services/analytics/store.py`) and every query answered through `services/analytics/query.py`
+(per shard one snapshot and at most 7 days read from Redis, the shards added up), with the
+memory Redis uses for it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from bench.run import save
+from bench.run import SETTINGS, fresh_stack, save
+from services.analytics import query
+from services.analytics.audience import parse
 from services.analytics.history import DAY_MS, History, Transition
+from services.analytics.store import queue_changes
+from services.common.constants import MODEL_STAGES
+from services.common.redisbatch import connect
 from services.common.settings import REPO_ROOT
 
-STAGES = ("new", "active", "engaged", "loyal", "declining", "churned")
+MODEL = "lifecycle"
+STAGES = MODEL_STAGES[MODEL]  # prospect, new, developing, mature, declining, churned
+SHARDS = 12
 START_DAY = 19_723  # 2024-01-01
 
 
@@ -34,7 +46,7 @@ def generate(customers: int, days: int, moves: float, rnd: random.Random) -> lis
     by_day: list[list[Transition]] = [[] for _ in range(days)]
     for ident in range(customers):
         day = rnd.randrange(days)
-        by_day[day].append(((START_DAY + day) * DAY_MS + rnd.randrange(DAY_MS), ident, "new"))
+        by_day[day].append(((START_DAY + day) * DAY_MS + rnd.randrange(DAY_MS), ident, STAGES[0]))
         for _ in range(round(rnd.expovariate(1 / moves) * (days - day) / 365)):
             when = rnd.randrange(day, days)
             to = rnd.choice(STAGES[1:])
@@ -60,6 +72,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--moves", type=float, default=4.0, help="stage changes per customer per year")
     parser.add_argument("--queries", type=int, default=30)
+    parser.add_argument("--no-redis", action="store_true", help="only the in-process part")
     args = parser.parse_args()
     rnd = random.Random(42)
     print(f"generating {args.customers:,} customers over {args.days} days...")
@@ -79,7 +92,7 @@ def main() -> None:
     def audience() -> int:
         t0, t1 = sorted((instant(), instant()))
         before, after = history.members_at(t0), history.members_at(t1)
-        return len((after["loyal"] | after["engaged"]) - before["churned"])
+        return len((after["mature"] | after["developing"]) - before["churned"])
 
     def flow() -> dict[tuple[str, str], int]:
         t0, t1 = sorted((instant(), instant()))
@@ -103,7 +116,63 @@ def main() -> None:
         "bytes_per_customer_per_year_per_model": round(size / args.customers / years, 1),
         "snapshot_every_changed_days": history.snapshot_every,
     }
+    if not args.no_redis:
+        with fresh_stack():
+            result["through_redis"] = asyncio.run(through_redis(by_day, args, rnd))
     save(result, Path(REPO_ROOT) / "bench" / "results" / "history.json")
+
+
+async def through_redis(by_day: list[list[Transition]], args: argparse.Namespace, rnd: random.Random) -> dict[str, Any]:
+    """The same history split over the shards in Redis, queried as the API does."""
+    redis = connect(SETTINGS.redis_url)
+    tenant = "bench"
+    try:
+        before = (await redis.info("memory"))["used_memory"]
+        for shard in tqdm(range(SHARDS), desc="writing shards to Redis", unit="shard"):
+            history = History(STAGES)
+            for i, found in enumerate(by_day):
+                history.add([(t, ident // SHARDS, s) for t, ident, s in found if ident % SHARDS == shard])
+                history.close_until(START_DAY + i)
+            async with redis.pipeline(transaction=False) as pipe:
+                queue_changes(pipe, tenant, MODEL, shard, history, 0)
+                await pipe.execute()
+        used = (await redis.info("memory"))["used_memory"] - before
+        end = (START_DAY + args.days) * DAY_MS
+
+        def instant() -> int:
+            return START_DAY * DAY_MS + rnd.randrange(end - START_DAY * DAY_MS)
+
+        async def count() -> Any:
+            return await query.counts(redis, tenant, MODEL, instant(), partitions=SHARDS)
+
+        async def flow() -> Any:
+            t0, t1 = sorted((instant(), instant()))
+            return await query.flow(redis, tenant, MODEL, t0, t1, partitions=SHARDS)
+
+        async def audience() -> int:
+            tree = parse("(lifecycle:mature | lifecycle:developing) - lifecycle:declining")
+            return int(await query.Audiences(redis, tenant, instant(), SHARDS).count(tree))
+
+        return {
+            "shards": SHARDS,
+            "count_at_instant_ms_median_worst": [round(v, 2) for v in await atimed(count, args.queries)],
+            "flow_matrix_ms_median_worst": [round(v, 2) for v in await atimed(flow, args.queries)],
+            "audience_count_ms_median_worst": [round(v, 2) for v in await atimed(audience, args.queries)],
+            "redis_bytes": used,
+            "redis_bytes_per_customer_per_year_per_model": round(used / args.customers / (args.days / 365), 1),
+        }
+    finally:
+        await redis.aclose()
+
+
+async def atimed(query_once: Callable[[], Awaitable[Any]], times: int) -> tuple[float, float]:
+    """Median and worst milliseconds of `times` runs."""
+    spent = []
+    for _ in range(times):
+        started = time.perf_counter()
+        await query_once()
+        spent.append((time.perf_counter() - started) * 1000)
+    return statistics.median(spent), max(spent)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ Per (tenant, model, shard), under `services.common.keys.history_key`:
 
 A writer adds transitions with `queue_open` (nothing read), and closes days by reading `meta`,
 `order`, `current` and `open` and queuing only what is new (`queue_changes`).
-A reader loads, for the instants asked about, the order, the counts, one snapshot and at most
-`snapshot_every` days each, and the current parts when an instant lies past the closed days.
+A reader loads, for the instants asked about, the order, the counts of the changed day before
+each, one snapshot and at most `snapshot_every` days each, and the current parts only when an
+instant lies past the closed days.
 """
 
 from __future__ import annotations
@@ -55,16 +56,24 @@ def _encode_day(day: Day) -> dict[str, bytes]:
     return out
 
 
-async def _base(redis: Any, key: Any, history: History) -> None:
-    """The parts every use needs: meta, order, current, open."""
+async def _base(redis: Any, key: Any, history: History, recent: bool = True) -> None:
+    """meta and order; with `recent`, also current and open (the members at the end of the last
+    closed day and the transitions after it)."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hget(key("meta"), "closed")
         pipe.zrange(key("order"), 0, -1)
-        pipe.hgetall(key("current"))
-        pipe.zrange(key("open"), 0, -1, withscores=True)
-        closed, order, current, pending = await pipe.execute()
+        closed, order = await pipe.execute()
     history.closed = int(closed) if closed is not None else -1
     history.order = [int(d) for d in order]
+    if recent:
+        await _recent(redis, key, history)
+
+
+async def _recent(redis: Any, key: Any, history: History) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(key("current"))
+        pipe.zrange(key("open"), 0, -1, withscores=True)
+        current, pending = await pipe.execute()
     history.current = _decode_members(current, history.stages)
     opened: list[tuple[int, bytes, int, str | None]] = []
     for member, at in pending:
@@ -137,12 +146,19 @@ async def load_for_read(
     def key(part: str) -> str:
         return history_key(tenant, model, shard, part)
 
-    await _base(redis, key, history)
+    instants = list(instants)
+    await _base(redis, key, history, recent=False)
+    if any(at // DAY_MS - 1 >= history.closed for at in instants):  # past the closed days
+        await _recent(redis, key, history)
     days: set[int] = set()
     snaps: set[int] = set()
+    counted: set[int] = set()  # the changed day before each instant's own: its counts
     for at in instants:
         day = at // DAY_MS
         days.add(day)
+        before = bisect.bisect_left(history.order, day)
+        if before:
+            counted.add(history.order[before - 1])
         i = bisect.bisect_right(history.order, day - 1)
         start = (i // snapshot_every) * snapshot_every
         if start:
@@ -150,16 +166,18 @@ async def load_for_read(
         days.update(history.order[start:i])
     days &= set(history.order)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(key("counts"))
-        wanted_days, wanted_snaps = sorted(days), sorted(snaps)
+        wanted_counts, wanted_days, wanted_snaps = sorted(counted), sorted(days), sorted(snaps)
+        if wanted_counts:
+            pipe.hmget(key("counts"), [str(d) for d in wanted_counts])
         for d in wanted_days:
             pipe.hgetall(key(f"day:{d}"))
         for d in wanted_snaps:
             pipe.hgetall(key(f"snap:{d}"))
         found = await pipe.execute()
-    history.counts = {int(k): json.loads(v) for k, v in found[0].items()}
-    history.days = {d: _decode_day(raw) for d, raw in zip(wanted_days, found[1 : 1 + len(wanted_days)], strict=True)}
+    if wanted_counts:
+        history.counts = {d: json.loads(v) for d, v in zip(wanted_counts, found.pop(0), strict=True) if v is not None}
+    history.days = {d: _decode_day(raw) for d, raw in zip(wanted_days, found[: len(wanted_days)], strict=True)}
     history.snapshots = {
-        d: _decode_members(raw, stages) for d, raw in zip(wanted_snaps, found[1 + len(wanted_days) :], strict=True)
+        d: _decode_members(raw, stages) for d, raw in zip(wanted_snaps, found[len(wanted_days) :], strict=True)
     }
     return history
