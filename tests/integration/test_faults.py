@@ -1,9 +1,10 @@
 """Outages ridden out on real data: during a paced replay of CDNOW, Redis, the broker, the
-stager, the triggers and attribution are each killed with SIGKILL and started again (as `crm
-stack up` or an orchestrator would). No manual step follows: the replay finishes by itself, and
-the final stages, the stages at past instants, the decisions and every campaign's counters equal
-the independent batch computations an undisturbed run equals (tests/integration/test_determinism.py,
-test_attribution.py); no attribution record reaches Kafka twice."""
+stager, the triggers, attribution and the analytics history worker are each killed with SIGKILL
+and started again (as `crm stack up` or an orchestrator would). No manual step follows: the
+replay finishes by itself, and the final stages, the stages at past instants, the decisions and
+every campaign's counters equal the independent batch computations an undisturbed run equals
+(tests/integration/test_determinism.py, test_attribution.py), and so do the analytics history's
+counts now and at the past instants; no attribution record reaches Kafka twice."""
 
 import asyncio
 import os
@@ -18,11 +19,13 @@ import pytest
 from redis.asyncio import Redis
 
 from crm.localstack import LocalStack
-from crm.pipeline import pipeline, wait_pipeline
+from crm.pipeline import pipeline, wait_pipeline, wait_service
 from crm.replay import replay
+from services.analytics import query
+from services.analytics.settings import AnalyticsSettings
 from services.attribution.settings import AttributionSettings
 from services.common.avro import default_codec
-from services.common.constants import TOPIC_ATTRIBUTION
+from services.common.constants import MAX_TIME_MS, TOPIC_ATTRIBUTION
 from services.common.settings import CommonSettings
 from services.common.tail import read_topic
 from services.stager import analytics
@@ -33,6 +36,7 @@ from tests.integration.batch_attribution import campaign_counts, engine_figures
 from tests.integration.batch_rules import cdnow_events, expected_counts
 from tests.integration.batch_triggers import cdnow_orders, expected_decisions
 from tests.integration.stager_process import (
+    AnalyticsProcess,
     AttributionProcess,
     IngestProcess,
     StagerProcess,
@@ -70,6 +74,30 @@ async def _answers(
         await redis.aclose()
 
 
+async def _history_answers(
+    stack: StackInfo, group: str, tenant: str, latest: int
+) -> tuple[dict[str, dict[str, int]], dict[tuple[str, int], dict[str, int]]]:
+    """The analytics history's counts now and at the past instants, once it has applied all."""
+    settings = AnalyticsSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                                 analytics_group=group)  # fmt: skip
+    stager = StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url)
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        service = pipeline(stager, analytics=settings)[-1]
+        await wait_service(service, bootstrap=stack.kafka_bootstrap, redis=redis, tenant=tenant, latest_ms=latest,
+                           timeout=300, partitions=12, say=print)  # fmt: skip
+
+        async def counts(at: int) -> dict[str, dict[str, int]]:
+            found = {m: await query.counts(redis, tenant, m, at, partitions=12) for m in MODELS}
+            return {m: {s: n for s, n in c.items() if n} for m, c in found.items()}
+
+        now = await counts(MAX_TIME_MS - 1)
+        past = {(m, t): c for t in PAST for m, c in (await counts(t)).items()}
+        return now, past
+    finally:
+        await redis.aclose()
+
+
 @pytest.mark.timeout(1200)
 def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_answer(
     fault_stack: StackInfo, tmp_path: Path
@@ -84,7 +112,9 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
     ingest = IngestProcess(fault_stack, 22403, tmp_path / "ingest.log")
     attribution_group = f"attribution-fault-{run}"
     attribution = AttributionProcess(fault_stack, attribution_group, 22404, tmp_path / "attribution.log")
-    workers, everyone = (22401, 22402, 22404), (22401, 22402, 22403, 22404)
+    history_group = f"analytics-fault-{run}"
+    history = AnalyticsProcess(fault_stack, history_group, 22405, tmp_path / "analytics.log")
+    workers, everyone = (22401, 22402, 22404, 22405), (22401, 22402, 22403, 22404, 22405)
     settings = StagerSettings(kafka_bootstrap=fault_stack.kafka_bootstrap, redis_url=fault_stack.redis_url,
                               stager_group=stager_group)  # fmt: skip
     outcome: dict[str, Any] = {}
@@ -99,6 +129,7 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
     triggers.start()
     ingest.start()
     attribution.start()
+    history.start()
     thread = threading.Thread(target=replaying)
     thread.start()
     health = {}
@@ -124,6 +155,9 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
         time.sleep(4)
         attribution.kill()
         attribution.start(timeout=120)
+        time.sleep(2)
+        history.kill()
+        history.start(timeout=120)
         thread.join(timeout=900)
         assert not thread.is_alive(), "the replay did not finish"
         assert "error" not in outcome, f"the replay failed: {outcome.get('error')!r}"
@@ -131,11 +165,13 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
         asyncio.run(_wait_triggers(fault_stack, triggers_group, tenant, report.latest_ms))
         asyncio.run(_wait_attribution(fault_stack, attribution_group, tenant, report.latest_ms))
         now, past = asyncio.run(_answers(fault_stack, tenant))
+        history_now, history_past = asyncio.run(_history_answers(fault_stack, history_group, tenant, report.latest_ms))
     finally:
         stager.stop()
         triggers.stop()
         ingest.stop()
         attribution.stop()
+        history.stop()
 
     assert set(health["redis down"].values()) == {503}, health
     assert set(health["kafka down"].values()) == {503}, health
@@ -146,8 +182,10 @@ def test_sigkill_of_redis_broker_and_workers_during_a_paced_replay_changes_no_an
     expected_now = expected_counts(events)
     for model in MODELS:
         assert now[model] == expected_now.get(model, {}), model
+        assert history_now[model] == expected_now.get(model, {}), f"analytics: {model}"
         for t in PAST:
             assert past[(model, t)] == expected_counts(events, t).get(model, {}), (model, t)
+            assert history_past[(model, t)] == expected_counts(events, t).get(model, {}), f"analytics: {model} {t}"
 
     _, decisions = asyncio.run(_outputs(fault_stack.kafka_bootstrap, {tenant}))
     ids = [r["trigger_id"] for r in decisions[tenant]]
