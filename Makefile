@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers bench-attribution bench-history clean
+.PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers bench-attribution bench-analytics bench-history clean
 
 WEB    := services/analytics/web
 
@@ -48,10 +48,14 @@ typecheck: setup
 bench: setup
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.attribution
+	$(BIN)/python -m bench.analytics
 	$(BIN)/python -m bench.history
 
 bench-attribution: setup
 	$(BIN)/python -m bench.attribution
+
+bench-analytics: setup
+	$(BIN)/python -m bench.analytics
 
 bench-history: setup
 	$(BIN)/python -m bench.history
