@@ -19,6 +19,7 @@ __all__ = [
     "TOPICS",
     "TOPIC_ATTRIBUTION",
     "TOPIC_CAMPAIGN_READOUTS",
+    "TOPIC_CAMPAIGN_REQUESTS",
     "TOPIC_DLQ",
     "TOPIC_REFERRALS",
     "TOPIC_STAGE_TRANSITIONS",
@@ -69,6 +70,7 @@ TOPIC_TRIGGERS_OUTREACH = "crm.triggers.outreach"
 TOPIC_TRIGGERS_SUPPRESSED = "crm.triggers.suppressed"
 TOPIC_ATTRIBUTION = "crm.attribution"
 TOPIC_CAMPAIGN_READOUTS = "crm.attribution.readouts"
+TOPIC_CAMPAIGN_REQUESTS = "crm.campaigns.requests"
 
 REDIS_PREFIX = "crm:"
 
@@ -153,6 +155,12 @@ TOPICS: tuple[TopicSpec, ...] = (
         TOPIC_TRIGGERS_SUPPRESSED,
         "crm.triggers.Trigger",
         "decisions suppressed by a guardrail (and the triggers' progress per partition)",
+        also=("crm.stage.Progress",),
+    ),
+    TopicSpec(
+        TOPIC_CAMPAIGN_REQUESTS,
+        "crm.campaigns.Request",
+        "audience members of scheduled campaign runs, keyed by customer (and the analytics' progress per partition)",
         also=("crm.stage.Progress",),
     ),
     TopicSpec(TOPIC_ATTRIBUTION, "crm.attribution.Attribution", "orders attributed to outreach"),

@@ -175,6 +175,7 @@ class StreamEngine(Generic[In]):
         fields: dict[str, tuple[str, ...]] | None = None,
         on_recovered: Callable[[int, int], None] | None = None,
         follow_upstream: bool = False,
+        follow_source: str = "",
         progress_topic: str | None = None,
         send_to: SendTo | None = None,
     ) -> None:
@@ -185,7 +186,8 @@ class StreamEngine(Generic[In]):
         hash "<tenant>|<shard>" -> "<latest>:<watermark>") and `timers_key(tenant, shard)` (a
         sorted set of customers by due time) are the Redis keys of the service; `shards()` are
         the partitions this worker owns now. With `follow_upstream`, a shard's time never passes
-        what the service upstream declared complete on it (its `crm.stage.Progress` records);
+        what the service upstream declared complete on it (its `crm.stage.Progress` records, those
+        whose `source` starts with `follow_source` when several services declare theirs);
         with `progress_topic` and `send_to(topic, partition, value)`, this service declares its
         own the same way after every tick."""
         self.redis: Any = redis  # redis-py's annotations do not know the bytes/str mode
@@ -204,6 +206,7 @@ class StreamEngine(Generic[In]):
         self.behind: Collection[tuple[str, int]] = ()  # as of the last batch
         self.values: dict[str, bytes] = {}  # origin -> bytes of this batch's messages (for dead letters)
         self.follow_upstream = follow_upstream
+        self.follow_source = follow_source
         self.progress_topic = progress_topic
         self.send_to = send_to
         self.marked: dict[tuple[str, int], int] = {}  # (tenant, shard) -> the last progress declared
@@ -231,7 +234,7 @@ class StreamEngine(Generic[In]):
         if schema != "crm.stage.Progress":
             return False
         tenant, watermark = checked_tenant(record["tenant"]), checked_time(epoch_ms(record["watermark"]))
-        if self.follow_upstream:
+        if self.follow_upstream and str(record.get("source", "")).startswith(self.follow_source):
             clock = self.clocks.get(tenant)
             if clock is None:
                 clock = self.clocks[tenant] = self.new_clock()

@@ -11,7 +11,7 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from services.common.avro import default_codec
-from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
+from services.common.constants import TOPIC_CAMPAIGN_REQUESTS, TOPIC_STAGE_TRANSITIONS, event_topic
 from services.common.faustapp import engine_app
 from services.common.outbox import kafka_sent_since
 from services.triggers.config import TriggerConfig
@@ -29,6 +29,7 @@ SOURCE_TOPICS: tuple[str, ...] = (
     event_topic("order"),
     event_topic("cart"),
     event_topic("profile"),
+    TOPIC_CAMPAIGN_REQUESTS,
 )
 
 

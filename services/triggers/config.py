@@ -31,7 +31,7 @@ __all__ = [
 CHANNELS = ("sms", "email", "push", "in_app")
 Channel = Literal["sms", "email", "push", "in_app"]
 # What starts a rule: a stage transition, or one of the per-entity timers.
-On = Literal["transition", "order_unpaid", "cart_abandoned", "repurchase", "birthday"]
+On = Literal["transition", "order_unpaid", "cart_abandoned", "repurchase", "birthday", "campaign"]
 HOUR = 3600.0
 FATIGUE_LIMIT = 8  # touches of a campaign remembered per customer for the fatigue guardrail
 DAY = 24 * HOUR

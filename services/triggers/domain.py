@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
+from functools import lru_cache
 from operator import attrgetter
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -40,6 +41,8 @@ from services.triggers.state import (
 DAY_MS = 86_400_000
 
 __all__ = [
+    "CAMPAIGN_RULE",
+    "CampaignIn",
     "CartIn",
     "Decision",
     "OrderIn",
@@ -47,6 +50,7 @@ __all__ = [
     "TransitionIn",
     "apply",
     "apply_in_order",
+    "campaign_rule",
     "decide",
     "order_key",
     "take",
@@ -99,7 +103,32 @@ class ProfileIn:
     origin: str = ""
 
 
-Input = TransitionIn | OrderIn | CartIn | ProfileIn
+@dataclass(frozen=True, slots=True)
+class CampaignIn:
+    """One audience member of one run of a scheduled campaign: decided at the run's time by the
+    rule built from the campaign (`campaign_rule`)."""
+
+    event_id: str  # the request's id
+    campaign_id: str
+    time: int  # the run's time
+    action: str
+    channel: str
+    topic: str
+    offer: tuple[str, float, float] | None  # kind, value, cost
+    quiet_hours: str
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.offer, list):  # as kept in a state's JSON
+            object.__setattr__(self, "offer", tuple(self.offer))
+
+    @property
+    def rule(self) -> TriggerRule:
+        return campaign_rule(self.campaign_id, self.action, self.channel, self.topic, self.offer, self.quiet_hours)
+
+
+Input = TransitionIn | OrderIn | CartIn | ProfileIn | CampaignIn
+CAMPAIGN_RULE = "member_day"  # the rule name of every scheduled campaign's decisions
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +143,17 @@ class Decision:
     @property
     def offer(self) -> OfferConfig | None:
         return self.rule.offer
+
+
+@lru_cache(maxsize=256)
+def campaign_rule(
+    campaign_id: str, action: str, channel: str, topic: str, offer: tuple[str, float, float] | None, quiet_hours: str
+) -> TriggerRule:
+    """The rule a scheduled campaign's decisions go by: capped, held out and quiet like a rule's.
+    ValueError (pydantic's) for values no rule can have."""
+    given = None if offer is None else OfferConfig(kind=offer[0], value=offer[1], cost=offer[2])
+    return TriggerRule(name=CAMPAIGN_RULE, on="campaign", action=action, campaign=campaign_id, channel=channel,
+                       topic=topic, offer=given, quiet_hours=quiet_hours)  # fmt: skip
 
 
 def trigger_id(rule: str, tenant: str, customer: str, cause: str) -> str:
@@ -213,6 +253,11 @@ def apply(state: TriggerState, item: Input, config: TriggerConfig, tenant: str, 
     _remember(state, item)
     if isinstance(item, TransitionIn):
         return _on_transition(state, item, config, tenant, customer)
+    if isinstance(item, CampaignIn):
+        found = decide(
+            state, item.rule, f"campaign:{item.campaign_id}:{item.time}", item.time, config, tenant, customer
+        )
+        return [found] if found else []
     if isinstance(item, OrderIn):
         _on_order(state, item, config)
     elif isinstance(item, CartIn):
@@ -323,6 +368,8 @@ def order_key(item: Input) -> tuple[int, int, int, str]:
     the decisions."""
     if isinstance(item, TransitionIn):
         return item.time, 1, item.seq, item.transition_id
+    if isinstance(item, CampaignIn):  # after the instant's transitions: the audience stood so then
+        return item.time, 2, 0, item.event_id
     return item.time, 0, 0, item.event_id
 
 

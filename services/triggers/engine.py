@@ -107,6 +107,7 @@ class TriggerEngine(StreamEngine[Input]):
             # a shard's time passes only what the stager declared complete on it, so no transition
             # comes after its time; the triggers declare theirs on the suppressed topic in turn
             follow_upstream=settings.triggers_follow_stager,
+            follow_source=f"{settings.triggers_follow}:",
             progress_topic=TOPIC_TRIGGERS_SUPPRESSED,
             send_to=send_to,
         )

@@ -6,7 +6,7 @@ from typing import Any
 
 from services.common.constants import checked_cents, checked_id, checked_tenant, checked_time
 from services.common.times import epoch_ms
-from services.triggers.domain import CartIn, Input, OrderIn, ProfileIn, TransitionIn
+from services.triggers.domain import CampaignIn, CartIn, Input, OrderIn, ProfileIn, TransitionIn
 
 __all__ = ["FIELDS", "millis", "to_input"]
 
@@ -58,6 +58,15 @@ def _to_input(schema: str, record: dict[str, Any], origin: str) -> tuple[str, st
             record.get("birthday"),
             origin,
         )
+    elif schema == "crm.campaigns.Request":
+        offer = record["offer"]
+        given = None
+        if offer is not None:
+            given = (offer["kind"], checked_cents(offer["value"]) / 100, checked_cents(offer["cost"]) / 100)
+        item = CampaignIn(record["request_id"], checked_id(record["campaign_id"], "campaign_id"),
+                          millis(record["run_at"]), record["action"], record["channel"], record["topic"], given,
+                          record["quiet_hours"], origin)  # fmt: skip
+        item.rule  # noqa: B018 - a campaign no rule can express is refused here, not when deciding
     else:
         return None
     return record["tenant"], record["customer_id"], item

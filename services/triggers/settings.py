@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -20,6 +21,10 @@ class TriggerSettings(StreamSettings):
     # a shard's event time passes only what the stager declared complete on it (its progress
     # records), so transitions never arrive after the time they belong to; off: follow the inputs
     triggers_follow_stager: bool = True
+    # whose progress a shard's time follows: the stager's, or, where scheduled campaigns run, the
+    # analytics history worker's (which follows the stager's and writes the campaigns' requests
+    # before declaring a time complete), so a campaign's requests never arrive after their time
+    triggers_follow: Literal["stager", "analytics"] = "stager"
 
     @property
     def group(self) -> str:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from services.common.errors import ConfigError
 from services.triggers.config import Cap, Guardrails, TriggerConfig, TriggerRule, load_trigger_config
 from services.triggers.domain import (
+    CampaignIn,
     CartIn,
     Decision,
     Input,
@@ -25,6 +26,7 @@ from services.triggers.domain import (
     fire,
     holdout_unit,
     next_birthday,
+    order_key,
     quiet_until,
     take,
     trigger_id,
@@ -626,3 +628,40 @@ def test_held_out_touches_count_towards_fatigue_so_both_groups_are_thinned_alike
     config = _fatigue_config(2, holdout=1.0)
     assert _coupons(TriggerState(), config, [0, 10, 20]) == ["holdout", "holdout", "fatigue"]
     assert _coupons(TriggerState(), _fatigue_config(0, holdout=1.0), [0, 10, 20]) == ["holdout"] * 3
+
+
+# --- scheduled campaigns (member day) ---------------------------------------------------------
+def camp(run_at: int = NOON, rid: str = "r1", channel: str = "sms", quiet: str = "defer") -> CampaignIn:
+    return CampaignIn(rid, "member-day", run_at, "member_day_coupon", channel, "coupons", ("coupon", 20.0, 20.0), quiet)
+
+
+def test_a_campaign_request_is_decided_once_through_the_guardrails() -> None:
+    state = TriggerState()
+    out = run(state, [camp(), camp()], cfg())  # the same request twice (a redelivery)
+    assert [(d.rule.name, d.rule.campaign, d.rule.topic, d.suppressed) for d in out] == [
+        ("member_day", "member-day", "coupons", None)
+    ]
+    assert out[0].trigger_id == trigger_id("member_day", T, C, f"campaign:member-day:{NOON}")
+    assert out[0].offer is not None and out[0].offer.cost == 20.0
+    # the next run of the campaign is another decision; the daily cap of the channel holds it
+    later = run(state, [camp(NOON + HOUR, rid="r2")], cfg())
+    assert [d.suppressed for d in later] == ["frequency_cap"]
+
+
+def test_a_campaign_request_respects_consent_quiet_hours_and_holdout() -> None:
+    opted_out = run(TriggerState(), [ProfileIn("p", NOON - 1, {"sms": False}), camp()], cfg())
+    assert [d.suppressed for d in opted_out] == ["consent"]
+    night = NOON + 12 * HOUR  # 22:00 in Shanghai
+    deferred = run(TriggerState(), [camp(night)], cfg())[0]
+    assert deferred.suppressed is None and deferred.deliver_after == NOON + 23 * HOUR  # 09:00 next morning
+    assert run(TriggerState(), [camp(night, quiet="drop")], cfg())[0].suppressed == "quiet_hours"
+    held = run(TriggerState(), [camp()], cfg(holdout_share=1.0))[0]
+    assert (held.suppressed, held.deliver_after) == ("holdout", NOON)
+
+
+def test_a_campaign_request_goes_after_the_transitions_of_its_instant_and_survives_in_the_state() -> None:
+    assert order_key(camp()) > order_key(tr("considering", at=NOON))
+    state = TriggerState(pending=[camp(NOON + DAY)])
+    again = decode_state(encode_state(state))
+    assert again.pending == [camp(NOON + DAY)]
+    assert again.pending[0].rule == camp().rule
