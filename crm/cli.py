@@ -433,6 +433,56 @@ def audiences_export(expression: str, tenant: str, fmt: str, tags: str, out: Pat
         click.echo(f"wrote {count} customers to {out}")
 
 
+# --- campaigns ---------------------------------------------------------------------------------
+@cli.group()
+def campaigns() -> None:
+    """Scheduled campaigns (member day, member week), through the analytics API."""
+
+
+def _api(method: str, path: str, body: Any = None) -> Any:
+    """A call of the analytics API named by CRM_ANALYTICS_URL and CRM_ANALYTICS_KEY."""
+    import os
+
+    base = os.environ.get("CRM_ANALYTICS_URL", "http://127.0.0.1:8090")
+    key = os.environ.get("CRM_ANALYTICS_KEY", "")
+    if not key:
+        raise CrmError("set CRM_ANALYTICS_KEY to an API key of the analytics service (CRM_ANALYTICS_API_KEYS)")
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{base}{path}", data=data, method=method,
+                                     headers={"X-API-Key": key, "Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        said = json.loads(exc.read() or b"{}").get("error", exc.reason)
+        raise CrmError(f"the analytics API answered {exc.code}: {said}") from None
+    except urllib.error.URLError as exc:
+        raise CrmError(
+            f"the analytics API at {base} does not answer ({exc.reason}); start it: crm analytics api"
+        ) from None
+
+
+@campaigns.command("create")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tenant", required=True)
+def campaigns_create(spec: Path, tenant: str) -> None:
+    """Schedule the campaign of the JSON file SPEC: name, audience (stages), action, channel,
+    topic, offer, quiet_hours, and `at` (once) or `weekly` (day, hour, timezone, start, until)."""
+    body = _api("POST", f"/v1/{tenant}/campaigns", json.loads(spec.read_text()))
+    click.echo(
+        f"scheduled {body['name']!r} for {body['audience']}; next runs: {', '.join(body['next_runs']) or 'none'}"
+    )
+
+
+@campaigns.command("list")
+@click.option("--tenant", required=True)
+def campaigns_list(tenant: str) -> None:
+    """The scheduled campaigns of TENANT."""
+    for c in _api("GET", f"/v1/{tenant}/campaigns")["campaigns"]:
+        when = c["at"] or f"every {c['weekly']['day']} {c['weekly']['hour']:02d}:{c['weekly']['minute']:02d}"
+        click.echo(f"{c['name']:24} {when:26} {c['action']:22} {c['channel']:6} {c['audience']}")
+
+
 @cli.group()
 def report() -> None:
     """Reports for marketers."""

@@ -22,19 +22,21 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from services.analytics import query
-from services.analytics.audience import ATTRIBUTES, FOLLOW_TARGETS, ExpressionError, Node, parse
+from services.analytics.audience import ATTRIBUTES, FOLLOW_TARGETS, ExpressionError, Node, parse, terms
+from services.analytics.campaigns import CampaignSpec, runs
 from services.analytics.query import AUDIENCE_NAME, EXPORT_FORMATS
 from services.analytics.settings import AnalyticsSettings
 from services.common import keys
 from services.common.clock import tenant_clock
-from services.common.constants import MAX_TIME_MS, MODEL_STAGES
+from services.common.constants import MAX_TIME_MS, MODEL_STAGES, checked_tenant
 from services.common.errors import ConfigError
 from services.common.metrics import PREFIX, metrics_handler
 from services.common.redisbatch import connect
-from services.common.settings import load_settings
+from services.common.settings import config_problem, load_settings
 from services.common.times import iso, parse_instant
 
 __all__ = ["create_app", "main"]
@@ -73,6 +75,8 @@ def create_app(settings: AnalyticsSettings, registry: CollectorRegistry | None =
     app.router.add_get("/static/{file}", static)
     app.router.add_get("/v1/{tenant}/info", info)
     app.router.add_get("/v1/{tenant}/campaigns/results", campaign_results)
+    app.router.add_get("/v1/{tenant}/campaigns", list_campaigns)
+    app.router.add_post("/v1/{tenant}/campaigns", create_campaign)
     app.router.add_get("/v1/{tenant}/audiences", list_audiences)
     app.router.add_post("/v1/{tenant}/audiences", save_audience)
     app.router.add_get("/v1/{tenant}/audiences/count", audience_count)
@@ -110,8 +114,9 @@ def _measured(requests: Counter, latency: Histogram) -> Any:
     return middleware
 
 
-async def _tenant(request: web.Request) -> str:
-    """The tenant of the path, once the key may read it and it has data; else 401/403."""
+async def _tenant(request: web.Request, *, with_data: bool = True) -> str:
+    """The tenant of the path, once the key may read it and (`with_data`) it has data; else
+    401/403. Scheduling a campaign needs no data yet: a brand may plan before its first event."""
     tenant = request.match_info["tenant"]
     given = request.headers.get("X-API-Key", "").encode()
     if not given:
@@ -126,9 +131,8 @@ async def _tenant(request: web.Request) -> str:
         raise web.HTTPUnauthorized(
             text='{"error": "missing or invalid API key (X-API-Key header)"}', content_type="application/json"
         )
-    if (scope is not None and tenant not in scope) or not await request.app[REDIS].sismember(
-        keys.tenants_key(), tenant
-    ):
+    known = not with_data or await request.app[REDIS].sismember(keys.tenants_key(), tenant)
+    if (scope is not None and tenant not in scope) or not known:
         raise web.HTTPForbidden(
             text=f'{{"error": "this key may not read tenant {_quoted(tenant)}, or it has no data"}}',
             content_type="application/json",
@@ -258,6 +262,46 @@ async def campaign_results(request: web.Request) -> web.Response:
     (every trial, and the final ones alone), by campaign id."""
     tenant = await _tenant(request)
     raw: dict[Any, Any] = await request.app[REDIS].hgetall(keys.campaign_results_key(tenant))
+    return web.json_response({"tenant": tenant, "campaigns": [json.loads(v) for _, v in sorted(raw.items())]})
+
+
+async def create_campaign(request: web.Request) -> web.Response:
+    """Schedule a campaign (`services.analytics.campaigns.CampaignSpec` as JSON): its audience an
+    expression of stages (saved audiences named in it are copied in as they are now), 201 with
+    what was saved and its next runs."""
+    tenant = await _tenant(request, with_data=False)
+    try:
+        checked_tenant(tenant)
+    except ValueError as exc:
+        raise BadQuery(str(exc)) from None
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadQuery("the body must be a JSON campaign") from None
+    try:
+        spec = CampaignSpec.model_validate(body)
+    except ValidationError as exc:
+        raise BadQuery("; ".join(config_problem(".".join(str(p) for p in e["loc"]), e) for e in exc.errors())) from None
+    audience = await query.Audiences(request.app[REDIS], tenant, _NOW, 1).inline(parse(spec.audience))
+    kinds = {t.kind for t in terms(audience)}
+    if not kinds <= set(MODEL_STAGES):
+        raise BadQuery(
+            "a campaign's audience is an expression of stages (model:stage), for now: attributes and follows "
+            "are kept as they arrive, so a run's members would depend on the data's pace"
+        )
+    spec = spec.model_copy(update={"audience": str(audience)})
+    redis = request.app[REDIS]
+    await redis.hset(keys.campaign_specs_key(tenant), spec.name, spec.model_dump_json())
+    clocks: dict[Any, Any] = await redis.hgetall(keys.analytics_clock_key())
+    _, watermark = tenant_clock(clocks, tenant)
+    upcoming = [iso(at) for at in runs(spec, watermark, MAX_TIME_MS)[:5]]
+    return web.json_response({"tenant": tenant, **spec.model_dump(mode="json"), "next_runs": upcoming}, status=201)
+
+
+async def list_campaigns(request: web.Request) -> web.Response:
+    """The tenant's scheduled campaigns."""
+    tenant = await _tenant(request, with_data=False)
+    raw: dict[Any, Any] = await request.app[REDIS].hgetall(keys.campaign_specs_key(tenant))
     return web.json_response({"tenant": tenant, "campaigns": [json.loads(v) for _, v in sorted(raw.items())]})
 
 

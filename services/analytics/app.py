@@ -42,6 +42,7 @@ def create_app(settings: AnalyticsSettings, registry: CollectorRegistry | None =
             metrics=AnalyticsMetrics(metrics),
             sent_since=kafka_sent_since(settings.kafka_bootstrap, codec),
             shards=lambda: kafka.owned(SOURCE_TOPICS),
+            send_to=kafka.send_to,
         ),
         registry,
     )

@@ -14,6 +14,8 @@ A transition of a day already closed is dead-lettered (`too late`).
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,20 +24,24 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from services.analytics.audience import ATTRIBUTES, FOLLOW_TARGETS
+from services.analytics.audience import ATTRIBUTES, FOLLOW_TARGETS, parse
+from services.analytics.campaigns import CampaignSpec, request_id, runs
 from services.analytics.history import DAY_MS, Transition
 from services.analytics.metrics import AnalyticsMetrics
+from services.analytics.query import Audiences
 from services.analytics.settings import AnalyticsSettings
 from services.analytics.store import load_for_write, queue_changes, queue_open
 from services.common import keys
 from services.common.avro import Codec
-from services.common.constants import MODEL_STAGES, checked_id, checked_tenant, checked_time
+from services.common.constants import MODEL_STAGES, TOPIC_CAMPAIGN_REQUESTS, checked_id, checked_tenant, checked_time
 from services.common.engine import Batch, DeadLetters, StreamEngine
-from services.common.outbox import SentSince
-from services.common.produce import Send
+from services.common.outbox import SentSince, pack
+from services.common.produce import Send, SendTo
 from services.common.times import epoch_ms, iso
 
 __all__ = ["ASSIGN_IDS", "AnalyticsEngine", "Facts", "Input", "Move", "queue_facts", "to_input"]
+
+log = logging.getLogger(__name__)
 
 # KEYS[1]: customer -> id, KEYS[2]: id -> customer; ARGV: customers. Returns their ids, giving
 # each new customer the next free one (the names hash's length: ids are dense from 0).
@@ -143,9 +149,12 @@ class AnalyticsEngine(StreamEngine[Input]):
         metrics: AnalyticsMetrics,
         sent_since: SentSince,
         shards: Callable[[], Iterable[int]] | None = None,
+        send_to: SendTo | None = None,
     ) -> None:
-        """`send(topic, key, value)` produces (dead letters); `sent_since` finds outbox records
-        already on Kafka; `shards()` are the partitions this worker owns (default: every one)."""
+        """`send(topic, key, value)` produces (dead letters and campaign requests); `sent_since`
+        finds outbox records already on Kafka; `shards()` are the partitions this worker owns
+        (default: every one); `send_to(topic, partition, value)` writes the progress records on
+        crm.campaigns.requests (None: none written)."""
         super().__init__(
             redis=redis,
             codec=codec,
@@ -161,9 +170,12 @@ class AnalyticsEngine(StreamEngine[Input]):
             shards=shards or (lambda: range(settings.partitions)),
             fields=FIELDS,
             follow_upstream=settings.analytics_follow_stager,
+            progress_topic=TOPIC_CAMPAIGN_REQUESTS,
+            send_to=send_to,
         )
         self.snapshot_every = settings.analytics_snapshot_every
         self.closed: dict[tuple[str, int], int] = {}  # (tenant, shard) -> the last day closed in every model
+        self.specs: dict[bytes, CampaignSpec] = {}  # saved JSON -> the campaign
         self.readouts: dict[tuple[str, str], str] = {}  # (tenant, campaign) -> its latest readout (JSON) of the batch
 
     def to_input(self, schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Input] | None:
@@ -261,6 +273,7 @@ class AnalyticsEngine(StreamEngine[Input]):
         """No timers: days are closed after each tick."""
 
     async def after_tick(self, owned: set[int]) -> None:
+        await self._run_campaigns(owned)
         for tenant, clock in self.clocks.items():
             for shard in owned:
                 state = clock.shards.get(shard)
@@ -269,6 +282,53 @@ class AnalyticsEngine(StreamEngine[Input]):
                 until = (state.watermark + 1) // DAY_MS - 1  # the last day the watermark has passed whole
                 if until > await self._closed(tenant, shard):
                     await self._close(tenant, shard, until)
+
+    async def _run_campaigns(self, owned: set[int]) -> None:
+        """Every run of a scheduled campaign the shard's watermark has passed, not yet fired on
+        the shard: its audience on the shard as it stood at the run's time, one request per
+        member through the outbox, in one MULTI with the run's mark (so once, whatever crashes);
+        the progress record of the tick follows them."""
+        for tenant, clock in self.clocks.items():
+            raw = await self.redis.hgetall(keys.campaign_specs_key(tenant))
+            specs = [self._spec(v) for _, v in sorted(raw.items())]
+            for shard in sorted(owned):
+                state = clock.shards.get(shard)
+                if not specs or state is None:
+                    continue
+                done = await self.redis.hgetall(keys.campaign_runs_key(tenant, shard))
+                for spec in specs:
+                    for at in runs(spec, int(done.get(spec.name.encode(), -1)), state.watermark):
+                        await self._run(tenant, shard, spec, at)
+
+    def _spec(self, raw: bytes) -> CampaignSpec:
+        found = self.specs.get(raw)
+        if found is None:
+            found = self.specs[raw] = CampaignSpec.model_validate_json(raw)
+        return found
+
+    async def _run(self, tenant: str, shard: int, spec: CampaignSpec, at: int) -> None:
+        audiences = Audiences(self.redis, tenant, at, self.settings.partitions, self.snapshot_every, only=[shard])
+        ids = list((await audiences.members(parse(spec.audience)))[0])
+        written = int(time.time() * 1000)
+        entries = {}
+        offer = None if spec.offer is None else spec.offer.model_dump()
+        for customer in await audiences.names(shard, ids):
+            if customer is None:
+                continue
+            ident = request_id(tenant, spec.name, at, customer)
+            record = {"request_id": ident, "tenant": tenant, "customer_id": customer, "campaign_id": spec.name,
+                      "run_at": at, "action": spec.action, "channel": spec.channel, "topic": spec.topic,
+                      "offer": offer, "quiet_hours": spec.quiet_hours}  # fmt: skip
+            value = self.codec.encode("crm.campaigns.Request", record)
+            entries[ident] = pack(written, TOPIC_CAMPAIGN_REQUESTS, customer, value)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self.outbox.queue(pipe, {shard: entries})
+            pipe.hset(keys.campaign_runs_key(tenant, shard), spec.name, at)
+            await pipe.execute()
+        await self.outbox.send({shard: entries})
+        self.metrics.requests.labels(spec.name).inc(len(entries))
+        log.info("%s: campaign %s ran at %s on shard %d of tenant %s: %d requests", self.source, spec.name,
+                 iso(at), shard, tenant, len(entries))  # fmt: skip
 
     async def _close(self, tenant: str, shard: int, until: int) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -17,6 +17,8 @@ class AnalyticsMetrics(LoopMetrics):
         name = f"{PREFIX}analytics_"
         self.kept = Counter(f"{name}transitions", "Stage transitions added to the history", ["model"],
                             registry=registry)  # fmt: skip
+        self.requests = Counter(f"{name}campaign_requests", "Audience members sent to the triggers by campaign runs",
+                                ["campaign"], registry=registry)  # fmt: skip
         self.closed = Counter(
             f"{name}days_closed", "Days with changes closed into bitmaps", ["model"], registry=registry
         )

@@ -18,7 +18,7 @@ from typing import Any
 
 from pyroaring import BitMap
 
-from services.analytics.audience import ExpressionError, Node, Term, evaluate, parse, terms
+from services.analytics.audience import ExpressionError, Node, Op, Term, evaluate, parse, terms
 from services.analytics.history import NONE, History
 from services.analytics.store import load_for_read
 from services.common import keys
@@ -40,14 +40,20 @@ __all__ = [
 
 
 async def _histories(
-    redis: Any, tenant: str, model: str, instants: Sequence[int], partitions: int, snapshot_every: int
+    redis: Any,
+    tenant: str,
+    model: str,
+    instants: Sequence[int],
+    partitions: int,
+    snapshot_every: int,
+    shards: Sequence[int] | None = None,
 ) -> list[History]:
     stages = MODEL_STAGES[model]
     return list(
         await asyncio.gather(
             *(
                 load_for_read(redis, tenant, model, shard, stages, instants, snapshot_every)
-                for shard in range(partitions)
+                for shard in (range(partitions) if shards is None else shards)
             )
         )
     )
@@ -77,10 +83,19 @@ async def series(
 
 
 async def members(
-    redis: Any, tenant: str, model: str, at: int, *, partitions: int, snapshot_every: int = 7
+    redis: Any,
+    tenant: str,
+    model: str,
+    at: int,
+    *,
+    partitions: int,
+    snapshot_every: int = 7,
+    shards: Sequence[int] | None = None,
 ) -> list[dict[str, BitMap]]:
-    """Per shard, each stage's members (dense ids of that shard) at instant `at`."""
-    return [h.members_at(at) for h in await _histories(redis, tenant, model, [at], partitions, snapshot_every)]
+    """Per shard (of `shards`, default all), each stage's members (dense ids of that shard) at
+    instant `at`."""
+    found = await _histories(redis, tenant, model, [at], partitions, snapshot_every, shards)
+    return [h.members_at(at) for h in found]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +168,7 @@ class Audiences:
     at: int
     partitions: int
     snapshot_every: int = 7
+    only: Sequence[int] | None = None  # the shards to answer for (default: every one)
     stages: dict[str, list[dict[str, BitMap]]] = field(default_factory=dict)  # model -> per shard
     attributes: dict[tuple[str, str], list[BitMap]] = field(default_factory=dict)
     saved: dict[str, list[BitMap]] = field(default_factory=dict)  # audience name -> per shard
@@ -160,7 +176,12 @@ class Audiences:
     async def members(self, tree: Node, depth: int = 0) -> list[BitMap]:
         """Per shard, the expression's members (dense ids of the shard)."""
         await self._load(tree, depth)
-        return [evaluate(tree, partial(self._term, shard=shard)) for shard in range(self.partitions)]
+        return [evaluate(tree, partial(self._term, shard=i)) for i in range(len(self.shards))]
+
+    @property
+    def shards(self) -> list[int]:
+        """The shards answered for; every per-shard list is in their order."""
+        return list(range(self.partitions) if self.only is None else self.only)
 
     async def count(self, tree: Node) -> int:
         return sum(len(b) for b in await self.members(tree))
@@ -168,7 +189,7 @@ class Audiences:
     async def values(self, name: str) -> list[str]:
         """Every value attribute `name` has taken in any shard."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for shard in range(self.partitions):
+            for shard in self.shards:
                 pipe.smembers(keys.attribute_values_key(self.tenant, shard, name))
             found = await pipe.execute()
         return sorted({v.decode() for values in found for v in values})
@@ -208,7 +229,7 @@ class Audiences:
         chosen = await self.members(tree)
         tagged = {tag: await self.members(parse(f"audience:{tag}")) for tag in tags}
         yield "customer_id,tags\r\n" if fmt == "csv" else ""
-        for shard, found in enumerate(chosen):
+        for i, (shard, found) in enumerate(zip(self.shards, chosen, strict=True)):
             ids = list(found)
             for start in range(0, len(ids), EXPORT_CHUNK):
                 part = ids[start : start + EXPORT_CHUNK]
@@ -216,7 +237,7 @@ class Audiences:
                 for ident, customer in zip(part, await self.names(shard, part), strict=True):
                     if customer is None:
                         continue
-                    carried = [t for t in tags if ident in tagged[t][shard]]
+                    carried = [t for t in tags if ident in tagged[t][i]]
                     if fmt == "csv":
                         lines.append(f"{csv_field(customer)},{csv_field(' '.join(carried))}\r\n")
                     else:
@@ -239,16 +260,31 @@ class Audiences:
             else:
                 await self._attribute(_attribute_name(term), _attribute_value(term))
 
+    async def inline(self, tree: Node, depth: int = 0) -> Node:
+        """`tree` with every saved audience it names replaced by that audience's expression now."""
+        if isinstance(tree, Term):
+            if tree.kind != "audience":
+                return tree
+            if depth >= MAX_DEPTH:
+                raise ExpressionError(f"audience:{tree.value} nests saved audiences more than {MAX_DEPTH} deep",
+                                      tree.position)  # fmt: skip
+            raw = await self.redis.hget(keys.audiences_key(self.tenant), tree.value)
+            if raw is None:
+                raise ExpressionError(f"no saved audience {tree.value!r}", tree.position)
+            return await self.inline(parse(json.loads(raw)["expression"]), depth + 1)
+        return Op(tree.op, await self.inline(tree.left, depth), await self.inline(tree.right, depth))
+
     async def _stages(self, model: str) -> None:
         if model not in self.stages:
             self.stages[model] = await members(self.redis, self.tenant, model, self.at, partitions=self.partitions,
+                                               shards=self.shards,
                                                snapshot_every=self.snapshot_every)  # fmt: skip
 
     async def _attribute(self, name: str, value: str) -> None:
         if (name, value) in self.attributes:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for shard in range(self.partitions):
+            for shard in self.shards:
                 pipe.get(keys.attribute_key(self.tenant, shard, name, value))
             found = await pipe.execute()
         self.attributes[(name, value)] = [bitmap_of(raw) for raw in found]

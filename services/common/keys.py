@@ -24,6 +24,8 @@ __all__ = [
     "attribute_key",
     "attribute_values_key",
     "audiences_key",
+    "campaign_specs_key",
+    "campaign_runs_key",
     "campaign_results_key",
     "analytics_outbox_key",
     "analytics_clock_key",
@@ -168,6 +170,16 @@ def attribute_values_key(tenant: str, shard: int, name: str) -> str:
 def campaign_results_key(tenant: str) -> str:
     """Hash campaign id -> JSON of its latest readout from crm.attribution.readouts (analytics)."""
     return f"{REDIS_PREFIX}an:campaigns:{tenant}"
+
+
+def campaign_specs_key(tenant: str) -> str:
+    """Hash campaign id -> JSON of a scheduled campaign (`services.analytics.campaigns`)."""
+    return f"{REDIS_PREFIX}an:campaign-specs:{tenant}"
+
+
+def campaign_runs_key(tenant: str, shard: int) -> str:
+    """Hash campaign id -> the time of its last run fired on the shard."""
+    return f"{REDIS_PREFIX}hist:{{{tenant}:{shard}}}:runs"
 
 
 def audiences_key(tenant: str) -> str:

@@ -42,12 +42,14 @@ def unpack(entry: bytes) -> tuple[int, str, bytes, bytes]:
 
 def record_id(schema: str, record: dict[str, Any]) -> str | None:
     """The outbox id a record on Kafka carries: a decision's trigger id, an attribution's id (and
-    whether it takes one back), or a dead letter's source and position (see
+    whether it takes one back), a campaign request's id, or a dead letter's source and position (see
     `services.common.deadletter.dead_letter_id`)."""
     if schema == "crm.triggers.Trigger":
         return str(record["trigger_id"])
     if schema == "crm.attribution.Attribution":
         return f"{record['attribution_id']}|retracted" if record["retracted"] else str(record["attribution_id"])
+    if schema == "crm.campaigns.Request":
+        return str(record["request_id"])
     if schema == "crm.events.DeadLetter":
         return f"dlq|{record['source']}|{record['topic']}|{record['partition']}|{record['offset']}"
     return None

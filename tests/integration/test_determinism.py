@@ -39,6 +39,7 @@ from services.common.constants import (
 from services.common.tail import read_topic
 from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
+from services.triggers.app import SOURCE_TOPICS as TRIGGERS_SOURCES
 from services.triggers.settings import TriggerSettings
 from tests.conftest import StackInfo
 from tests.integration.batch_rules import cdnow_events, expected_counts, expected_flow, taobao_events
@@ -48,7 +49,7 @@ from tests.integration.stager_process import AnalyticsProcess, StagerProcess, Tr
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CDNOW_SAMPLE = DATA / "cdnow" / "CDNOW_sample.txt"
 DECISIONS = (TOPIC_TRIGGERS_COUPONS, TOPIC_TRIGGERS_REMINDERS, TOPIC_TRIGGERS_OUTREACH, TOPIC_TRIGGERS_SUPPRESSED)
-TRIGGER_INPUTS = (TOPIC_STAGE_TRANSITIONS, event_topic("order"), event_topic("cart"), event_topic("profile"))
+TRIGGER_INPUTS = TRIGGERS_SOURCES
 HISTORY_INPUTS = ANALYTICS_SOURCES
 STAGER_INPUTS = (*(event_topic(t) for t in ("browse", "cart", "order", "follow")), TOPIC_REFERRALS)
 # name -> (event seconds per wall second or None for full speed, batch size, workers of each service)

@@ -24,6 +24,7 @@ from services.common import keys
 from services.common.avro import Codec, default_codec
 from services.common.constants import (
     MAX_TIME_MS,
+    TOPIC_CAMPAIGN_REQUESTS,
     TOPIC_DLQ,
     TOPIC_REFERRALS,
     TOPIC_STAGE_TRANSITIONS,
@@ -31,6 +32,7 @@ from services.common.constants import (
     event_topic,
 )
 from services.common.tail import read_topic
+from services.triggers.app import SOURCE_TOPICS as TRIGGERS_SOURCES
 from tests.conftest import StackInfo
 from tests.integration.stager_process import AnalyticsProcess, AttributionProcess, StagerProcess, TriggersProcess
 from tests.integration.test_determinism import start_at_end
@@ -45,7 +47,7 @@ OUT_OF_RANGE = {
     "progress beyond any time",
     "progress of a tenant with a control character",
 }
-TRIGGER_TOPICS = {TOPIC_STAGE_TRANSITIONS, event_topic("order"), event_topic("cart"), event_topic("profile")}
+TRIGGER_TOPICS = set(TRIGGERS_SOURCES)
 ATTRIBUTION_TOPICS = set(ATTRIBUTION_SOURCES)
 ANALYTICS_TOPICS = set(ANALYTICS_SOURCES)
 READERS = {"stager": STAGER_TOPICS, "triggers": TRIGGER_TOPICS, "attribution": ATTRIBUTION_TOPICS,
@@ -65,6 +67,13 @@ def _valid(topic: str, tenant: str, customer: str, n: int, **override: Any) -> t
         return "crm.events.Order", {**base, "order_id": f"o-{n}", "status": "paid", "amount": 10.0, **override}
     if topic == event_topic("profile"):
         return "crm.events.Profile", {**base, "consent": {"sms": True}, "city": "Hangzhou", **override}
+    if topic == TOPIC_CAMPAIGN_REQUESTS:
+        record = {"request_id": base["event_id"], "tenant": tenant, "customer_id": customer, "campaign_id": "md",
+                  "run_at": base["event_time"], "action": "member_day_coupon", "channel": "sms", "topic": "coupons",
+                  "offer": None, "quiet_hours": "defer", **override}  # fmt: skip
+        if "event_time" in record:
+            record["run_at"] = record.pop("event_time")
+        return "crm.campaigns.Request", record
     if topic == TOPIC_REFERRALS:
         return "crm.stage.ReferralCredit", {**base, "referred_customer_id": "x", **override}
     at = override.pop("event_time", T0 + n)
@@ -94,7 +103,7 @@ def _bad(codec: Codec, topic: str, tenant: str, n: int) -> list[tuple[str, bytes
         ("truncated", good[:14], readers),
         ("time before 1970", codec.encode(*_valid(topic, tenant, "bad", n + 2, event_time=-5)), readers),
     ]
-    if topic in (TOPIC_STAGE_TRANSITIONS, TOPIC_TRIGGERS_SUPPRESSED):  # progress no clock can hold
+    if topic in (TOPIC_STAGE_TRANSITIONS, TOPIC_TRIGGERS_SUPPRESSED, TOPIC_CAMPAIGN_REQUESTS):  # no clock holds
 
         def progress(who: str, watermark: int) -> bytes:
             return codec.encode("crm.stage.Progress", {"tenant": who, "partition": 0, "watermark": watermark,
