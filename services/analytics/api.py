@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from services.analytics import query
 from services.analytics.audience import ATTRIBUTES, FOLLOW_TARGETS, ExpressionError, Node, parse, terms
@@ -104,6 +106,9 @@ def _measured(requests: Counter, latency: Histogram) -> Any:
             response = web.json_response({"error": str(exc)}, status=400)
         except ExpressionError as exc:
             response = web.json_response({"error": str(exc), "position": exc.position}, status=400)
+        except RedisError as exc:
+            response = web.json_response({"error": f"the store is not answering ({type(exc).__name__}); retry"},
+                                         status=503)  # fmt: skip
         except web.HTTPException as exc:
             requests.labels(str(exc.status)).inc()
             raise
@@ -134,14 +139,10 @@ async def _tenant(request: web.Request, *, with_data: bool = True) -> str:
     known = not with_data or await request.app[REDIS].sismember(keys.tenants_key(), tenant)
     if (scope is not None and tenant not in scope) or not known:
         raise web.HTTPForbidden(
-            text=f'{{"error": "this key may not read tenant {_quoted(tenant)}, or it has no data"}}',
+            text=json.dumps({"error": f"this key may not read tenant {tenant[:100]!r}, or it has no data"}),
             content_type="application/json",
         )
     return tenant
-
-
-def _quoted(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')[:100]
 
 
 def _model(request: web.Request) -> str:
@@ -180,7 +181,7 @@ async def stage_counts(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     found = await query.counts(request.app[REDIS], tenant, model, at, partitions=settings.partitions,
                                snapshot_every=settings.analytics_snapshot_every)  # fmt: skip
-    return web.json_response({"tenant": tenant, "model": model, "at": None if at == _NOW else iso(at),
+    return web.json_response({"tenant": tenant, "model": model, "at": iso(at) if "at" in request.query else None,
                               "counts": found, "total": sum(found.values())})  # fmt: skip
 
 
@@ -364,9 +365,8 @@ async def audience_count(request: web.Request) -> web.Response:
     tenant = await _tenant(request)
     tree = _expression(request)
     count = await _audiences(request, tenant).count(tree)
-    at = _instant(request, "at", _NOW)
-    return web.json_response({"tenant": tenant, "expression": str(tree), "at": None if at == _NOW else iso(at),
-                              "count": count})  # fmt: skip
+    shown = iso(_instant(request, "at", _NOW)) if "at" in request.query else None
+    return web.json_response({"tenant": tenant, "expression": str(tree), "at": shown, "count": count})
 
 
 async def audience_export(request: web.Request) -> web.StreamResponse:
@@ -383,7 +383,7 @@ async def audience_export(request: web.Request) -> web.StreamResponse:
     first = await anext(rows)  # the audiences it names exist (a 400 comes before any byte)
     response = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson",
-        "Content-Disposition": f'attachment; filename="{tenant}-audience.{fmt}"',
+        "Content-Disposition": f'attachment; filename="{re.sub(r"[^A-Za-z0-9._-]", "_", tenant)}-audience.{fmt}"',
     })  # fmt: skip
     await response.prepare(request)
     await response.write(first.encode())

@@ -29,6 +29,7 @@ from services.common.constants import MODEL_STAGES
 __all__ = ["ATTRIBUTES", "FOLLOW_TARGETS", "ExpressionError", "Node", "Op", "Term", "evaluate", "parse", "terms"]
 
 ATTRIBUTES = ("city", "gender", "age_band", "member_since")  # profile attributes (member_since: a year)
+MAX_NESTING = 32  # parentheses within parentheses
 FOLLOW_TARGETS = ("brand", "store", "official_account")  # a product's favourite is no tag
 _KINDS = (*MODEL_STAGES, *ATTRIBUTES, "follow", "audience")
 _TOKEN = re.compile(r'\s*(?:(?P<op>[&|\-()])|(?P<word>(?:[^\s&|()"]|"[^"]*")+))')
@@ -115,10 +116,13 @@ def _term(word: str, position: int) -> Term:
 class _Parser:
     """Recursive descent over the tokens of one expression."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, max_terms: int) -> None:
         self.text = text
         self.tokens = _tokens(text)
         self.at = 0
+        self.depth = 0  # parentheses open
+        self.terms = 0
+        self.max_terms = max_terms
 
     def peek(self) -> tuple[str, str, int] | None:
         return self.tokens[self.at] if self.at < len(self.tokens) else None
@@ -130,10 +134,17 @@ class _Parser:
         kind, value, pos = token
         self.at += 1
         if kind == "word":
+            self.terms += 1
+            if self.terms > self.max_terms:
+                raise ExpressionError(f"more than {self.max_terms} terms", pos)
             return _term(value, pos)
         if value != "(":
             raise ExpressionError(f"expected a term, found {value!r}", pos)
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise ExpressionError(f"parentheses nest more than {MAX_NESTING} deep", pos)
         inner = self.union()
+        self.depth -= 1
         closing = self.peek()
         if closing is None or closing[1] != ")":
             raise ExpressionError("'(' is never closed", pos)
@@ -157,7 +168,7 @@ class _Parser:
 
 def parse(text: str, max_terms: int = 64) -> Node:
     """The tree of `text`; ExpressionError naming the position of the first problem."""
-    parser = _Parser(text)
+    parser = _Parser(text, max_terms)
     if not parser.tokens:
         raise ExpressionError("an empty expression", 0)
     tree = parser.union()
@@ -165,8 +176,6 @@ def parse(text: str, max_terms: int = 64) -> Node:
     if rest is not None:
         what = "')' without its '('" if rest[1] == ")" else f"expected an operator (& | -), found {rest[1]!r}"
         raise ExpressionError(what, rest[2])
-    if len(terms(tree)) > max_terms:
-        raise ExpressionError(f"more than {max_terms} terms", 0)
     return tree
 
 

@@ -59,10 +59,11 @@ end
 return out
 """
 FIELDS: dict[str, tuple[str, ...]] = {
-    "crm.stage.StageTransition": ("tenant", "customer_id", "model", "to_stage", "at"),
+    # to the last field: a record cut short is refused, not read in part
+    "crm.stage.StageTransition": ("tenant", "customer_id", "model", "to_stage", "at", "seq"),
     "crm.events.Follow": ("event_id", "customer_id", "tenant", "event_time", "target_type", "action"),
 }
-MAX_VALUE_LENGTH = 128
+MAX_VALUE_LENGTH = 1024  # beyond what ingest accepts by default (256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +91,11 @@ class Facts:
 Input = Move | Facts
 
 
-def _value(value: str, what: str) -> str:
-    if len(value) > MAX_VALUE_LENGTH or not value:
-        raise ValueError(f"out of range: {what} must have 1 to {MAX_VALUE_LENGTH} characters")
-    return checked_id(value, what)
+def _value(value: str, what: str) -> str | None:
+    """An attribute's value (None: an empty one clears it); ValueError beyond what a key holds."""
+    if len(value) > MAX_VALUE_LENGTH:
+        raise ValueError(f"out of range: {what} longer than {MAX_VALUE_LENGTH} characters")
+    return checked_id(value, what) or None
 
 
 def _facts(schema: str, record: dict[str, Any], origin: str) -> Facts | None:
@@ -120,7 +122,9 @@ def to_input(schema: str, record: dict[str, Any], origin: str) -> tuple[str, str
     model or stage of no model, or a time, tenant, customer or value no history can hold."""
     if schema in ("crm.events.Profile", "crm.events.Follow"):
         facts = _facts(schema, record, origin)
-        return None if facts is None else (checked_tenant(record["tenant"]), checked_id(record["customer_id"]), facts)
+        if facts is None:
+            return None
+        return _named(checked_tenant(record["tenant"]), "tenant"), _named(record["customer_id"], "customer_id"), facts
     if schema != "crm.stage.StageTransition":
         return None
     model, stage = record["model"], record["to_stage"]
@@ -130,7 +134,14 @@ def to_input(schema: str, record: dict[str, Any], origin: str) -> tuple[str, str
     if stage is not None and stage not in stages:
         raise ValueError(f"out of range: {stage!r} is no stage of {model}")
     move = Move(checked_time(epoch_ms(record["at"])), model, stage, int(origin.rsplit("|", 1)[1]), origin)
-    return checked_tenant(record["tenant"]), checked_id(record["customer_id"]), move
+    return _named(checked_tenant(record["tenant"]), "tenant"), _named(record["customer_id"], "customer_id"), move
+
+
+def _named(value: str, what: str) -> str:
+    """A tenant or customer id a history can hold: not empty, not over MAX_VALUE_LENGTH."""
+    if not value or len(value) > MAX_VALUE_LENGTH:
+        raise ValueError(f"out of range: {what} must have 1 to {MAX_VALUE_LENGTH} characters")
+    return checked_id(value, what)
 
 
 class AnalyticsEngine(StreamEngine[Input]):
@@ -279,7 +290,10 @@ class AnalyticsEngine(StreamEngine[Input]):
                 state = clock.shards.get(shard)
                 if state is None:
                     continue
-                until = (state.watermark + 1) // DAY_MS - 1  # the last day the watermark has passed whole
+                # the last day the watermark has passed whole, and no later than anything seen:
+                # following the stager, an idle shard's time is what it declared, which a forged
+                # or far-off progress record could put years ahead
+                until = (min(state.watermark, clock.latest) + 1) // DAY_MS - 1
                 if until > await self._closed(tenant, shard):
                     await self._close(tenant, shard, until)
 
@@ -362,14 +376,14 @@ def queue_facts(
     pipe: Any, tenant: str, shard: int, facts: list[tuple[int, Facts]], current: dict[str, bytes | None]
 ) -> None:
     """Queue the attribute changes of `facts` (id, facts) given the values held now (`current`,
-    field "<id>|<attribute>" -> "<time>|<event id>|<value>"): for each attribute the latest update
+    field "<id>|<attribute>" -> JSON [time, event id, value]): for each attribute the latest update
     by (time, event id) wins, whatever the order they come in; its customer's bit moves from the
     old value's bitmap to the new one's."""
     held: dict[str, tuple[int, str, str]] = {}
     for field, raw in current.items():
         if raw is not None:
-            when, said, text = raw.decode().split("|", 2)
-            held[field] = (int(when), said, text)
+            when, said, text = json.loads(raw)  # ids and values may hold any printable character
+            held[field] = (int(when), str(said), str(text))
     changed: dict[str, tuple[int, str, str]] = {}
     for who, f in facts:
         for name, value in f.values:
@@ -387,7 +401,7 @@ def queue_facts(
         if now:
             pipe.setbit(keys.attribute_key(tenant, shard, name, now), ident, 1)
             pipe.sadd(keys.attribute_values_key(tenant, shard, name), now)
-        pipe.hset(keys.attribute_state_key(tenant, shard), field, f"{at}|{event_id}|{now}")
+        pipe.hset(keys.attribute_state_key(tenant, shard), field, json.dumps([at, event_id, now]))
 
 
 def _day(day: int) -> str:

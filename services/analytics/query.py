@@ -141,6 +141,7 @@ async def flow(
 AUDIENCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 EXPORT_FORMATS = ("csv", "ndjson")
 EXPORT_CHUNK = 5000
+MAX_TAGS = 16  # saved audiences an export marks its rows with
 _BITS = [tuple(i for i in range(8) if byte & (0x80 >> i)) for byte in range(256)]
 MAX_DEPTH = 8  # saved audiences naming saved audiences, at most this deep
 
@@ -217,6 +218,7 @@ class Audiences:
         tree = parse(text)
         if any(t.kind == "audience" and t.value == name for t in terms(tree)):
             raise ValueError(f"audience {name!r} cannot name itself")
+        await self.inline(tree, seen=(name,))  # no cycle through other saved audiences either
         count = await self.count(tree)
         record = {"expression": text, "saved_at": iso(int(time.time() * 1000))}
         await self.redis.hset(keys.audiences_key(self.tenant), name, json.dumps(record))
@@ -226,6 +228,9 @@ class Audiences:
         """Every customer of the audience as CSV (`customer_id,tags`) or NDJSON lines, in chunks;
         `tags`: which of these saved audiences each customer is also in. The first chunk comes
         once every audience named was found (CSV: the header; NDJSON: possibly empty)."""
+        tags = list(dict.fromkeys(tags))
+        if len(tags) > MAX_TAGS:
+            raise ExpressionError(f"more than {MAX_TAGS} tags", 0)
         chosen = await self.members(tree)
         tagged = {tag: await self.members(parse(f"audience:{tag}")) for tag in tags}
         yield "customer_id,tags\r\n" if fmt == "csv" else ""
@@ -260,19 +265,23 @@ class Audiences:
             else:
                 await self._attribute(_attribute_name(term), _attribute_value(term))
 
-    async def inline(self, tree: Node, depth: int = 0) -> Node:
-        """`tree` with every saved audience it names replaced by that audience's expression now."""
+    async def inline(self, tree: Node, depth: int = 0, seen: tuple[str, ...] = ()) -> Node:
+        """`tree` with every saved audience it names replaced by that audience's expression now;
+        ExpressionError for one that is missing, nests too deep or leads back to one of `seen`."""
         if isinstance(tree, Term):
             if tree.kind != "audience":
                 return tree
+            if tree.value in seen:
+                cycle = " -> ".join((*seen, tree.value))
+                raise ExpressionError(f"saved audiences name each other in a cycle: {cycle}", tree.position)
             if depth >= MAX_DEPTH:
                 raise ExpressionError(f"audience:{tree.value} nests saved audiences more than {MAX_DEPTH} deep",
                                       tree.position)  # fmt: skip
             raw = await self.redis.hget(keys.audiences_key(self.tenant), tree.value)
             if raw is None:
                 raise ExpressionError(f"no saved audience {tree.value!r}", tree.position)
-            return await self.inline(parse(json.loads(raw)["expression"]), depth + 1)
-        return Op(tree.op, await self.inline(tree.left, depth), await self.inline(tree.right, depth))
+            return await self.inline(parse(json.loads(raw)["expression"]), depth + 1, (*seen, tree.value))
+        return Op(tree.op, await self.inline(tree.left, depth, seen), await self.inline(tree.right, depth, seen))
 
     async def _stages(self, model: str) -> None:
         if model not in self.stages:

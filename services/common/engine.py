@@ -210,6 +210,7 @@ class StreamEngine(Generic[In]):
         self.progress_topic = progress_topic
         self.send_to = send_to
         self.marked: dict[tuple[str, int], int] = {}  # (tenant, shard) -> the last progress declared
+        self.stale_clocks = False  # take the clocks again from Redis before the next batch or tick
         # dead letters (and the service's own records) go out through an outbox written with the
         # fence: once, even across crashes
         self.outbox = Outbox(
@@ -267,8 +268,20 @@ class StreamEngine(Generic[In]):
 
     def reset(self) -> None:
         """After an outage or a rebalance: check every outbox again (a send may have failed after a
-        MULTI, or a shard's other owner may have left entries when it stopped)."""
+        MULTI, or a shard's other owner may have left entries when it stopped), and take the
+        fence and the clocks again from Redis before going on: the clocks were written with the
+        fence, while the ones in memory may have moved on records that will be read again (Redis
+        may even have lost its last writes), and time must not pass what the fence says was
+        applied."""
         self.outbox.recovered.clear()
+        self.stale_clocks = True
+
+    async def _fresh_clocks(self) -> None:
+        if self.stale_clocks:
+            await self.fence.load()  # the applied offsets too: what Redis holds is the truth
+            self.clocks.clear()
+            merge_shard_clocks(self.clocks, await self.redis.hgetall(self.clock_key), None, self.new_clock)
+            self.stale_clocks = False
 
     async def quarantine(self, msg: Message, reason: str) -> None:
         """Dead-letter `msg` and move the fence past it, in one MULTI (a message that cannot be
@@ -283,6 +296,7 @@ class StreamEngine(Generic[In]):
         their shards' watermarks back."""
         async with self.lock:
             started = time.perf_counter()
+            await self._fresh_clocks()
             self.behind = behind
             self.values = {}
             await self.fence.refresh(messages)
@@ -400,6 +414,7 @@ class StreamEngine(Generic[In]):
         now = time.monotonic()
         fired = 0
         async with self.lock:
+            await self._fresh_clocks()
             owned = set(self.shards())
             await self.outbox.recover(owned)
             merge_shard_clocks(self.clocks, await self.redis.hgetall(self.clock_key), owned, self.new_clock)

@@ -26,7 +26,9 @@ def parse_instant(text: str) -> int:
     (`1997-10-01`: its start, UTC) or a number of epoch milliseconds; ValueError saying which
     forms are accepted otherwise."""
     text = text.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not other scripts' digits
+        if len(text) > 15:
+            raise ValueError(f"{text[:20]}... is not an instant: too many digits for epoch ms")
         return int(text)
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -41,4 +43,5 @@ def parse_instant(text: str) -> int:
 
 def iso(ms: int) -> str:
     """`ms` as an ISO 8601 instant in UTC (`...Z`)."""
-    return (_EPOCH + ms * _MS).isoformat().replace("+00:00", "Z")
+    moment = _EPOCH + ms * _MS
+    return moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds").replace("+00:00", "Z")

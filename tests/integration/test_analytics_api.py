@@ -384,3 +384,12 @@ def test_the_audience_commands_mirror_the_api(replayed: str, stack: StackInfo, t
     assert done.exit_code == 2 and "at position 17" in done.output and " " * 19 + "^" in done.output, done.output
     done = runner.invoke(cli, ["audiences", "count", "audience:nobody", "--tenant", replayed], env=env)
     assert done.exit_code == 2 and "no saved audience 'nobody'" in done.output, done.output
+
+
+def test_saved_audiences_that_would_name_each_other_in_a_cycle_are_refused(replayed: str) -> None:
+    assert _post(f"/v1/{replayed}/audiences", {"name": "cyc-a", "expression": "pyramid:loyal"})[0] == 201
+    assert _post(f"/v1/{replayed}/audiences", {"name": "cyc-b", "expression": "audience:cyc-a | gender:f"})[0] == 201
+    status, body = _post(f"/v1/{replayed}/audiences", {"name": "cyc-a", "expression": "audience:cyc-b & city:Beijing"})
+    assert status == 400 and "cycle: cyc-a -> cyc-b -> cyc-a" in body["error"], body
+    # and cyc-a kept its expression
+    assert _count(replayed, "audience:cyc-a") == len(_in("pyramid", "loyal"))

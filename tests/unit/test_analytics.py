@@ -13,10 +13,10 @@ from pydantic import SecretStr
 from pyroaring import BitMap
 
 from services.analytics.audience import ExpressionError, evaluate, parse
-from services.analytics.engine import Move, to_input
+from services.analytics.engine import Facts, Move, to_input
 from services.analytics.query import Flow, csv_field
 from services.analytics.settings import AnalyticsSettings
-from services.common.times import parse_instant
+from services.common.times import iso, parse_instant
 
 
 def _transition(**override: Any) -> dict[str, Any]:
@@ -133,6 +133,8 @@ def test_and_binds_tighter_than_or_and_but_not() -> None:
         ("rfm:x", "unknown term 'rfm'", 0),
         ("follow:product", "follow: one of brand", 7),
         ("member_since:24", "member_since: a year", 13),
+        ("(" * 40 + "aipl:I" + ")" * 40, "parentheses nest more than 32 deep", 32),
+        (" | ".join(["aipl:I"] * 70), "more than 64 terms", 576),
         ('city:"New York"x', "a quoted value must be the whole value", 5),
         ("aipl:I & city:", "city: needs a value", 14),
     ],
@@ -150,3 +152,29 @@ def test_a_malformed_expression_says_where(text: str, said: str, position: int) 
 )  # fmt: skip
 def test_an_exported_field_is_quoted_and_never_read_as_a_formula(value: str, field: str) -> None:
     assert csv_field(value) == field
+
+
+def test_an_empty_attribute_clears_it_and_keeps_the_others() -> None:
+    record = {"event_id": "p1", "tenant": "shop", "customer_id": "c1", "event_time": datetime(2024, 5, 1, tzinfo=UTC),
+              "city": "", "gender": "f", "age_band": None, "member_since": None}  # fmt: skip
+    mapped = to_input("crm.events.Profile", record, "t|0|1")
+    assert mapped is not None and isinstance(mapped[2], Facts)
+    assert mapped[2].values == (("city", None), ("gender", "f"))
+
+
+@pytest.mark.parametrize(("override", "said"), [({"tenant": ""}, "tenant"), ({"customer_id": ""}, "customer_id"),
+                                                ({"customer_id": "c" * 2000}, "customer_id")])  # fmt: skip
+def test_an_id_no_history_can_hold_is_refused(override: dict[str, Any], said: str) -> None:
+    with pytest.raises(ValueError, match=f"out of range: {said}"):
+        to_input("crm.stage.StageTransition", _transition(**override), "t|0|1")
+
+
+@pytest.mark.parametrize("text", ["\u0661\u0662\u0663", "1" * 40])
+def test_only_ascii_digits_of_a_sane_length_are_epoch_ms(text: str) -> None:
+    with pytest.raises(ValueError, match="not an instant"):
+        parse_instant(text)
+
+
+def test_instants_are_shown_with_milliseconds_only_when_they_have_some() -> None:
+    assert iso(875_664_000_000) == "1997-10-01T00:00:00Z"
+    assert iso(875_664_000_999) == "1997-10-01T00:00:00.999Z"

@@ -95,7 +95,8 @@ async function loadFlow() {
   const axis = body.stages;
   const links = [];
   body.matrix.forEach((row, i) => row.forEach((n, j) => {
-    if (n) links.push({ source: `${axis[i]} · ${from}`, target: `${axis[j]} · ${to}`, value: n });
+    // the two ends named apart, so that a flow from a date to the same date stays a DAG
+    if (n) links.push({ source: `${axis[i]} (from ${from})`, target: `${axis[j]} (to ${to})`, value: n });
   }));
   // only the stages someone was in at either end
   const named = new Set(links.flatMap((l) => [l.source, l.target]));
