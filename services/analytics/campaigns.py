@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.common.times import epoch_ms
+from services.common.times import checked_zone, epoch_ms
 
 __all__ = ["CampaignSpec", "Offer", "Weekly", "request_id", "runs"]
 
@@ -45,11 +45,7 @@ class Weekly(_Strict):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
+        return checked_zone(value)
 
     @field_validator("start", "until")
     @classmethod

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["epoch_ms", "iso", "parse_instant"]
+__all__ = ["checked_zone", "epoch_ms", "iso", "parse_instant"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -45,3 +46,13 @@ def iso(ms: int) -> str:
     """`ms` as an ISO 8601 instant in UTC (`...Z`)."""
     moment = _EPOCH + ms * _MS
     return moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds").replace("+00:00", "Z")
+
+
+def checked_zone(name: str) -> str:
+    """`name` if it is an IANA time zone this machine knows; ValueError naming it otherwise (a
+    folder such as "Asia" is no zone either)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+    return name

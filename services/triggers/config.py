@@ -9,12 +9,12 @@ from __future__ import annotations
 from datetime import time as clock_time
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from services.common.errors import ConfigError
 from services.common.settings import config_problem, read_config_file
+from services.common.times import checked_zone
 
 __all__ = [
     "CHANNELS",
@@ -100,11 +100,7 @@ class Guardrails(_Strict):
     @field_validator("default_timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
+        return checked_zone(value)
 
 
 def _rule(name: str, on: On, action: str, channel: Channel, topic: str, **kw: Any) -> TriggerRule:
