@@ -18,7 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
-from bench.run import DAY, SETTINGS, consume, fresh_stack, produce, save
+from bench.run import DAY, SETTINGS, fresh_stack, produced_and_ceiling, save
 from services.analytics.app import SOURCE_TOPICS
 from services.analytics.engine import AnalyticsEngine
 from services.analytics.metrics import AnalyticsMetrics
@@ -122,11 +122,7 @@ def main() -> None:
     with fresh_stack():
         messages = generate(args.customers)
         total = len(messages)
-        print(f"{total:,} inputs for {args.customers:,} customers")
-        asyncio.run(produce(messages))
-        print("ceiling: raw aiokafka consumer...")
-        ceiling = asyncio.run(consume(total, None, topics=list(SOURCE_TOPICS)))
-        print(f"  {ceiling:,.0f} msg/s")
+        ceiling = produced_and_ceiling(messages, list(SOURCE_TOPICS), f"for {args.customers:,} customers")
         print("analytics engine fed by aiokafka...")
         engine = asyncio.run(run_engine(total))
         print(f"  {engine:,.0f} msg/s")

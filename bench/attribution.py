@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from bench.run import DAY, SETTINGS, consume, fresh_stack, produce, save
+from bench.run import DAY, SETTINGS, consume, fresh_stack, produced_and_ceiling, save
 from services.attribution.app import SOURCE_TOPICS
 from services.attribution.config import AttributionConfig
 from services.attribution.engine import AttributionEngine
@@ -120,11 +120,7 @@ def main() -> None:
     with fresh_stack():
         messages = generate(args.customers)
         total = len(messages)
-        print(f"{total:,} inputs for {args.customers:,} customers")
-        asyncio.run(produce(messages))
-        print("ceiling: raw aiokafka consumer...")
-        ceiling = asyncio.run(consume(total, None, topics=list(SOURCE_TOPICS)))
-        print(f"  {ceiling:,.0f} msg/s")
+        ceiling = produced_and_ceiling(messages, list(SOURCE_TOPICS), f"for {args.customers:,} customers")
         print("attribution engine fed by aiokafka...")
         engine, records = asyncio.run(run_engine(total))
         print(f"  {engine:,.0f} msg/s, {records:,} attribution records")

@@ -371,6 +371,17 @@ def fresh_stack() -> Iterator[None]:
         stack.down()
 
 
+def produced_and_ceiling(messages: list[tuple[str, bytes, bytes]], topics: list[str], what: str) -> float:
+    """Produce `messages` on the bench stack and read them back with a raw aiokafka consumer of
+    `topics`: the ceiling an engine reading them is measured against (msg/s)."""
+    print(f"{len(messages):,} inputs {what}")
+    asyncio.run(produce(messages))
+    print("ceiling: raw aiokafka consumer...")
+    ceiling = asyncio.run(consume(len(messages), None, topics=topics))
+    print(f"  {ceiling:,.0f} msg/s")
+    return ceiling
+
+
 def save(result: dict[str, Any], out: Path) -> None:
     """`result` with the machine and date, as JSON in `out` and on stdout."""
     result = {

@@ -1,5 +1,6 @@
 """Start and stop real worker processes (stager, triggers, attribution, ingest) against a test stack."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Self, cast
+from typing import Any, Self, cast
 
 from tests.conftest import StackInfo
 
@@ -132,3 +133,14 @@ def await_health(ports: Iterable[int], status: int | None, within: float) -> dic
         if all(code == status for code in seen.values()) or time.monotonic() > deadline:
             return seen
         time.sleep(0.2)
+
+
+def post_json(port: int, path: str, body: Any, key: str) -> tuple[int, Any]:
+    """(status, decoded JSON answer) of a POST of `body` to a service on `port`, with an API key."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                     headers={"X-API-Key": key, "Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return cast(int, reply.status), json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

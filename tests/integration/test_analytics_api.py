@@ -26,7 +26,7 @@ from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
 from tests.conftest import StackInfo
 from tests.integration.batch_rules import cdnow_events, expected_counts, expected_flow, expected_stages
-from tests.integration.stager_process import AnalyticsProcess, StagerProcess, WorkerProcess
+from tests.integration.stager_process import AnalyticsProcess, StagerProcess, WorkerProcess, post_json
 
 SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cdnow" / "CDNOW_sample.txt"
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".run" / "test-artifacts"
@@ -183,13 +183,7 @@ def _with(name: str, value: str) -> set[str]:
 
 
 def _post(path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    request = urllib.request.Request(f"http://127.0.0.1:{API_PORT}{path}", data=json.dumps(body).encode(),
-                                     headers={"X-API-Key": KEY, "Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return post_json(API_PORT, path, body, KEY)
 
 
 def _count(tenant: str, expression: str) -> int:

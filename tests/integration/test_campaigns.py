@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from tests.integration.stager_process import (
     StagerProcess,
     TriggersProcess,
     WorkerProcess,
+    post_json,
 )
 from tests.integration.test_determinism import (
     CDNOW_SAMPLE,
@@ -53,13 +52,7 @@ AUDIENCE = "pyramid:repeat | pyramid:loyal"
 
 
 def _post(port: int, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
-                                     headers={"X-API-Key": KEY, "Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return post_json(port, path, body, KEY)
 
 
 def _run(stack: StackInfo, data: Path, tmp_path: Path, name: str, speed: float | None, port: int) -> str:
