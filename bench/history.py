@@ -10,7 +10,10 @@ First in this process (what a query costs on top of reading the bitmaps), then a
 runs it: the customers spread over 12 shards, each shard's history written to the bench's own
 Redis (`services/analytics/store.py`) and every query answered through `services/analytics/query.py`
 (per shard one snapshot and at most 7 days read from Redis, the shards added up), with the
-memory Redis uses for it.
+memory Redis uses for it. Then the behaviour index (`services/analytics/behaviour.py`) for the
+same customers: `--orders` paid orders per customer a year and views of one category on
+`--views` days a year, written as closing the days writes them, and audiences of behaviour terms
+(`paid_orders_365d >= 2`, `category:bench browsed 30d`, one with a stage) timed the same way.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from tqdm import tqdm
 from bench.run import SETTINGS, fresh_stack, save
 from services.analytics import query
 from services.analytics.audience import parse
+from services.analytics.behaviour import encode_browse, encode_paid
 from services.analytics.history import DAY_MS, History, Transition
 from services.analytics.store import queue_changes
+from services.common import keys
 from services.common.constants import MODEL_STAGES
 from services.common.redisbatch import connect
 from services.common.settings import REPO_ROOT
@@ -72,6 +77,8 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--moves", type=float, default=4.0, help="stage changes per customer per year")
     parser.add_argument("--queries", type=int, default=30)
+    parser.add_argument("--orders", type=float, default=3.0, help="paid orders per customer per year")
+    parser.add_argument("--views", type=float, default=4.0, help="days a customer views the category per year")
     parser.add_argument("--no-redis", action="store_true", help="only the in-process part")
     args = parser.parse_args()
     rnd = random.Random(42)
@@ -153,7 +160,7 @@ async def through_redis(by_day: list[list[Transition]], args: argparse.Namespace
             tree = parse("(lifecycle:mature | lifecycle:developing) - lifecycle:declining")
             return int(await query.Audiences(redis, tenant, instant(), SHARDS).count(tree))
 
-        return {
+        out = {
             "shards": SHARDS,
             "count_at_instant_ms_median_worst": [round(v, 2) for v in await atimed(count, args.queries)],
             "flow_matrix_ms_median_worst": [round(v, 2) for v in await atimed(flow, args.queries)],
@@ -161,8 +168,62 @@ async def through_redis(by_day: list[list[Transition]], args: argparse.Namespace
             "redis_bytes": used,
             "redis_bytes_per_customer_per_year_per_model": round(used / args.customers / (args.days / 365), 1),
         }
+        out["behaviour"] = await behaviour(redis, tenant, args, rnd)
+        return out
     finally:
         await redis.aclose()
+
+
+async def write_behaviour(redis: Any, tenant: str, args: argparse.Namespace, rnd: random.Random) -> tuple[int, int]:
+    """Each shard's days of paid orders and category views, as closing the days writes them;
+    (orders, view days) written."""
+    orders = views = 0
+    per_shard = args.customers // SHARDS
+    for shard in tqdm(range(SHARDS), desc="writing behaviour to Redis", unit="shard"):
+        paid: list[list[tuple[int, int]]] = [[] for _ in range(args.days)]
+        seen: list[dict[int, int]] = [{} for _ in range(args.days)]
+        for ident in range(per_shard):
+            for _ in range(round(rnd.expovariate(1 / args.orders) * args.days / 365)):
+                paid[rnd.randrange(args.days)].append((ident, rnd.randrange(DAY_MS)))
+            for _ in range(round(rnd.expovariate(1 / args.views) * args.days / 365)):
+                seen[rnd.randrange(args.days)][ident] = rnd.randrange(DAY_MS)
+        async with redis.pipeline(transaction=False) as pipe:
+            for i, (day_orders, day_views) in enumerate(zip(paid, seen, strict=True)):
+                if day_orders:
+                    pipe.hset(keys.behaviour_key(tenant, shard, "pd"), str(START_DAY + i), encode_paid(day_orders))
+                if day_views:
+                    pipe.hset(keys.behaviour_key(tenant, shard, f"bd:{START_DAY + i}"), "bench",
+                              encode_browse(day_views))  # fmt: skip
+                orders, views = orders + len(day_orders), views + len(day_views)
+            pipe.hset(keys.behaviour_key(tenant, shard, "meta"), "closed", START_DAY + args.days - 1)
+            await pipe.execute()
+    return orders, views
+
+
+async def behaviour(redis: Any, tenant: str, args: argparse.Namespace, rnd: random.Random) -> dict[str, Any]:
+    """The behaviour index of the same customers and audiences of behaviour terms at instants in
+    the year's last quarter (windows of up to 365 days)."""
+    before = (await redis.info("memory"))["used_memory"]
+    orders, views = await write_behaviour(redis, tenant, args, rnd)
+    used = (await redis.info("memory"))["used_memory"] - before
+    late = (START_DAY + args.days * 3 // 4) * DAY_MS
+    timings = {}
+    for text in ("paid_orders_365d >= 2", "paid_orders_30d >= 1", "category:bench browsed 30d",
+                 "lifecycle:mature & paid_orders_90d >= 1 - category:bench browsed 30d"):  # fmt: skip
+        tree = parse(text)
+
+        async def run(tree: Any = tree) -> int:
+            at = late + rnd.randrange((START_DAY + args.days) * DAY_MS - late)
+            return await query.Audiences(redis, tenant, at, SHARDS).count(tree)
+
+        timings[text] = [round(v, 2) for v in await atimed(run, args.queries)]
+    return {
+        "paid_orders": orders,
+        "category_view_days": views,
+        "redis_bytes": used,
+        "redis_bytes_per_customer_per_year": round(used / args.customers / (args.days / 365), 1),
+        "audience_ms_median_worst": timings,
+    }
 
 
 async def atimed(query_once: Callable[[], Awaitable[Any]], times: int) -> tuple[float, float]:

@@ -52,37 +52,56 @@ def stack() -> None:
     """The local Kafka + Redis stack (no Docker needed)."""
 
 
+_CLUSTER = click.option(
+    "--cluster",
+    is_flag=True,
+    help="Three Kafka brokers and a Redis Cluster of six nodes (state under <state dir>/cluster).",
+)
+
+
+def _local_stack(cluster: bool) -> Any:
+    from crm.localstack import ClusterStack, LocalStack
+
+    settings = _common()
+    if not cluster:
+        return LocalStack(settings)
+    return ClusterStack(settings.model_copy(update={"state_dir": settings.state_dir / "cluster"}))
+
+
 @stack.command("up")
 @click.option("--topics/--no-topics", default=True, help="Also create the topic table.")
 @click.option("--timeout", default=120.0, show_default=True)
-def stack_up(topics: bool, timeout: float) -> None:
+@_CLUSTER
+def stack_up(topics: bool, timeout: float, cluster: bool) -> None:
     """Start Kafka (KRaft) and Redis on loopback, wait until they answer; idempotent."""
-    from crm.localstack import LocalStack
     from services.common.topics import ensure_topics
 
-    settings = _common()
-    LocalStack(settings).up(timeout)
+    local = _local_stack(cluster)
+    local.up(timeout if not cluster else max(timeout, 180.0))
+    bootstrap, replication = (local.bootstrap, local.brokers) if cluster else (local.settings.kafka_bootstrap, 1)
     if topics:
-        result = asyncio.run(ensure_topics(settings.kafka_bootstrap))
+        result = asyncio.run(ensure_topics(bootstrap, replication=replication))
         created = [name for name, state in result.items() if state == "created"]
         click.echo(f"topics: {len(result)} in the table, {len(created)} created")
+    if cluster:
+        click.echo("services, the CLI and the benchmark use it with:")
+        for name, value in local.environment().items():
+            click.echo(f"  export {name}={value}")
 
 
 @stack.command("down")
-def stack_down() -> None:
+@_CLUSTER
+def stack_down(cluster: bool) -> None:
     """Stop every process this checkout started (services, Kafka, Redis)."""
-    from crm.localstack import LocalStack
-
-    stopped = LocalStack(_common()).down()
+    stopped = _local_stack(cluster).down()
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 @stack.command("status")
-def stack_status() -> None:
+@_CLUSTER
+def stack_status(cluster: bool) -> None:
     """Show what runs; exits 1 unless Kafka and Redis both answer."""
-    from crm.localstack import LocalStack
-
-    local = LocalStack(_common())
+    local = _local_stack(cluster)
     for name, state in local.status().items():
         click.echo(f"{name:10} {state}")
     sys.exit(0 if local.kafka_ready() and local.redis_ready() else 1)
@@ -316,7 +335,7 @@ def analytics_api() -> None:
 # --- audiences ---------------------------------------------------------------------------------
 @cli.group()
 def audiences() -> None:
-    """Audiences: set expressions over stages, attributes and follows (as the analytics API)."""
+    """Audiences: set expressions over stages, attributes, follows and behaviour (as the analytics API)."""
 
 
 def _audiences(tenant: str, at: str | None, redis: Any) -> Any:
@@ -325,7 +344,8 @@ def _audiences(tenant: str, at: str | None, redis: Any) -> Any:
 
     settings = load_settings(AnalyticsSettings)
     instant = MAX_TIME_MS - 1 if at is None else _parse_instant(at)
-    return query.Audiences(redis, tenant, instant, settings.partitions, settings.analytics_snapshot_every)
+    return query.Audiences(redis, tenant, instant, settings.partitions, settings.analytics_snapshot_every,
+                           keep_days=settings.analytics_behaviour_days)  # fmt: skip
 
 
 def _parsed(expression: str) -> Any:

@@ -23,7 +23,7 @@ from pathlib import Path
 from services.common.errors import StackError
 from services.common.settings import REPO_ROOT, CommonSettings
 
-__all__ = ["LocalStack", "pid_alive", "stop_pid_file"]
+__all__ = ["ClusterStack", "LocalStack", "pid_alive", "stop_pid_file"]
 
 Say = Callable[[str], None]
 
@@ -326,3 +326,204 @@ class LocalStack:
             )
         self.pid_file(name).write_text(f"{proc.pid}\n")
         return proc.pid
+
+
+@dataclass
+class ClusterStack(LocalStack):
+    """Three Kafka brokers (KRaft, each also a controller: a quorum of three) and a Redis Cluster
+    of three masters with a replica each, on loopback, owned by this checkout.
+
+    Broker i (0, 1, 2) listens on the first port of `CRM_KAFKA_BOOTSTRAP` + 2i, its controller on
+    the port after it; Redis node j (0..5) on the port of `CRM_REDIS_URL` + j (its cluster bus
+    10000 above). Topics get three replicas and `min.insync.replicas=2`; Redis keeps an AOF."""
+
+    brokers: int = 3
+    redis_nodes: int = 6
+
+    @property
+    def broker_ports(self) -> list[int]:
+        return [self.kafka_port + 2 * i for i in range(self.brokers)]
+
+    @property
+    def redis_ports(self) -> list[int]:
+        return [self.redis_port + j for j in range(self.redis_nodes)]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"{self.kafka_host}:{p}" for p in self.broker_ports)
+
+    def environment(self) -> dict[str, str]:
+        """The settings every service, the CLI and the benchmark need to use this stack."""
+        return {
+            "CRM_KAFKA_BOOTSTRAP": self.bootstrap,
+            "CRM_REDIS_URL": f"redis://{self.redis_host}:{self.redis_port}/0",
+            "CRM_REDIS_CLUSTER": "true",
+            "CRM_KAFKA_REPLICATION": str(self.brokers),
+        }
+
+    def _names(self) -> list[str]:
+        return [f"kafka-{i + 1}" for i in range(self.brokers)] + [f"redis-{j + 1}" for j in range(self.redis_nodes)]
+
+    def down(self) -> list[str]:
+        """Stop every process this checkout started (services first, then Kafka, then Redis)."""
+        stopped = []
+        if self.pids.exists():
+            ours = set(self._names())
+            services = [p for p in self.pids.glob("*.pid") if p.stem not in ours]
+            for path in [*services, *(self.pid_file(n) for n in self._names())]:
+                if stop_pid_file(path):
+                    stopped.append(path.stem)
+        return stopped
+
+    def status(self) -> dict[str, str]:
+        out = {}
+        for name in self._names():
+            pid = _read_pid(self.pid_file(name))
+            out[name] = f"running (pid {pid})" if pid and pid_alive(pid) else "stopped"
+        out["kafka"] = f"{self.bootstrap}: " + ("ready" if self.kafka_ready() else "not ready")
+        out["redis"] = f"cluster from {self.redis_host}:{self.redis_port}: " + (
+            "ready" if self.redis_ready() else "not ready"
+        )
+        return out
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        for name, probe in (("redis", self._redis_nodes_ready), ("kafka", self.kafka_ready)):
+            while not probe():
+                for node in (n for n in self._names() if n.startswith(name)):
+                    pid = _read_pid(self.pid_file(node))
+                    if pid is not None and not pid_alive(pid):
+                        raise StackError(f"{node} exited during start-up; see its log under {self.state / node}")
+                if time.monotonic() > deadline:
+                    raise StackError(f"{name} did not become ready within {timeout:.0f}s")
+                time.sleep(0.5)
+            if name == "redis":
+                self._create_redis_cluster(deadline)
+        self.say(f"kafka cluster ready on {self.bootstrap}; redis cluster ready on "
+                 f"{self.redis_host}:{self.redis_ports[0]}-{self.redis_ports[-1]}")  # fmt: skip
+
+    # readiness
+    def _ping(self, port: int, command: bytes = b"PING\r\n") -> bytes:
+        try:
+            with socket.create_connection((self.redis_host, port), timeout=1.0) as sock:
+                sock.sendall(command)
+                return sock.recv(4096)
+        except OSError:
+            return b""
+
+    def _redis_nodes_ready(self) -> bool:
+        return all(self._ping(p).startswith(b"+PONG") for p in self.redis_ports)
+
+    def redis_ready(self) -> bool:
+        """Every node answers and the cluster says its slots are all served."""
+        return self._redis_nodes_ready() and all(
+            b"cluster_state:ok" in self._ping(p, b"CLUSTER INFO\r\n") for p in self.redis_ports
+        )
+
+    def kafka_ready(self) -> bool:
+        """A metadata request answered with every broker listed."""
+        from aiokafka import AIOKafkaClient
+
+        async def probe() -> bool:
+            client = AIOKafkaClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+            try:
+                await asyncio.wait_for(client.bootstrap(), 5)
+                return len(client.cluster.brokers()) == self.brokers
+            except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+                return False
+            finally:
+                await client.close()
+
+        if not all(_port_open(self.kafka_host, p) for p in self.broker_ports):
+            return False
+        return asyncio.run(probe())
+
+    # redis
+    def _start_redis(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise StackError("redis-server is not installed; run `make setup` (installs Debian's redis-server)")
+        for j, port in enumerate(self.redis_ports):
+            name = f"redis-{j + 1}"
+            if self._running(name):
+                continue
+            if _port_open(self.redis_host, port):
+                raise StackError(f"port {port} is taken by a process this checkout did not start")
+            folder = self.state / name
+            folder.mkdir(parents=True, exist_ok=True)
+            conf = folder / "redis.conf"
+            conf.write_text(
+                f"bind {self.redis_host}\nport {port}\nprotected-mode yes\ndir {folder}\n"
+                'appendonly yes\nappendfsync everysec\nsave ""\ndaemonize no\n'
+                "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 3000\n"
+                "hash-max-listpack-value 1024\n"
+                f"logfile {folder / 'redis.log'}\n"
+            )
+            self._spawn(name, [exe, str(conf)], folder / "redis.stdout")
+        self.say(f"started redis-server nodes on {self.redis_host}:{self.redis_ports[0]}-{self.redis_ports[-1]}")
+
+    def _create_redis_cluster(self, deadline: float) -> None:
+        """`redis-cli --cluster create` once (three masters, a replica each), then wait for it."""
+        if b"cluster_known_nodes:1\r\n" in self._ping(self.redis_ports[0], b"CLUSTER INFO\r\n"):
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                raise StackError("redis-cli is not installed (Debian's redis-tools, with redis-server)")
+            nodes = [f"{self.redis_host}:{p}" for p in self.redis_ports]
+            made = subprocess.run([cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+            if made.returncode != 0:
+                raise StackError(f"redis-cli --cluster create failed:\n{made.stdout[-2000:]}\n{made.stderr[-1000:]}")
+            self.say("created the Redis Cluster: three masters, one replica each")
+        while not self.redis_ready():
+            if time.monotonic() > deadline:
+                raise StackError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.5)
+
+    # kafka
+    def _start_kafka(self) -> None:
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("Java is not installed; the Kafka broker needs a Java 17 runtime (Debian: openjdk-17-jre)")
+        jars = self.ensure_jars()
+        host = self.kafka_host
+        voters = ",".join(f"{i + 1}@{host}:{p + 1}" for i, p in enumerate(self.broker_ports))
+        cluster_file = self.state / "kafka-cluster-id"
+        if not cluster_file.exists():
+            self.state.mkdir(parents=True, exist_ok=True)
+            cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
+        cluster_id = cluster_file.read_text().strip()
+        for i, port in enumerate(self.broker_ports):
+            name = f"kafka-{i + 1}"
+            if self._running(name):
+                continue
+            if _port_open(host, port):
+                raise StackError(f"port {port} is taken by a process this checkout did not start")
+            folder = self.state / name
+            data = folder / "data"
+            folder.mkdir(parents=True, exist_ok=True)
+            props = folder / "server.properties"
+            props.write_text(
+                f"process.roles=broker,controller\nnode.id={i + 1}\ncontroller.quorum.voters={voters}\n"
+                f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{port + 1}\n"
+                f"advertised.listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{port + 1}\n"
+                "controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n"
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
+                f"log.dirs={data}\nnum.partitions=12\nauto.create.topics.enable=false\n"
+                f"default.replication.factor={self.brokers}\nmin.insync.replicas=2\n"
+                f"offsets.topic.replication.factor={self.brokers}\n"
+                f"transaction.state.log.replication.factor={self.brokers}\ntransaction.state.log.min.isr=2\n"
+                f"share.coordinator.state.topic.replication.factor={self.brokers}\n"
+                "share.coordinator.state.topic.min.isr=2\ngroup.initial.rebalance.delay.ms=0\n"
+                "log.retention.hours=-1\nlog.retention.bytes=-1\n"
+            )
+            log4j = folder / "log4j2.properties"
+            log4j.write_text(_LOG4J2)
+            jvm = [java, "-Xms192m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                   f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{jars}/*"]  # fmt: skip
+            if not (data / "meta.properties").exists():
+                fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                                      "-c", str(props)], capture_output=True, text=True)  # fmt: skip
+                if fmt.returncode != 0:
+                    raise StackError(f"formatting Kafka storage of {name} failed:\n{fmt.stdout}\n{fmt.stderr}")
+            self._spawn(name, [*jvm, "kafka.Kafka", str(props)], folder / "kafka.log")
+        self.say(f"started {self.brokers} Kafka brokers (KRaft, a quorum of {self.brokers}) on {self.bootstrap}")

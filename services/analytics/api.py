@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.analytics import query
-from services.analytics.audience import ATTRIBUTES, FOLLOW_TARGETS, ExpressionError, Node, parse, terms
+from services.analytics.audience import ATTRIBUTES, BEHAVIOURS, FOLLOW_TARGETS, ExpressionError, Node, parse, terms
 from services.analytics.campaigns import CampaignSpec, runs
 from services.analytics.query import AUDIENCE_NAME, EXPORT_FORMATS
 from services.analytics.settings import AnalyticsSettings
@@ -47,7 +47,7 @@ SETTINGS = web.AppKey("settings", AnalyticsSettings)
 REDIS = web.AppKey("redis", Redis)
 KEYS: web.AppKey[dict[bytes, frozenset[str] | None]] = web.AppKey("keys")
 MAX_SERIES_POINTS = 400
-_NOW = MAX_TIME_MS - 1  # every transition applied so far
+_NOW = query.NOW  # every transition applied so far
 
 
 class BadQuery(Exception):
@@ -268,7 +268,8 @@ async def campaign_results(request: web.Request) -> web.Response:
 
 async def create_campaign(request: web.Request) -> web.Response:
     """Schedule a campaign (`services.analytics.campaigns.CampaignSpec` as JSON): its audience an
-    expression of stages (saved audiences named in it are copied in as they are now), 201 with
+    expression of stages and behaviours (saved audiences named in it are copied in as they are
+    now), 201 with
     what was saved and its next runs."""
     tenant = await _tenant(request, with_data=False)
     try:
@@ -285,10 +286,11 @@ async def create_campaign(request: web.Request) -> web.Response:
         raise BadQuery("; ".join(config_problem(".".join(str(p) for p in e["loc"]), e) for e in exc.errors())) from None
     audience = await query.Audiences(request.app[REDIS], tenant, _NOW, 1).inline(parse(spec.audience))
     kinds = {t.kind for t in terms(audience)}
-    if not kinds <= set(MODEL_STAGES):
+    if not kinds <= {*MODEL_STAGES, *BEHAVIOURS}:
         raise BadQuery(
-            "a campaign's audience is an expression of stages (model:stage), for now: attributes and follows "
-            "are kept as they arrive, so a run's members would depend on the data's pace"
+            "a campaign's audience is an expression of stages (model:stage) and behaviours (paid_orders_<N>d, "
+            "category:<id> browsed <N>d), for now: attributes and follows are kept as they arrive, so a run's "
+            "members would depend on the data's pace"
         )
     spec = spec.model_copy(update={"audience": str(audience)})
     redis = request.app[REDIS]
@@ -312,7 +314,7 @@ async def list_campaigns(request: web.Request) -> web.Response:
 def _audiences(request: web.Request, tenant: str) -> query.Audiences:
     settings = request.app[SETTINGS]
     return query.Audiences(request.app[REDIS], tenant, _instant(request, "at", _NOW), settings.partitions,
-                           settings.analytics_snapshot_every)  # fmt: skip
+                           settings.analytics_snapshot_every, keep_days=settings.analytics_behaviour_days)  # fmt: skip
 
 
 def _expression(request: web.Request, name: str = "expression") -> Node:

@@ -1,5 +1,5 @@
-"""The history worker as a Faust app: stage transitions, profiles and follows in, stage histories
-and attribute bitmaps in Redis.
+"""The history worker as a Faust app: stage transitions, profiles, follows, browses and orders in;
+stage histories, attribute bitmaps and the behaviour index in Redis.
 
 The input topics are read by the shared batch loop (`services.common.batchloop`); Faust runs
 the ticks (which close days) and the health and metrics pages.
@@ -24,7 +24,7 @@ __all__ = ["SOURCE_TOPICS", "create_app"]
 # customers, so one worker owns a shard's history, ids and attributes together. The campaign
 # readouts (keyed by campaign) are kept as they come, for the campaign table.
 SOURCE_TOPICS: tuple[str, ...] = (TOPIC_STAGE_TRANSITIONS, event_topic("profile"), event_topic("follow"),
-                                  TOPIC_CAMPAIGN_READOUTS)  # fmt: skip
+                                  event_topic("browse"), event_topic("order"), TOPIC_CAMPAIGN_READOUTS)  # fmt: skip
 
 
 def create_app(settings: AnalyticsSettings, registry: CollectorRegistry | None = None) -> faust.App:

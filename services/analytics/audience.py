@@ -7,9 +7,15 @@
     term   := name ':' value                   e.g. aipl:I, lifecycle:churned, follow:brand,
                                                city:Shanghai, gender:f, age_band:25-34,
                                                audience:vip-shoppers
+            | 'paid_orders_' N 'd' cmp k        e.g. paid_orders_365d >= 2 (cmp: >=, > or =)
+            | 'category:' id 'browsed' N 'd'   e.g. category:123 browsed 30d
 
 `aipl:I & follow:brand - lifecycle:churned` is the customers in AIPL's I who follow the brand,
-less the churned. A stage term names a model of the contract and one of its stages; a value may
+less the churned. A behaviour term counts over the N days ending with the instant's day
+(`services.analytics.behaviour`): `paid_orders_365d >= 2` is who paid at least two orders not
+refunded since, `category:123 browsed 30d` who browsed category 123.
+
+A stage term names a model of the contract and one of its stages; a value may
 be quoted ("New York") when it holds spaces or operators. `parse` gives a tree of `Term`s and
 `Op`s, or an `ExpressionError` that says where (0-based character position) it went wrong.
 Evaluating a tree is a fold over per-shard bitmaps (`evaluate`): the analytics service supplies
@@ -26,12 +32,29 @@ from pyroaring import BitMap
 
 from services.common.constants import MODEL_STAGES
 
-__all__ = ["ATTRIBUTES", "FOLLOW_TARGETS", "ExpressionError", "Node", "Op", "Term", "evaluate", "parse", "terms"]
+__all__ = [
+    "ATTRIBUTES",
+    "BEHAVIOURS",
+    "FOLLOW_TARGETS",
+    "ExpressionError",
+    "Node",
+    "Op",
+    "Term",
+    "evaluate",
+    "parse",
+    "terms",
+]
 
 ATTRIBUTES = ("city", "gender", "age_band", "member_since")  # profile attributes (member_since: a year)
 MAX_NESTING = 32  # parentheses within parentheses
 FOLLOW_TARGETS = ("brand", "store", "official_account")  # a product's favourite is no tag
 _KINDS = (*MODEL_STAGES, *ATTRIBUTES, "follow", "audience")
+BEHAVIOURS = ("paid_orders", "category")  # kinds of the behaviour terms
+MAX_DAYS = 3660  # the longest window a behaviour term may name
+MAX_COUNT = 1000  # the largest count a behaviour term may compare with
+_PAID = re.compile(r"paid_orders_(\d+)d(.*)", re.S)
+_COMPARE = re.compile(r"(>=|>|=)(\d*)")
+_DAYS = re.compile(r"(\d+)d")
 _TOKEN = re.compile(r'\s*(?:(?P<op>[&|\-()])|(?P<word>(?:[^\s&|()"]|"[^"]*")+))')
 
 
@@ -45,11 +68,17 @@ class ExpressionError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Term:
-    kind: str  # a model, an attribute, `follow` or `audience`
-    value: str
+    kind: str  # a model, an attribute, `follow`, `audience` or a behaviour
+    value: str  # (paid_orders: the comparison, e.g. ">=", category: the category)
     position: int
+    days: int = 0  # a behaviour's window
+    count: int = 0  # paid_orders: the count compared with
 
     def __str__(self) -> str:
+        if self.kind == "paid_orders":
+            return f"paid_orders_{self.days}d {self.value} {self.count}"
+        if self.kind == "category":
+            return f"category:{_quote(self.value)} browsed {self.days}d"
         return f"{self.kind}:{_quote(self.value)}"
 
 
@@ -90,18 +119,34 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
     return out
 
 
-def _term(word: str, position: int) -> Term:
-    kind, sep, value = word.partition(":")
-    if not sep or not kind:
-        raise ExpressionError(f"expected a term like aipl:I or city:Shanghai, found {word!r}", position)
+def _days(text: str, position: int) -> int:
+    if not text.isascii() or len(text) > 4 or not 1 <= int(text) <= MAX_DAYS:
+        raise ExpressionError(f"a window of 1 to {MAX_DAYS} days", position)
+    return int(text)
+
+
+def _term_value(word: str, position: int, kind: str) -> str:
+    """The value after `kind:` in `word`, unquoted; ExpressionError for an empty or half-quoted one."""
+    value = word[len(kind) + 1 :]
     if value.startswith('"') and value.endswith('"') and len(value) >= 2:
         value = value[1:-1]
     elif '"' in value:
         raise ExpressionError("a quoted value must be the whole value", position + len(kind) + 1)
-    if kind not in _KINDS:
-        raise ExpressionError(f"unknown term {kind!r}; one of {', '.join(_KINDS)}", position)
     if not value:
         raise ExpressionError(f"{kind}: needs a value", position + len(kind) + 1)
+    return value
+
+
+def _term(word: str, position: int) -> Term:
+    kind, sep, _ = word.partition(":")
+    if not sep or not kind:
+        raise ExpressionError(
+            f"expected a term like aipl:I, city:Shanghai or paid_orders_30d >= 1, found {word!r}", position
+        )
+    if kind not in _KINDS:
+        known = ", ".join((*_KINDS, "category (category:<id> browsed <N>d)", "paid_orders_<N>d"))
+        raise ExpressionError(f"unknown term {kind!r}; one of {known}", position)
+    value = _term_value(word, position, kind)
     if kind in MODEL_STAGES and value not in MODEL_STAGES[kind]:
         raise ExpressionError(
             f"{value!r} is no stage of {kind} ({', '.join(MODEL_STAGES[kind])})", position + len(kind) + 1
@@ -137,6 +182,10 @@ class _Parser:
             self.terms += 1
             if self.terms > self.max_terms:
                 raise ExpressionError(f"more than {self.max_terms} terms", pos)
+            if (paid := _PAID.fullmatch(value)) is not None:
+                return self.paid(paid, pos)
+            if value.startswith("category:"):
+                return self.browsed(value, pos)
             return _term(value, pos)
         if value != "(":
             raise ExpressionError(f"expected a term, found {value!r}", pos)
@@ -150,6 +199,50 @@ class _Parser:
             raise ExpressionError("'(' is never closed", pos)
         self.at += 1
         return inner
+
+    def word(self, what: str) -> tuple[str, int]:
+        """The next token, a word; ExpressionError naming `what` was expected otherwise."""
+        token = self.peek()
+        if token is None or token[0] != "word":
+            raise ExpressionError(f"expected {what}", len(self.text) if token is None else token[2])
+        self.at += 1
+        return token[1], token[2]
+
+    def paid(self, found: re.Match[str], pos: int) -> Term:
+        """`paid_orders_<N>d <cmp> <k>`, the comparison and count apart or joined to it."""
+        days = _days(found.group(1), pos + len("paid_orders_"))
+        rest, at = found.group(2), pos + found.start(2)
+        if not rest:
+            rest, at = self.word(f"a comparison (>=, > or =) after paid_orders_{days}d")
+        cmp = _COMPARE.match(rest)
+        if cmp is None:
+            raise ExpressionError(f"expected >=, > or = (a count of paid orders), found {rest!r}", at)
+        number, number_at = cmp.group(2), at + cmp.end(1)
+        if cmp.end() != len(rest):
+            raise ExpressionError(f"expected a whole number, found {rest[cmp.end(1) :]!r}", number_at)
+        if not number:
+            number, number_at = self.word("a count after the comparison")
+        if not number.isdigit() or not number.isascii() or len(number) > 4 or int(number) > MAX_COUNT:
+            raise ExpressionError(f"expected a whole number from 0 to {MAX_COUNT}, found {number!r}", number_at)
+        count = int(number)
+        if count == 0 and cmp.group(1) != ">":
+            raise ExpressionError(
+                "a count of 0 names everyone else: subtract the term instead, e.g. lifecycle:new - paid_orders_30d > 0",
+                number_at,
+            )
+        return Term("paid_orders", cmp.group(1), pos, days=days, count=count)
+
+    def browsed(self, word: str, pos: int) -> Term:
+        """`category:<id> browsed <N>d`."""
+        category = _term_value(word, pos, "category")
+        verb, verb_at = self.word(f"`browsed` after {word} (category:<id> browsed <N>d)")
+        if verb != "browsed":
+            raise ExpressionError(f"expected `browsed` after {word}, found {verb!r}", verb_at)
+        window, window_at = self.word("a window after browsed, e.g. 30d")
+        found = _DAYS.fullmatch(window)
+        if found is None:
+            raise ExpressionError(f"expected a window in days, e.g. 30d, found {window!r}", window_at)
+        return Term("category", category, pos, days=_days(found.group(1), window_at))
 
     def inter(self) -> Node:
         node = self.atom()

@@ -56,7 +56,7 @@ class Weekly(_Strict):
 
 
 class CampaignSpec(_Strict):
-    """A scheduled campaign as saved: its audience (an expression of stages), what it sends, when."""
+    """A scheduled campaign as saved: its audience (an expression of stages and behaviour), what it sends, when."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
     audience: str = Field(min_length=1, max_length=4000)

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from services.analytics.audience import ATTRIBUTES, FOLLOW_TARGETS, parse
+from services.analytics.behaviour import Act, close_acts, queue_acts
 from services.analytics.campaigns import CampaignSpec, request_id, runs
 from services.analytics.history import DAY_MS, Transition
 from services.analytics.metrics import AnalyticsMetrics
@@ -33,13 +34,20 @@ from services.analytics.settings import AnalyticsSettings
 from services.analytics.store import load_for_write, queue_changes, queue_open
 from services.common import keys
 from services.common.avro import Codec
-from services.common.constants import MODEL_STAGES, TOPIC_CAMPAIGN_REQUESTS, checked_id, checked_tenant, checked_time
+from services.common.constants import (
+    MODEL_STAGES,
+    TOPIC_CAMPAIGN_REQUESTS,
+    checked_cents,
+    checked_id,
+    checked_tenant,
+    checked_time,
+)
 from services.common.engine import Batch, DeadLetters, StreamEngine
 from services.common.outbox import SentSince, pack
 from services.common.produce import Send, SendTo
 from services.common.times import epoch_ms, iso
 
-__all__ = ["ASSIGN_IDS", "AnalyticsEngine", "Facts", "Input", "Move", "queue_facts", "to_input"]
+__all__ = ["ASSIGN_IDS", "Act", "AnalyticsEngine", "Facts", "Input", "Move", "queue_facts", "to_input"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +70,10 @@ FIELDS: dict[str, tuple[str, ...]] = {
     # to the last field: a record cut short is refused, not read in part
     "crm.stage.StageTransition": ("tenant", "customer_id", "model", "to_stage", "at", "seq"),
     "crm.events.Follow": ("event_id", "customer_id", "tenant", "event_time", "target_type", "action"),
+    "crm.events.Browse": ("event_id", "customer_id", "tenant", "event_time", "session_id", "product_id", "category_id"),
+    "crm.events.Order": ("event_id", "customer_id", "tenant", "event_time", "order_id", "status", "amount"),
 }
+ACTS = {"paid": "paid", "refunded": "refund"}  # order statuses the behaviour index keeps
 MAX_VALUE_LENGTH = 1024  # beyond what ingest accepts by default (256)
 
 
@@ -88,7 +99,7 @@ class Facts:
     origin: str
 
 
-Input = Move | Facts
+Input = Move | Facts | Act
 
 
 def _value(value: str, what: str) -> str | None:
@@ -117,9 +128,25 @@ def _facts(schema: str, record: dict[str, Any], origin: str) -> Facts | None:
     return Facts(at, event_id, tuple(values), origin) if values else None
 
 
+def _act(schema: str, record: dict[str, Any], origin: str) -> Act | None:
+    at = checked_time(epoch_ms(record["event_time"]))
+    if schema == "crm.events.Browse":
+        category = record["category_id"]
+        return None if category is None else Act(at, "browse", _named(category, "category_id"), origin)
+    checked_cents(record["amount"])  # an order the stager refuses counts here neither
+    kind = ACTS.get(record["status"])
+    return None if kind is None else Act(at, kind, _named(record["order_id"], "order_id"), origin)
+
+
 def to_input(schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Input] | None:
-    """(tenant, customer, input) of a transition, a profile or a follow event; ValueError for a
-    model or stage of no model, or a time, tenant, customer or value no history can hold."""
+    """(tenant, customer, input) of a transition, a profile, follow, browse or order event;
+    ValueError for a model or stage of no model, or a time, tenant, customer or value no history
+    can hold."""
+    if schema in ("crm.events.Browse", "crm.events.Order"):
+        act = _act(schema, record, origin)
+        if act is None:
+            return None
+        return _named(checked_tenant(record["tenant"]), "tenant"), _named(record["customer_id"], "customer_id"), act
     if schema in ("crm.events.Profile", "crm.events.Follow"):
         facts = _facts(schema, record, origin)
         if facts is None:
@@ -209,7 +236,7 @@ class AnalyticsEngine(StreamEngine[Input]):
         self.closed.clear()  # another worker may have closed days of a shard meanwhile
 
     async def apply(self, batch: Batch[Input]) -> None:
-        added, facts = await self._sort(batch)
+        added, facts, acts = await self._sort(batch)
         watched = [keys.attribute_state_key(t, s) for t, s in facts]
 
         def build(current: list[dict[str, bytes | None]], pipe: Any) -> None:
@@ -217,6 +244,8 @@ class AnalyticsEngine(StreamEngine[Input]):
                 queue_facts(pipe, tenant, shard, facts[(tenant, shard)], found)
             for (tenant, shard, model), entries in added.items():
                 queue_open(pipe, tenant, model, shard, MODEL_STAGES[model], entries)
+            for (tenant, shard), done in acts.items():
+                queue_acts(pipe, tenant, shard, done)
             for (tenant, campaign), shown in self.readouts.items():
                 pipe.hset(keys.campaign_results_key(tenant), campaign, shown)
             self.queue_loop_writes(pipe, batch.offsets, batch.dead)
@@ -229,15 +258,19 @@ class AnalyticsEngine(StreamEngine[Input]):
     async def _sort(
         self, batch: Batch[Input]
     ) -> tuple[
-        dict[tuple[str, int, str], list[tuple[int, Transition]]], dict[tuple[str, int], list[tuple[int, Facts]]]
+        dict[tuple[str, int, str], list[tuple[int, Transition]]],
+        dict[tuple[str, int], list[tuple[int, Facts]]],
+        dict[tuple[str, int], list[tuple[int, Act]]],
     ]:
-        """The batch's transitions by (tenant, shard, model) and facts by (tenant, shard), each
-        customer with its shard's dense id; a transition of a closed day is dead-lettered."""
+        """The batch's transitions by (tenant, shard, model), facts and behaviours by (tenant,
+        shard), each customer with its shard's dense id; a transition or behaviour of a closed day
+        is dead-lettered."""
         shards: dict[tuple[str, int], dict[str, list[Input]]] = {}
         for (tenant, customer), group in batch.groups.items():
             shards.setdefault((tenant, group.shard), {})[customer] = group.items
         added: dict[tuple[str, int, str], list[tuple[int, Transition]]] = {}
         facts: dict[tuple[str, int], list[tuple[int, Facts]]] = {}
+        acts: dict[tuple[str, int], list[tuple[int, Act]]] = {}
         for (tenant, shard), customers in shards.items():
             ids = await self._ids(tenant, shard, list(customers))
             closed = await self._closed(tenant, shard)
@@ -248,13 +281,15 @@ class AnalyticsEngine(StreamEngine[Input]):
                         facts.setdefault((tenant, shard), []).append((ids[customer], m))
                     elif m.time // DAY_MS <= closed:
                         late.append((m, f"too late: the history of {_day(m.time // DAY_MS)} is closed"))
+                    elif isinstance(m, Act):
+                        acts.setdefault((tenant, shard), []).append((ids[customer], m))
                     else:
                         entry = (m.offset, (m.time, ids[customer], m.stage))
                         added.setdefault((tenant, shard, m.model), []).append(entry)
             if late:
                 self.metrics.late.inc(len(late))
                 self.reject(shard, late, batch.dead)
-        return added, facts
+        return added, facts, acts
 
     async def _watched(
         self,
@@ -321,7 +356,8 @@ class AnalyticsEngine(StreamEngine[Input]):
         return found
 
     async def _run(self, tenant: str, shard: int, spec: CampaignSpec, at: int) -> None:
-        audiences = Audiences(self.redis, tenant, at, self.settings.partitions, self.snapshot_every, only=[shard])
+        audiences = Audiences(self.redis, tenant, at, self.settings.partitions, self.snapshot_every, only=[shard],
+                              keep_days=self.settings.analytics_behaviour_days)  # fmt: skip
         ids = list((await audiences.members(parse(spec.audience)))[0])
         written = int(time.time() * 1000)
         entries = {}
@@ -352,6 +388,7 @@ class AnalyticsEngine(StreamEngine[Input]):
                 history.close_until(until)
                 queue_changes(pipe, tenant, model, shard, history, before)
                 self.metrics.closed.labels(model).inc(len(history.order) - before)
+            await close_acts(self.redis, pipe, tenant, shard, until, self.settings.analytics_behaviour_days)
             await pipe.execute()
         self.closed[(tenant, shard)] = until
 

@@ -18,16 +18,19 @@ from typing import Any
 
 from pyroaring import BitMap
 
-from services.analytics.audience import ExpressionError, Node, Op, Term, evaluate, parse, terms
+from services.analytics.audience import BEHAVIOURS, ExpressionError, Node, Op, Term, evaluate, parse, terms
+from services.analytics.behaviour import browse_members, paid_members
 from services.analytics.history import NONE, History
 from services.analytics.store import load_for_read
 from services.common import keys
-from services.common.constants import MODEL_STAGES
+from services.common.clock import tenant_clock
+from services.common.constants import MAX_TIME_MS, MODEL_STAGES
 from services.common.times import iso
 
 __all__ = [
     "AUDIENCE_NAME",
     "EXPORT_FORMATS",
+    "NOW",
     "Audiences",
     "Flow",
     "bitmap_of",
@@ -138,6 +141,7 @@ async def flow(
 
 
 # --- audiences ---------------------------------------------------------------------------------
+NOW = MAX_TIME_MS - 1  # "now": every transition applied so far (behaviours: up to the latest event seen)
 AUDIENCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 EXPORT_FORMATS = ("csv", "ndjson")
 EXPORT_CHUNK = 5000
@@ -170,9 +174,11 @@ class Audiences:
     partitions: int
     snapshot_every: int = 7
     only: Sequence[int] | None = None  # the shards to answer for (default: every one)
+    keep_days: int = 400  # how far back the behaviour index reaches (`analytics_behaviour_days`)
     stages: dict[str, list[dict[str, BitMap]]] = field(default_factory=dict)  # model -> per shard
     attributes: dict[tuple[str, str], list[BitMap]] = field(default_factory=dict)
     saved: dict[str, list[BitMap]] = field(default_factory=dict)  # audience name -> per shard
+    behaviours: dict[str, list[BitMap]] = field(default_factory=dict)  # behaviour term -> per shard
 
     async def members(self, tree: Node, depth: int = 0) -> list[BitMap]:
         """Per shard, the expression's members (dense ids of the shard)."""
@@ -254,6 +260,8 @@ class Audiences:
             return self.stages[term.kind][shard][term.value]
         if term.kind == "audience":
             return self.saved[term.value][shard]
+        if term.kind in BEHAVIOURS:
+            return self.behaviours[str(term)][shard]
         return self.attributes[(_attribute_name(term), _attribute_value(term))][shard]
 
     async def _load(self, tree: Node, depth: int) -> None:
@@ -262,6 +270,8 @@ class Audiences:
                 await self._stages(term.kind)
             elif term.kind == "audience":
                 await self._audience(term, depth)
+            elif term.kind in BEHAVIOURS:
+                await self._behaviour(term)
             else:
                 await self._attribute(_attribute_name(term), _attribute_value(term))
 
@@ -297,6 +307,26 @@ class Audiences:
                 pipe.get(keys.attribute_key(self.tenant, shard, name, value))
             found = await pipe.execute()
         self.attributes[(name, value)] = [bitmap_of(raw) for raw in found]
+
+    async def _behaviour(self, term: Term) -> None:
+        if str(term) in self.behaviours:
+            return
+        at = self.at
+        if at == NOW:  # the window ends at the latest event the history worker has seen
+            at, _ = tenant_clock(await self.redis.hgetall(keys.analytics_clock_key()), self.tenant)
+        try:
+            if term.kind == "category":
+                found = await asyncio.gather(*(
+                    browse_members(self.redis, self.tenant, s, term.value, at, term.days, self.keep_days)
+                    for s in self.shards))  # fmt: skip
+            else:
+                found = await asyncio.gather(*(
+                    paid_members(self.redis, self.tenant, s, at, term.days, term.value, term.count,
+                                 self.keep_days)
+                    for s in self.shards))  # fmt: skip
+        except ValueError as e:
+            raise ExpressionError(f"{term} at {iso(at)} {e}", term.position) from e
+        self.behaviours[str(term)] = list(found)
 
     async def _audience(self, term: Term, depth: int) -> None:
         if term.value in self.saved:

@@ -20,6 +20,9 @@ class AnalyticsSettings(StreamSettings):
     # a snapshot of every stage's members every this many changed days: an answer at any instant
     # reads one snapshot and at most this many days
     analytics_snapshot_every: int = Field(7, ge=1, le=366)
+    # paid orders and category browses are kept per day this many days back from the latest
+    # closed day: an audience's behaviour term may reach back that far, no further
+    analytics_behaviour_days: int = Field(400, ge=1, le=3660)
     # the HTTP API for marketers
     analytics_host: str = "127.0.0.1"
     analytics_port: int = Field(8090, ge=1, le=65535)

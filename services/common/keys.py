@@ -17,6 +17,7 @@ __all__ = [
     "counts_key",
     "customer_key",
     "history_key",
+    "behaviour_key",
     "customer_ids_key",
     "customer_names_key",
     "analytics_timers_key",
@@ -139,6 +140,12 @@ def history_key(tenant: str, model: str, shard: int, part: str) -> str:
     """One part of a model's stage history for one shard (`services.analytics.store`); the hash
     tag keeps a shard's histories and customer ids together on a Redis Cluster."""
     return f"{REDIS_PREFIX}hist:{{{tenant}:{shard}}}:{model}:{part}"
+
+
+def behaviour_key(tenant: str, shard: int, part: str) -> str:
+    """One part of a shard's behaviour index (`services.analytics.behaviour`), under the shard's
+    hash tag with its histories and customer ids."""
+    return f"{REDIS_PREFIX}hist:{{{tenant}:{shard}}}:b:{part}"
 
 
 def customer_ids_key(tenant: str, shard: int) -> str:

@@ -137,3 +137,32 @@ def stages(evs: list[Event], now: int) -> dict[str, str | None]:
     recent = sum(1 for t, _, _ in evs if now - t < 30 * DAY)
     out["value_grid"] = f"{'high' if cents >= 50000 else 'low'}_value_{'high' if recent >= 5 else 'low'}_interaction"
     return out
+
+
+def paid_counts(events_by_customer: Mapping[str, Iterable[Event]], at: int, days: int) -> dict[str, int]:
+    """customer -> paid orders (each `buy` one, no refunds in these datasets) in the `days` UTC
+    days ending with the day of `at`, up to `at`."""
+    first = (at // DAY - days + 1) * DAY
+    out: dict[str, int] = {}
+    for customer, evs in events_by_customer.items():
+        n = sum(1 for t, kind, _ in evs if kind == "buy" and first <= t <= at)
+        if n:
+            out[customer] = n
+    return out
+
+
+def taobao_browses(path: str | Path) -> defaultdict[str, list[tuple[int, str]]]:
+    """customer -> [(time_ms, category)] of the page views of the Taobao sample."""
+    out: defaultdict[str, list[tuple[int, str]]] = defaultdict(list)
+    with open(path) as fh:
+        for line in fh:
+            user, _item, category, behaviour, ts = line.strip().split(",")
+            if behaviour == "pv":
+                out[user].append((int(ts) * 1000, category))
+    return out
+
+
+def browsed(browses: Mapping[str, Iterable[tuple[int, str]]], category: str, at: int, days: int) -> set[str]:
+    """The customers who viewed `category` in the `days` UTC days ending with the day of `at`, up to `at`."""
+    first = (at // DAY - days + 1) * DAY
+    return {c for c, evs in browses.items() if any(k == category and first <= t <= at for t, k in evs)}

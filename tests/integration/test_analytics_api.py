@@ -25,7 +25,7 @@ from services.common.constants import MODEL_STAGES
 from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
 from tests.conftest import StackInfo
-from tests.integration.batch_rules import cdnow_events, expected_counts, expected_flow, expected_stages
+from tests.integration.batch_rules import cdnow_events, expected_counts, expected_flow, expected_stages, paid_counts
 from tests.integration.stager_process import AnalyticsProcess, StagerProcess, WorkerProcess, post_json
 
 SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cdnow" / "CDNOW_sample.txt"
@@ -250,6 +250,8 @@ def test_a_saved_audience_counts_exports_and_crosses(replayed: str) -> None:
         ("(aipl:I | city:Shanghai", "'(' is never closed", 0),
         ("aipl:I city:Shanghai", "expected an operator", 7),
         ("audience:nobody", "no saved audience 'nobody'", 0),
+        ("aipl:I & paid_orders_3660d >= 1", "reaches back before the 400 days of behaviour kept", 9),
+        ("category:7 browsed 30", "expected a window in days", 19),
     ],
 )
 def test_a_malformed_expression_gets_400_pointing_at_its_position(
@@ -326,7 +328,14 @@ def _expected_audiences() -> list[tuple[str, set[str]]]:
     city = {c: _with("city", c) for c in CITIES}
     f, m, y96 = _with("gender", "f"), _with("gender", "m"), _with("member_since", "1996")
     everyone = set(_attributes())
+    events = cdnow_events(SAMPLE)
+    now = max(t for evs in events.values() for t, _, _ in evs)
+    paid = {days: paid_counts(events, now, days) for days in (30, 90, 365)}
     return [
+        ("paid_orders_30d >= 1", set(paid[30])),
+        ("paid_orders_365d >= 2 & gender:f", {c for c, n in paid[365].items() if n >= 2} & f),
+        ("aipl:L - paid_orders_90d > 1", s[("aipl", "L")] - {c for c, n in paid[90].items() if n > 1}),
+        ("paid_orders_365d = 1 | category:7 browsed 30d", {c for c, n in paid[365].items() if n == 1}),
         ("aipl:P", s[("aipl", "P")]),
         ("aipl:P | aipl:L", s[("aipl", "P")] | s[("aipl", "L")]),
         ("pyramid:loyal & gender:f", s[("pyramid", "loyal")] & f),

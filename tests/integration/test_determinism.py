@@ -11,7 +11,7 @@ computed for that tenant). On a stack of its own."""
 import asyncio
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from crm.replay import replay
 from services.analytics import query
 from services.analytics.app import SOURCE_TOPICS as ANALYTICS_SOURCES
+from services.analytics.audience import parse
 from services.analytics.settings import AnalyticsSettings
 from services.common import keys
 from services.common.avro import default_codec
@@ -42,7 +43,16 @@ from services.stager.settings import StagerSettings
 from services.triggers.app import SOURCE_TOPICS as TRIGGERS_SOURCES
 from services.triggers.settings import TriggerSettings
 from tests.conftest import StackInfo
-from tests.integration.batch_rules import cdnow_events, expected_counts, expected_flow, taobao_events
+from tests.integration.batch_rules import (
+    browsed,
+    cdnow_events,
+    expected_counts,
+    expected_flow,
+    expected_stages,
+    paid_counts,
+    taobao_browses,
+    taobao_events,
+)
 from tests.integration.batch_triggers import CHANNELS, expected_decisions
 from tests.integration.stager_process import AnalyticsProcess, StagerProcess, TriggersProcess, WorkerProcess
 
@@ -219,7 +229,21 @@ def test_replays_at_any_pace_batch_size_and_worker_count_give_the_same_transitio
     # the stage history kept by the analytics workers: at any instant, and between two, the
     # answers of the batch computation, whatever the pace, batch size or number of workers
     instants = [852_076_800_000 + k * 45 * 86_400_000 for k in range(12)]  # 1997-01-01, every 45 days
-    _assert_history(quiet_stack, tenants, cdnow_events(data), instants)
+    events = cdnow_events(data)
+    _assert_history(quiet_stack, tenants, events, instants)
+    # behaviour terms of audiences, at instants inside a day (07:00) whose windows start within
+    # the 400 days kept back from the last day closed (1998-06)
+    audiences = {}
+    for at in (t + 7 * 3_600_000 for t in instants[8:]):
+        paid = {days: paid_counts(events, at, days) for days in (30, 90, 180)}
+        declining = {c for c, s in expected_stages(events, at)["lifecycle"].items() if s == "declining"}
+        audiences[at] = {
+            "paid_orders_30d >= 1": set(paid[30]),
+            "paid_orders_180d >= 3": {c for c, n in paid[180].items() if n >= 3},
+            "paid_orders_90d = 1": {c for c, n in paid[90].items() if n == 1},
+            "paid_orders_180d > 1 & lifecycle:declining": {c for c, n in paid[180].items() if n > 1} & declining,
+        }
+    _assert_audiences(quiet_stack, tenants, audiences)
 
 
 def _assert_history(
@@ -238,6 +262,28 @@ def _assert_history(
             for model in MODELS:
                 moved = {f"{a}->{b}": n for (a, b), n in found_flow[model].items() if a != b}
                 assert moved == expected_flow(events, model, t0, t1), f"{name}: {model} flow {t0}..{t1}"
+
+
+def _assert_audiences(stack: StackInfo, tenants: Mapping[str, str], wanted: dict[int, dict[str, set[str]]]) -> None:
+    """Every run's audiences at each instant are the customers the batch computation names."""
+    for name, tenant in tenants.items():
+        for at, expressions in wanted.items():
+            for text, customers in expressions.items():
+                found = asyncio.run(_audience(stack, tenant, at, text))
+                assert found == customers, f"{name}: {text} at {at}: {len(found)} found, {len(customers)} wanted"
+    assert any(c for e in wanted.values() for c in e.values())
+
+
+async def _audience(stack: StackInfo, tenant: str, at: int, text: str) -> set[str]:
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        audiences = query.Audiences(redis, tenant, at, 12)
+        out: set[str] = set()
+        for shard, ids in zip(audiences.shards, await audiences.members(parse(text)), strict=True):
+            out.update(n for n in await audiences.names(shard, list(ids)) if n is not None)
+        return out
+    finally:
+        await redis.aclose()
 
 
 async def _history(
@@ -318,4 +364,13 @@ def test_taobao_browsing_carts_and_orders_give_the_same_answers_at_any_pace_and_
     # 2017-11-25 12:00Z, daily to 12-03: within the data (past its end no clock runs on, while the
     # batch computation would let the sessions of the shopping path time out)
     instants = [1_511_611_200_000 + k * 86_400_000 for k in range(9)]
-    _assert_history(quiet_stack, tenants, taobao_events(data), instants)
+    events = taobao_events(data)
+    _assert_history(quiet_stack, tenants, events, instants)
+    views = taobao_browses(data)
+    popular = Counter(k for evs in views.values() for _, k in evs).most_common(2)
+    audiences = {at: {
+        "paid_orders_2d >= 1": set(paid_counts(events, at, 2)),
+        "paid_orders_9d > 1": {c for c, n in paid_counts(events, at, 9).items() if n > 1},
+        **{f"category:{k} browsed {d}d": browsed(views, k, at, d) for k, _ in popular for d in (1, 3)},
+    } for at in instants[::2]}  # fmt: skip
+    _assert_audiences(quiet_stack, tenants, audiences)
