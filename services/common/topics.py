@@ -13,12 +13,13 @@ __all__ = ["ensure_topics"]
 
 
 async def ensure_topics(
-    bootstrap: str, specs: Iterable[TopicSpec] = TOPICS, partitions: int | None = None
+    bootstrap: str, specs: Iterable[TopicSpec] = TOPICS, partitions: int | None = None, replication: int = 1
 ) -> dict[str, str]:
     """Create missing topics; returns name -> "created" | "exists (N partitions)".
 
     `partitions` overrides every spec's count. An existing topic with a different count is
-    reported, not altered: changing it would move customers between partitions.
+    reported, not altered: changing it would move customers between partitions. With
+    `replication` of 3 or more, a write needs two in-sync replicas (`min.insync.replicas=2`).
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
@@ -27,7 +28,12 @@ async def ensure_topics(
         have = {t["topic"]: len(t["partitions"]) for t in existing if not t.get("error_code")}
         wanted = list(specs)
         missing = [
-            NewTopic(s.name, num_partitions=partitions or s.partitions, replication_factor=1)
+            NewTopic(
+                s.name,
+                num_partitions=partitions or s.partitions,
+                replication_factor=replication,
+                topic_configs={"min.insync.replicas": "2"} if replication >= 3 else {},
+            )  # fmt: skip
             for s in wanted
             if s.name not in have
         ]

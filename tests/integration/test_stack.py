@@ -53,3 +53,48 @@ def test_every_topic_of_the_table_exists_with_12_partitions(stack: StackInfo) ->
 def test_topic_creation_is_idempotent(stack: StackInfo) -> None:
     result = asyncio.run(ensure_topics(stack.kafka_bootstrap))
     assert set(result.values()) == {"exists (12 partitions)"}
+
+
+def test_the_cluster_stack_runs_three_brokers_and_a_redis_cluster(tmp_path: Path) -> None:
+    """`crm stack up --cluster` on ports of its own: three KRaft brokers whose topics have three
+    replicas and need two in sync, a Redis Cluster of three masters with a replica each (AOF on),
+    every slot served; up again changes nothing; down stops all nine processes."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from crm.localstack import ClusterStack
+
+    settings = CommonSettings(
+        kafka_bootstrap="127.0.0.1:24692", redis_url="redis://127.0.0.1:24979/0", state_dir=tmp_path / "cluster"
+    )
+    local = ClusterStack(settings, say=lambda _: None)
+    try:
+        local.up(180)
+        assert local.kafka_ready() and local.redis_ready()
+        before = local.status()
+        asyncio.run(ensure_topics(local.bootstrap, replication=3))
+
+        async def described() -> tuple[list[tuple[list[int], list[int]]], str]:
+            admin = AIOKafkaAdminClient(bootstrap_servers=local.bootstrap)
+            await admin.start()
+            try:
+                topic = (await admin.describe_topics(["crm.events.order"]))[0]
+                found = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "crm.events.order")])
+                isr = next(c[1] for c in found[0].resources[0][4] if c[0] == "min.insync.replicas")
+                return [(p["replicas"], p["isr"]) for p in topic["partitions"]], isr
+            finally:
+                await admin.close()
+
+        partitions, min_isr = asyncio.run(described())
+        assert len(partitions) == 12 and min_isr == "2"
+        assert all(len(replicas) == 3 and len(isr) == 3 for replicas, isr in partitions)
+        nodes = cast(dict[str, dict[str, str]], redis.Redis(port=24979).cluster("nodes"))
+        flags = [n["flags"] for n in nodes.values()]
+        assert sum("master" in f for f in flags) == 3 and sum("slave" in f for f in flags) == 3, flags
+        assert all(redis.Redis(port=p).config_get("appendonly") == {"appendonly": "yes"} for p in local.redis_ports)
+        local.up(180)
+        assert local.status() == before
+    finally:
+        stopped = local.down()
+    assert set(stopped) == {"kafka-1", "kafka-2", "kafka-3", *(f"redis-{j}" for j in range(1, 7))}
+    assert not local.kafka_ready() and not local.redis_ready()
