@@ -195,7 +195,8 @@ async def write_behaviour(redis: Any, tenant: str, args: argparse.Namespace, rnd
                     pipe.hset(keys.behaviour_key(tenant, shard, f"bd:{START_DAY + i}"), "bench",
                               encode_browse(day_views))  # fmt: skip
                 orders, views = orders + len(day_orders), views + len(day_views)
-            pipe.hset(keys.behaviour_key(tenant, shard, "meta"), "closed", START_DAY + args.days - 1)
+            pipe.hset(keys.behaviour_key(tenant, shard, "meta"), mapping={"closed": START_DAY + args.days - 1,
+                                                                          "since": START_DAY})  # fmt: skip
             await pipe.execute()
     return orders, views
 

@@ -20,10 +20,10 @@ compact per-day parts, so an answer reads one part per day of its window, never 
 - `rd`: hash day -> the day's refunds (`encode_refunds`: id, paid time, refund time);
 - `bd:<day>`: hash category -> that day's browsers (`encode_browse`: bitmap and first time of day);
   `bdays`: the days with browses closed;
-- `meta`: `closed`, the last day closed.
+- `meta`: `closed`, the last day closed; `since`, the earliest day any behaviour was closed for.
 
 Days older than the retention (`keep_days`) are removed as days close; a question reaching back
-further is refused rather than answered short.
+further, to days that held behaviour, is refused rather than answered short.
 """
 
 from __future__ import annotations
@@ -246,12 +246,16 @@ async def close_acts(redis: Any, pipe: Any, tenant: str, shard: int, until: int,
         pipe.hset(key(f"bd:{day}"), mapping=blobs)
         pipe.zadd(key("bdays"), {str(day): day})
     paid, refunds = found[-2], found[-1]
-    await _close_orders(redis, pipe, key, paid, refunds, end)
+    held = [*days, *await _close_orders(redis, pipe, key, paid, refunds, end)]
     await _trim(redis, pipe, key, until - keep_days)
+    since = await redis.hget(key("meta"), "since")
+    if held and (since is None or min(held) < int(since)):
+        pipe.hset(key("meta"), "since", min(held))
     pipe.hset(key("meta"), "closed", until)
 
 
-async def _close_orders(redis: Any, pipe: Any, key: Any, paid: list[Any], refunds: list[Any], end: int) -> None:
+async def _close_orders(redis: Any, pipe: Any, key: Any, paid: list[Any], refunds: list[Any], end: int) -> list[int]:
+    """Queue the closing of the open orders and refunds up to `end`; the days they fall on."""
     members = [m for m, _ in paid] + [m for m, _ in refunds]
     known = await redis.zmscore(key("orders"), members) if members else []
     refunded = await redis.zmscore(key("refunds"), [m for m, _ in refunds]) if refunds else []
@@ -280,6 +284,7 @@ async def _close_orders(redis: Any, pipe: Any, key: Any, paid: list[Any], refund
         pipe.zremrangebyscore(key("po"), "-inf", end)
     if refunds:
         pipe.zremrangebyscore(key("ro"), "-inf", end)
+    return [*by_day, *taken]
 
 
 async def _trim(redis: Any, pipe: Any, key: Any, last_dropped: int) -> None:
@@ -302,11 +307,11 @@ async def _trim(redis: Any, pipe: Any, key: Any, last_dropped: int) -> None:
 # --- Redis: reading -----------------------------------------------------------------------------
 async def _window(redis: Any, tenant: str, shard: int, at: int, days: int, keep_days: int) -> tuple[int, int, int]:
     """(first day of the window, last day closed, start of what is open); ValueError when the
-    window reaches back past what is kept."""
-    closed_raw = await redis.hget(behaviour_key(tenant, shard, "meta"), "closed")
+    window reaches back to days removed by the retention (days before any behaviour are not)."""
+    closed_raw, since_raw = await redis.hmget(behaviour_key(tenant, shard, "meta"), ["closed", "since"])
     closed = -1 if closed_raw is None else int(closed_raw)
     first = at // DAY_MS - days + 1
-    if first <= closed - keep_days:
+    if first <= closed - keep_days and since_raw is not None and int(since_raw) <= closed - keep_days:
         raise ValueError(f"reaches back before the {keep_days} days of behaviour kept")
     return first, closed, (closed + 1) * DAY_MS
 
