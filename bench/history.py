@@ -23,6 +23,7 @@ import asyncio
 import random
 import statistics
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from bench.run import SETTINGS, fresh_stack, save
 from services.analytics import query
 from services.analytics.audience import parse
-from services.analytics.behaviour import encode_browse, encode_paid
+from services.analytics.behaviour import WEEK, encode_browse, encode_layers, encode_paid, layers_of
 from services.analytics.history import DAY_MS, History, Transition
 from services.analytics.store import queue_changes
 from services.common import keys
@@ -195,6 +196,11 @@ async def write_behaviour(redis: Any, tenant: str, args: argparse.Namespace, rnd
                     pipe.hset(keys.behaviour_key(tenant, shard, f"bd:{START_DAY + i}"), "bench",
                               encode_browse(day_views))  # fmt: skip
                 orders, views = orders + len(day_orders), views + len(day_views)
+            # each whole week's layers, as closing its last day writes them
+            for week in range(START_DAY // WEEK, (START_DAY + args.days) // WEEK):
+                counts = Counter(i for d in range(week * WEEK, (week + 1) * WEEK) if 0 <= d - START_DAY < args.days
+                                 for i, _ in paid[d - START_DAY])  # fmt: skip
+                pipe.hset(keys.behaviour_key(tenant, shard, "pw"), str(week), encode_layers(layers_of(counts)))
             pipe.hset(keys.behaviour_key(tenant, shard, "meta"), mapping={"closed": START_DAY + args.days - 1,
                                                                           "since": START_DAY})  # fmt: skip
             await pipe.execute()

@@ -17,6 +17,8 @@ compact per-day parts, so an answer reads one part per day of its window, never 
   time), so a repeat arriving days later counts once;
 - `pd`: hash day -> the day's paid orders (`encode_paid`: "at least j orders" bitmaps for whole
   days, and each order's id and time of day for the day an instant falls in);
+- `pw`: hash week -> the week's "at least j orders" bitmaps, once its last day closed (weeks of
+  seven days from day 0 of the epoch): a long window reads its whole weeks, not each day;
 - `rd`: hash day -> the day's refunds (`encode_refunds`: id, paid time, refund time);
 - `bd:<day>`: hash category -> that day's browsers (`encode_browse`: bitmap and first time of day);
   `bdays`: the days with browses closed;
@@ -47,9 +49,11 @@ __all__ = [
     "close_acts",
     "compare",
     "decode_browse",
+    "decode_layers",
     "decode_paid",
     "decode_refunds",
     "encode_browse",
+    "encode_layers",
     "encode_paid",
     "encode_refunds",
     "layers_of",
@@ -58,6 +62,7 @@ __all__ = [
 ]
 
 KINDS = ("browse", "paid", "refund")
+WEEK = 7  # days
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,15 @@ def decode_paid(raw: bytes, until: int | None = None) -> list[BitMap]:
         return [BitMap.deserialize(b) for b in layers]
     kept = Counter(i for i, t in zip(_array("I", ids), _array("I", times), strict=True) if t <= until)
     return layers_of(kept)
+
+
+def encode_layers(layers: list[BitMap]) -> bytes:
+    """A week's "at least j" bitmaps."""
+    return _parts(*(b.serialize() for b in layers))
+
+
+def decode_layers(raw: bytes) -> list[BitMap]:
+    return [BitMap.deserialize(b) for b in _unparts(raw)]
 
 
 def encode_refunds(refunds: Sequence[tuple[int, int, int]]) -> bytes:
@@ -246,16 +260,21 @@ async def close_acts(redis: Any, pipe: Any, tenant: str, shard: int, until: int,
         pipe.hset(key(f"bd:{day}"), mapping=blobs)
         pipe.zadd(key("bdays"), {str(day): day})
     paid, refunds = found[-2], found[-1]
-    held = [*days, *await _close_orders(redis, pipe, key, paid, refunds, end)]
+    closed_before, since = await redis.hmget(key("meta"), ["closed", "since"])
+    fresh, refund_days = await _close_orders(redis, pipe, key, paid, refunds, end)
+    await _close_weeks(redis, pipe, key, fresh, -1 if closed_before is None else int(closed_before), until)
+    held = [*days, *fresh, *refund_days]
     await _trim(redis, pipe, key, until - keep_days)
-    since = await redis.hget(key("meta"), "since")
     if held and (since is None or min(held) < int(since)):
         pipe.hset(key("meta"), "since", min(held))
     pipe.hset(key("meta"), "closed", until)
 
 
-async def _close_orders(redis: Any, pipe: Any, key: Any, paid: list[Any], refunds: list[Any], end: int) -> list[int]:
-    """Queue the closing of the open orders and refunds up to `end`; the days they fall on."""
+async def _close_orders(
+    redis: Any, pipe: Any, key: Any, paid: list[Any], refunds: list[Any], end: int
+) -> tuple[dict[int, list[tuple[int, int]]], list[int]]:
+    """Queue the closing of the open orders and refunds up to `end`; the orders closed by day
+    ((id, ms of the day) each) and the days of the refunds closed."""
     members = [m for m, _ in paid] + [m for m, _ in refunds]
     known = await redis.zmscore(key("orders"), members) if members else []
     refunded = await redis.zmscore(key("refunds"), [m for m, _ in refunds]) if refunds else []
@@ -284,7 +303,23 @@ async def _close_orders(redis: Any, pipe: Any, key: Any, paid: list[Any], refund
         pipe.zremrangebyscore(key("po"), "-inf", end)
     if refunds:
         pipe.zremrangebyscore(key("ro"), "-inf", end)
-    return [*by_day, *taken]
+    return by_day, list(taken)
+
+
+async def _close_weeks(
+    redis: Any, pipe: Any, key: Any, fresh: dict[int, list[tuple[int, int]]], before: int, until: int
+) -> None:
+    """Queue the layers of every week with paid orders whose last day closes now (after day
+    `before`, up to `until`): the counts of its seven days, closed now (`fresh`) or before."""
+    have = {int(d) for d in await redis.hkeys(key("pd"))} | set(fresh)
+    for week in sorted({d // WEEK for d in have if before < d // WEEK * WEEK + WEEK - 1 <= until}):
+        days = range(week * WEEK, (week + 1) * WEEK)
+        stored = [str(d) for d in days if d in have and d not in fresh]
+        counts: Counter[int] = Counter(i for d in days for i, _ in fresh.get(d, []))
+        for raw in await redis.hmget(key("pd"), stored) if stored else []:
+            if raw:
+                counts.update(_array("I", _unparts(raw)[0]))
+        pipe.hset(key("pw"), str(week), encode_layers(layers_of(counts)))
 
 
 async def _trim(redis: Any, pipe: Any, key: Any, last_dropped: int) -> None:
@@ -300,6 +335,9 @@ async def _trim(redis: Any, pipe: Any, key: Any, last_dropped: int) -> None:
         stale = [d for d in await redis.hkeys(key(part)) if int(d) <= last_dropped]
         if stale:
             pipe.hdel(key(part), *stale)
+    weeks = [w for w in await redis.hkeys(key("pw")) if (int(w) + 1) * WEEK - 1 <= last_dropped]
+    if weeks:
+        pipe.hdel(key("pw"), *weeks)
     for part in ("orders", "refunds"):
         pipe.zremrangebyscore(key(part), "-inf", (last_dropped + 1) * DAY_MS - 1)
 
@@ -368,6 +406,16 @@ async def _refunded(
     return minus
 
 
+async def _whole_days(redis: Any, key: Any, first: int, last: int) -> list[list[BitMap]]:
+    """The layers of the paid orders of days `first` to `last`, closed: whole weeks from their
+    week's part, the other days from their own."""
+    low, high = -(-first // WEEK), (last + 1) // WEEK  # the weeks wholly inside: low .. high - 1
+    weeks = await redis.hmget(key("pw"), [str(w) for w in range(low, high)]) if high > low else []
+    days = [str(d) for d in range(first, last + 1) if not low <= d // WEEK < high or weeks[d // WEEK - low] is None]
+    found = await redis.hmget(key("pd"), days) if days else []
+    return [decode_layers(raw) for raw in weeks if raw] + [decode_paid(raw) for raw in found if raw]
+
+
 async def paid_members(
     redis: Any, tenant: str, shard: int, at: int, days: int, op: str, n: int, keep_days: int
 ) -> BitMap:
@@ -379,16 +427,14 @@ async def paid_members(
     def key(part: str) -> str:
         return behaviour_key(tenant, shard, part)
 
-    whole = [str(d) for d in range(first, min(today - 1, closed) + 1)]
     refund_days = [str(d) for d in range(first, min(today, closed) + 1)]
+    layers = await _whole_days(redis, key, first, min(today - 1, closed))
     async with redis.pipeline(transaction=False) as read:
-        read.hmget(key("pd"), whole or ["-1"])  # (a day no part has: an empty window)
         read.hget(key("pd"), str(today))
         read.hmget(key("rd"), refund_days or ["-1"])
         read.zrangebyscore(key("po"), max(open_from, start), at)
         read.zrangebyscore(key("ro"), max(open_from, start), at, withscores=True)
-        closed_days, today_raw, refund_raw, open_paid, open_refunds = await read.execute()
-    layers = [decode_paid(raw) for raw in closed_days if raw]
+        today_raw, refund_raw, open_paid, open_refunds = await read.execute()
     if today <= closed:
         if today_raw:
             layers.append(decode_paid(today_raw, at - today * DAY_MS))
