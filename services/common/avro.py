@@ -3,6 +3,10 @@
 Each message is `C3 01` + the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's
 parsing canonical form + the Avro binary body (Avro specification, "Single-object encoding"),
 so any consumer holding `schemas/` can decode any message without a registry.
+
+Earlier versions of a schema stay in `schemas/previous/` (`<name>.<n>.avsc`): a message written
+with one is read as the current version (Avro schema resolution: a field added since takes its
+default), so records on Kafka from before a change, and from writers not yet upgraded, still read.
 """
 
 from __future__ import annotations
@@ -56,6 +60,16 @@ def schema_dir() -> Path:
     return Path(override) if override else Path(__file__).resolve().parents[2] / "schemas"
 
 
+def _load(path: Path) -> _Entry:
+    try:
+        raw = json.loads(path.read_text())
+        parsed = fastavro.parse_schema(raw, _write_hint=False)
+    except (ValueError, fastavro.schema.SchemaParseException) as exc:
+        raise SchemaError(f"{path.name}: {exc}") from exc
+    fp = struct.pack("<Q", crc64_avro(to_parsing_canonical_form(parsed).encode()))
+    return _Entry(f"{raw['namespace']}.{raw['name']}", parsed, MAGIC + fp, raw)
+
+
 class _Entry:
     __slots__ = ("name", "parsed", "header", "raw", "write")
 
@@ -80,17 +94,16 @@ class Codec:
         if not files:
             raise SchemaError(f"no .avsc files in {folder}")
         for path in files:
-            try:
-                raw = json.loads(path.read_text())
-                parsed = fastavro.parse_schema(raw, _write_hint=False)
-            except (ValueError, fastavro.schema.SchemaParseException) as exc:
-                raise SchemaError(f"{path.name}: {exc}") from exc
-            name = f"{raw['namespace']}.{raw['name']}"
-            canonical = to_parsing_canonical_form(parsed)
-            fp = struct.pack("<Q", crc64_avro(canonical.encode()))
-            entry = _Entry(name, parsed, MAGIC + fp, raw)
-            self._by_name[name] = entry
-            self._by_fp[fp] = entry
+            entry = _load(path)
+            self._by_name[entry.name] = entry
+            self._by_fp[entry.header[2:]] = entry
+        self._old: dict[bytes, tuple[_Entry, _Entry]] = {}  # fingerprint -> (its version, the current)
+        for path in sorted((folder / "previous").glob("*.avsc")):
+            old = _load(path)
+            current = self._by_name.get(old.name)
+            if current is None:
+                raise SchemaError(f"previous/{path.name}: no current schema {old.name}")
+            self._old[old.header[2:]] = (old, current)
 
     @property
     def names(self) -> list[str]:
@@ -129,11 +142,14 @@ class Codec:
         """(schema name, record) of a single-object-encoded message."""
         if len(data) < _HEADER or data[:2] != MAGIC:
             raise SchemaError("not an Avro single-object message (missing C3 01 marker)")
-        entry = self._by_fp.get(data[2:_HEADER])
+        entry, reader = self._by_fp.get(data[2:_HEADER]), None
         if entry is None:
-            raise SchemaError(f"unknown schema fingerprint {data[2:_HEADER].hex()}")
+            old = self._old.get(data[2:_HEADER])
+            if old is None:
+                raise SchemaError(f"unknown schema fingerprint {data[2:_HEADER].hex()}")
+            entry, reader = old[0], old[1].parsed
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(data[_HEADER:]), entry.parsed, None)
+            record = fastavro.schemaless_reader(io.BytesIO(data[_HEADER:]), entry.parsed, reader)
         except (EOFError, ValueError, IndexError, OverflowError, TypeError) as exc:
             raise SchemaError(f"{entry.name}: cannot decode body: {exc}") from exc
         return entry.name, record  # type: ignore[return-value]
@@ -150,8 +166,7 @@ class Codec:
         def read(data: bytes) -> tuple[str, dict[str, Any]]:
             found = readers.get(data[2:_HEADER])
             if found is None or data[:2] != MAGIC:
-                self.decode(data)  # raises the precise SchemaError
-                raise SchemaError("undecodable message")
+                return self.decode(data)  # an earlier version's (resolved), or the precise SchemaError
             try:
                 return found[0], found[1](data, _HEADER)
             except (IndexError, ValueError, OverflowError, TypeError) as exc:

@@ -109,6 +109,8 @@ class Batch(Generic[In]):
     offsets: dict[str, int] = field(default_factory=dict)
     groups: dict[tuple[str, str], Group[In]] = field(default_factory=dict)
     dead: DeadLetters = field(default_factory=dict)
+    # origin -> the Kafka timestamp (ms) of its message: for an event, when ingest handed it to Kafka
+    stamps: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -347,6 +349,7 @@ class StreamEngine(Generic[In]):
             if clock is None:
                 clock = clocks[tenant] = self.new_clock()
             clock.saw(msg.partition, item.time, now, msg.topic)
+            batch.stamps[origin] = msg.timestamp
             found = groups.get((tenant, customer))
             if found is None:
                 groups[(tenant, customer)] = Group(msg.partition, [item], msg.timestamp)

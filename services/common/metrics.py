@@ -7,9 +7,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["PREFIX", "LoopMetrics", "metrics_handler"]
+__all__ = ["LATENCY_BUCKETS", "PREFIX", "LoopMetrics", "metrics_handler"]
 
 PREFIX = "crm_"
+# seconds from an event's acceptance to what it caused being on Kafka
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 def metrics_handler(registry: CollectorRegistry) -> Callable[[web.Request], Awaitable[web.Response]]:

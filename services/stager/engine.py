@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -156,14 +156,15 @@ class Engine(StreamEngine[Fact]):
         credits: list[tuple[str, str, Fact]] = []
         applied: dict[str, int] = {}  # metrics move once per batch, not per event
         repeats = late = 0
+        stamps = batch.stamps
         for cust in customers:
             watermark = self.watermark(cust.tenant, cust.shard)
             fresh = []
             for fact in groups[(cust.tenant, cust.customer)].items:
                 if is_repeat(cust.seen, fact.time, fingerprint(fact.event_id)):
                     repeats += 1
-                else:
-                    fresh.append(fact)
+                else:  # with when it was accepted: its message's Kafka timestamp, set by ingest's producer
+                    fresh.append(replace(fact, accepted=stamps.get(fact.origin, 0)))
             late += self._take(cust, fresh, watermark, credits, batch.dead)
             applied[cust.tenant] = applied.get(cust.tenant, 0) + len(fresh)
         for tenant, n in applied.items():
@@ -214,7 +215,10 @@ class Engine(StreamEngine[Fact]):
         return out
 
     async def _emit(self, customers: list[_Customer], credits: list[tuple[str, str, Fact]]) -> None:
+        """Produce the customers' transitions (each with the acceptance time of the event that
+        caused it; none for a timer's) and the referral credits."""
         pending = []
+        causes: list[int] = []
         per_model: dict[str, int] = {}  # metric increments once per batch, not per transition
         encode = self.codec.encode
         transitions: list[tuple[bytes, bytes]] = []
@@ -233,7 +237,10 @@ class Engine(StreamEngine[Fact]):
                     "at": tr.at,
                     "cause": tr.cause,
                     "seq": seq,
+                    "accepted_at": tr.accepted or None,
                 }
+                if tr.accepted:
+                    causes.append(tr.accepted)
                 transitions.append((key, encode("crm.stage.StageTransition", record)))
                 per_model[tr.model] = per_model.get(tr.model, 0) + 1
         for tenant, referrer, fact in credits:
@@ -255,6 +262,9 @@ class Engine(StreamEngine[Fact]):
             pending += [await self.send(TOPIC_STAGE_TRANSITIONS, k, v) for k, v in transitions]
         if pending:
             await asyncio.gather(*pending)
+        now = time.time() * 1000
+        for at in causes:
+            self.metrics.event_to_transition.observe(max(0.0, (now - at) / 1000))
 
     async def _write(
         self, customers: list[_Customer], offsets: dict[str, int], dead: dict[int, dict[str, bytes]]

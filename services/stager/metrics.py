@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from services.common.metrics import PREFIX, LoopMetrics
+from services.common.metrics import LATENCY_BUCKETS, PREFIX, LoopMetrics
 
 __all__ = ["StagerMetrics"]
 
 
 class StagerMetrics(LoopMetrics):
-    """The loop's metrics (crm_stager_...) and the stager's own: events and transitions."""
+    """The loop's metrics (crm_stager_...) and the stager's own: events, transitions and the time
+    from an event's acceptance to the transitions it caused being on Kafka."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__(registry, "stager", late="late_events", timers="timers_fired",
@@ -20,4 +21,10 @@ class StagerMetrics(LoopMetrics):
         )
         self.transitions = Counter(
             f"{PREFIX}stager_transitions", "Stage transitions emitted", ["model"], registry=registry
+        )
+        self.event_to_transition = Histogram(
+            f"{PREFIX}stager_event_to_transition_seconds",
+            "From an event's acceptance (its Kafka timestamp, set at ingest) to its transitions being on Kafka",
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from operator import attrgetter
 
@@ -79,6 +79,7 @@ class Fact:
     amount_cents: int = 0
     referrer: str | None = None
     origin: str = ""  # where it was read: "<topic>|<partition>|<offset>" (for its dead letter)
+    accepted: int = 0  # when ingest handed it to Kafka (ms; its record's timestamp), 0: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class Transition:
     to_stage: str | None
     at: int
     cause: str  # event id, or "timer:<ms>"
+    accepted: int = 0  # when the event that caused it was accepted (ms), 0: unknown or a timer
 
 
 @dataclass(slots=True)
@@ -179,7 +181,7 @@ def _apply(s: CustomerState, fact: Fact, rules: StageRules, out: Outcome) -> Non
         _restore(s, saved)
         out.rejected.append((fact, f"unprocessable: {type(exc).__name__}: {exc}"))
         return
-    out.transitions += transitions
+    out.transitions += [replace(t, accepted=fact.accepted) for t in transitions] if fact.accepted else transitions
     out.applied.append(fact)
     if referrer:
         out.credits.append((referrer, fact))

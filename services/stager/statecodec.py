@@ -15,12 +15,13 @@ __all__ = ["decode_state", "encode_state"]
 
 # 2: session fields; 3: lists as deltas, fixed-width fingerprints; 4: path step inside the delta;
 # 5: recent events with a fingerprint, pending facts and referral credits at the end;
-# 6: SICAS: its stage and three more times (last product interest, last join, last credit)
-VERSION = 6
-READABLE = (4, 5, 6)
+# 6: SICAS: its stage and three more times (last product interest, last join, last credit);
+# 7: each pending fact's acceptance time
+VERSION = 7
+READABLE = (4, 5, 6, 7)
 # the models whose stages each layout holds, in order (before 6: no SICAS)
 _BEFORE_6 = ("pyramid", "aipl", "lifecycle", "path", "value_grid")
-_LAYOUT_MODELS = {4: _BEFORE_6, 5: _BEFORE_6, 6: MODELS}
+_LAYOUT_MODELS = {4: _BEFORE_6, 5: _BEFORE_6, 6: MODELS, 7: MODELS}
 _STAGE_CODE = {model: {name: i + 1 for i, name in enumerate(stage_names(model))} for model in MODELS}
 _STAGE_NAME = {model: {i + 1: name for i, name in enumerate(stage_names(model))} for model in MODELS}
 
@@ -86,6 +87,7 @@ def encode_state(s: CustomerState, seen: list[tuple[int, int]]) -> bytes:
         _put(out, fact.amount_cents)
         _text(out, fact.referrer or "")
         _text(out, fact.origin)
+        _put(out, fact.accepted)
     _put(out, len(s.credits))
     for fp in s.credits:
         out += fp.to_bytes(4, "little")
@@ -138,7 +140,7 @@ def decode_state(data: bytes) -> tuple[CustomerState, list[tuple[int, int]]]:
         previous -= get()
         seen.append((previous, r.fixed(4)))
     if layout >= 5:
-        s.pending, s.credits = _tail(r, clock)
+        s.pending, s.credits = _tail(r, clock, layout)
     return s, seen
 
 
@@ -151,8 +153,8 @@ def _stages(data: bytes, pos: int, layout: int) -> dict[str, str | None]:
     return stages
 
 
-def _tail(r: VarintReader, clock: int) -> tuple[list[Fact], list[int]]:
-    """The pending facts and the referral credits (layouts 5 on)."""
+def _tail(r: VarintReader, clock: int, layout: int) -> tuple[list[Fact], list[int]]:
+    """The pending facts and the referral credits (layouts 5 on; acceptance times from 7)."""
     out = []
     for _ in range(r.uint()):
         time = clock + r.sint()
@@ -161,6 +163,7 @@ def _tail(r: VarintReader, clock: int) -> tuple[list[Fact], list[int]]:
         order_key = r.fixed(4)
         cents = r.uint()
         referrer = r.text() or None
-        out.append(Fact(event_id, kind, time, order_key, cents, referrer, r.text()))
+        origin = r.text()
+        out.append(Fact(event_id, kind, time, order_key, cents, referrer, origin, r.uint() if layout >= 7 else 0))
     credits = [r.fixed(4) for _ in range(r.uint())]
     return out, credits

@@ -74,6 +74,7 @@ class TransitionIn:
     time: int
     seq: int = 0  # the stager's count of the customer's transitions: orders those of one instant
     origin: str = ""  # where it was read: "<topic>|<partition>|<offset>" (for its dead letter)
+    accepted: int = 0  # when the event behind it was accepted at ingest (ms), 0: unknown or a timer
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,7 @@ class OrderIn:
     status: str  # created, paid, cancelled, refunded
     time: int
     origin: str = ""
+    accepted: int = 0  # when ingest handed it to Kafka (ms; its record's timestamp), 0: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class CartIn:
     action: str  # add, remove
     time: int
     origin: str = ""
+    accepted: int = 0  # when ingest handed it to Kafka (ms; its record's timestamp), 0: unknown
 
 
 @dataclass(frozen=True, slots=True)

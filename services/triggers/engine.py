@@ -17,7 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -35,8 +35,11 @@ from services.common.outbox import SentSince, pack
 from services.common.produce import Send, SendTo
 from services.triggers.config import TriggerConfig
 from services.triggers.domain import (
+    CartIn,
     Decision,
     Input,
+    OrderIn,
+    TransitionIn,
     is_repeat,
     take,
 )
@@ -63,6 +66,12 @@ class _Customer:
     state: TriggerState
     decisions: list[Decision] = field(default_factory=list)
     arrived: int = 0  # Kafka timestamp (ms) of the newest message that made decisions
+    accepted: list[int] = field(default_factory=list)  # acceptance (ms) of the events behind decisions
+
+
+def _accepted(cause: Input | None) -> int:
+    """When the event behind a decision's cause was accepted at ingest (ms), 0: not known."""
+    return cause.accepted if isinstance(cause, TransitionIn | OrderIn | CartIn) else 0
 
 
 class TriggerEngine(StreamEngine[Input]):
@@ -122,7 +131,7 @@ class TriggerEngine(StreamEngine[Input]):
 
     # --- messages ----------------------------------------------------------------------------
     async def apply(self, batch: Batch[Input]) -> None:
-        groups, dead = batch.groups, batch.dead
+        groups, dead, stamps = batch.groups, batch.dead, batch.stamps
         repeats = late = 0
 
         def decide(cust: _Customer) -> None:
@@ -130,7 +139,10 @@ class TriggerEngine(StreamEngine[Input]):
             group = groups[(cust.tenant, cust.customer)]
             repeats += sum(1 for item in group.items if is_repeat(cust.state, item))
             watermark = self.watermark(cust.tenant, cust.shard)
-            made, behind_clock, rejected = take(cust.state, group.items, watermark, self.config, cust.tenant,
+            # an event read here was accepted when ingest handed it to Kafka (its record's timestamp)
+            items = [replace(i, accepted=stamps.get(i.origin, 0)) if isinstance(i, OrderIn | CartIn) else i
+                     for i in group.items]  # fmt: skip
+            made, behind_clock, rejected = take(cust.state, items, watermark, self.config, cust.tenant,
                                                 cust.customer)  # fmt: skip
             late += behind_clock
             self.reject(cust.shard, rejected, dead)
@@ -138,6 +150,8 @@ class TriggerEngine(StreamEngine[Input]):
                 cust.decisions.append(decision)
                 if cause is not None:
                     cust.arrived = group.arrived
+                    if accepted := _accepted(cause):
+                        cust.accepted.append(accepted)
 
         await self._transact([(t, c, group.shard) for (t, c), group in groups.items()], decide, batch.offsets, dead)
         self.metrics.repeats.inc(repeats)
@@ -151,6 +165,8 @@ class TriggerEngine(StreamEngine[Input]):
         def decide(cust: _Customer) -> None:
             made, _, rejected = take(cust.state, [], watermark, self.config, tenant, cust.customer)
             cust.decisions += [decision for _, decision in made]
+            # inputs that waited for the watermark carry when their events were accepted
+            cust.accepted += [a for c, _ in made if (a := _accepted(c))]
             self.reject(cust.shard, rejected, dead)
 
         await self._transact([(tenant, c, shard) for c in customers], decide, {}, dead)
@@ -236,3 +252,5 @@ class TriggerEngine(StreamEngine[Input]):
                     self.metrics.triggers.labels(d.rule.action, d.rule.channel).inc()
             if cust.decisions and cust.arrived:
                 self.metrics.latency.observe(max(0.0, (now - cust.arrived) / 1000))
+            for at in cust.accepted:
+                self.metrics.event_to_decision.observe(max(0.0, (now - at) / 1000))

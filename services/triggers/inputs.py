@@ -43,6 +43,7 @@ def _to_input(schema: str, record: dict[str, Any], origin: str) -> tuple[str, st
             millis(record["at"]),
             record.get("seq", 0),
             origin,
+            millis(record["accepted_at"]) if record.get("accepted_at") is not None else 0,
         )
     elif schema == "crm.events.Order":
         checked_cents(record["amount"])

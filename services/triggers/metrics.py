@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.common.metrics import PREFIX, LoopMetrics
+from services.common.metrics import LATENCY_BUCKETS, PREFIX, LoopMetrics
 
 __all__ = ["TriggerMetrics"]
 
@@ -41,4 +41,10 @@ class TriggerMetrics(LoopMetrics):
             "From a message's append to Kafka to its decisions being on Kafka",
             registry=registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.event_to_decision = Histogram(
+            f"{PREFIX}triggers_event_to_decision_seconds",
+            "From the acceptance of the event behind a decision (at ingest) to the decision being on Kafka",
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
         )

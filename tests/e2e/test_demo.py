@@ -93,6 +93,14 @@ def test_demo_twice_then_down_leaves_nothing(env: dict[str, str], tmp_path: Path
             assert time.monotonic() < deadline, shown.get("welcome")
             time.sleep(1)
 
+        # the time from an event's acceptance at ingest to its transitions and decisions on Kafka
+        for port, name in ((28066, "stager_event_to_transition"), (28067, "triggers_event_to_decision")):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+                text = reply.read().decode()
+            count = float(cast(re.Match[str], re.search(rf"crm_{name}_seconds_count (\S+)", text)).group(1))
+            total = float(cast(re.Match[str], re.search(rf"crm_{name}_seconds_sum (\S+)", text)).group(1))
+            assert count > 100 and 0 < total / count < 600, (name, count, total)
+
         second = crm(env, "demo", "--customers", "200")
         assert second.returncode == 0, second.stdout + second.stderr
         assert "ingest already up" in second.stdout and "stager already up" in second.stdout

@@ -70,3 +70,34 @@ def test_empty_schema_folder_is_an_error(tmp_path: Path) -> None:
 
 def test_schema_dir_is_the_repository_contract() -> None:
     assert (schema_dir() / "order.avsc").exists()
+
+
+def _transition() -> dict[str, object]:
+    return {"transition_id": "x1", "tenant": "t", "customer_id": "c1", "model": "aipl", "from_stage": None,
+            "to_stage": "A", "at": 1_700_000_000_000, "cause": "e1", "seq": 3}  # fmt: skip
+
+
+def test_a_record_of_an_earlier_schema_version_reads_as_the_current_one() -> None:
+    """A transition written before `accepted_at` existed (schemas/previous/) reads with it null,
+    through both the full decoder and the hot-path reader; the current version carries it."""
+    codec = default_codec()
+    old = Codec(schema_dir() / "previous")  # the earlier versions alone, as a writer not yet upgraded has them
+    written = old.encode("crm.stage.StageTransition", _transition())
+    assert written[:10] != codec.encode("crm.stage.StageTransition", {**_transition(), "accepted_at": None})[:10]
+    name, record = codec.decode(written)
+    assert name == "crm.stage.StageTransition" and record["accepted_at"] is None and record["seq"] == 3
+    name, record = codec.reader({"crm.stage.StageTransition": ("tenant", "seq", "accepted_at")})(written)
+    assert record["accepted_at"] is None and record["customer_id"] == "c1"
+    now = codec.encode("crm.stage.StageTransition", {**_transition(), "accepted_at": 1_700_000_000_500})
+    fast = codec.reader({"crm.stage.StageTransition": ("tenant", "seq", "accepted_at")})(now)[1]
+    assert fast["accepted_at"] == 1_700_000_000_500
+
+
+def test_an_earlier_version_without_its_current_schema_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "previous").mkdir()
+    (tmp_path / "order.avsc").write_text((schema_dir() / "order.avsc").read_text())
+    (tmp_path / "previous" / "stage_transition.1.avsc").write_text(
+        (schema_dir() / "previous" / "stage_transition.1.avsc").read_text()
+    )
+    with pytest.raises(SchemaError, match="no current schema crm.stage.StageTransition"):
+        Codec(tmp_path)

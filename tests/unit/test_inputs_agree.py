@@ -59,3 +59,19 @@ def test_the_shared_list_of_default_rule_names_is_the_triggers_default_table() -
     from services.triggers.config import DEFAULT_RULES
 
     assert tuple(r.name for r in DEFAULT_RULES) == DEFAULT_TRIGGER_RULES
+
+
+def test_a_transition_brings_the_acceptance_time_of_its_event_to_the_triggers() -> None:
+    """`accepted_at` of a transition becomes its input's `accepted`, kept with a pending input."""
+    from services.triggers.domain import TransitionIn
+    from services.triggers.inputs import to_input as triggers_input
+    from services.triggers.state import TriggerState, decode_state, encode_state
+
+    record = {"transition_id": "x1", "tenant": "t", "customer_id": "c1", "model": "aipl", "from_stage": None,
+              "to_stage": "A", "at": 1_700_000_000_000, "cause": "e1", "seq": 1}  # fmt: skip
+    found = triggers_input("crm.stage.StageTransition", {**record, "accepted_at": 1_700_000_000_250})
+    assert found is not None and isinstance(found[2], TransitionIn) and found[2].accepted == 1_700_000_000_250
+    timer = triggers_input("crm.stage.StageTransition", {**record, "accepted_at": None})
+    assert timer is not None and isinstance(timer[2], TransitionIn) and timer[2].accepted == 0
+    state = TriggerState(pending=[found[2]])
+    assert decode_state(encode_state(state)).pending == [found[2]]

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from services.stager.config import DAY_MS, StageRules
 from services.stager.dedup import fingerprint, is_repeat, remember
-from services.stager.rules import CustomerState, Fact, Kind, apply_fact
+from services.stager.rules import CustomerState, Fact, Kind, apply_fact, take
 from services.stager.statecodec import decode_state, encode_state
 
 R = StageRules()
@@ -60,7 +60,7 @@ def test_a_state_of_the_previous_layout_decodes_with_the_sicas_fields_empty() ->
         "sicas": None,
     }
     again = encode_state(state, seen)
-    assert again[0] == 6 and decode_state(again) == (state, seen)
+    assert again[0] == 7 and decode_state(again) == (state, seen)
     # the customer's next change places it in SICAS, from what the old state kept (its paid order)
     transitions, _ = apply_fact(state, Fact("b3", Kind.BROWSE, T0 + 6 * DAY_MS), R)
     assert [(t.from_stage, t.to_stage) for t in transitions if t.model == "sicas"] == [(None, "action")]
@@ -93,3 +93,16 @@ def test_the_fingerprint_list_is_bounded() -> None:
     for i in range(100):
         seen = remember(seen, T0 + i, i, T0 + i, DAY_MS, 16)
     assert len(seen) == 16 and seen[0] == (T0 + 99, 99)
+
+
+def test_a_pending_fact_keeps_when_it_was_accepted() -> None:
+    """A fact waiting for the watermark carries its acceptance time to the transitions it causes
+    later, in another batch or a timer's tick."""
+    state, seen = decode_state(LAYOUT_5)
+    state.pending = [
+        Fact("b9", Kind.BROWSE, T0 + 6 * DAY_MS, origin="crm.events.browse|3|17", accepted=1_790_000_000_123)
+    ]
+    back, _ = decode_state(encode_state(state, seen))
+    assert back.pending == state.pending
+    caused = [t for t in take(back, [], T0 + 7 * DAY_MS, R).transitions if t.cause == "b9"]
+    assert caused and all(t.accepted == 1_790_000_000_123 for t in caused)
