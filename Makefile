@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers bench-attribution bench-analytics bench-history clean
+.PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers bench-attribution bench-analytics bench-history bench-latency clean
 
 WEB    := services/analytics/web
 
@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python -m bench.attribution
 	$(BIN)/python -m bench.analytics
 	$(BIN)/python -m bench.history
+	$(BIN)/python -m bench.latency --tick 0.05 --batch-within 0.02
 
 bench-attribution: setup
 	$(BIN)/python -m bench.attribution
@@ -59,6 +60,9 @@ bench-analytics: setup
 
 bench-history: setup
 	$(BIN)/python -m bench.history
+
+bench-latency: setup
+	$(BIN)/python -m bench.latency --tick 0.05 --batch-within 0.02
 
 bench-triggers: setup
 	$(BIN)/python -m bench.triggers

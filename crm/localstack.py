@@ -159,11 +159,18 @@ class LocalStack:
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
+        retried = False
         for name, probe in (("redis", self.redis_ready), ("kafka", self.kafka_ready)):
             while not probe():
                 pid = _read_pid(self.pid_file(name))
                 if pid is not None and not pid_alive(pid):
-                    raise StackError(f"{name} exited during start-up; see {self.state / name / (name + '.log')}")
+                    log = self.state / name / (name + ".log")
+                    if name == "kafka" and not retried:  # a broker that fails its start-up now and then
+                        retried = True
+                        self.say(f"kafka exited during start-up; starting it once more (see {log})")
+                        self._start_kafka()
+                        continue
+                    raise StackError(f"{name} exited during start-up; see {log}")
                 if time.monotonic() > deadline:
                     raise StackError(f"{name} did not become ready within {timeout:.0f}s")
                 time.sleep(0.5)
