@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers bench-attribution bench-analytics bench-history bench-latency clean
+.PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers bench-attribution bench-analytics bench-history bench-latency bench-scale clean
 
 WEB    := services/analytics/web
 
@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python -m bench.analytics
 	$(BIN)/python -m bench.history
 	$(BIN)/python -m bench.latency --tick 0.05 --batch-within 0.02
+	$(BIN)/python -m bench.scale
 
 bench-attribution: setup
 	$(BIN)/python -m bench.attribution
@@ -63,6 +64,9 @@ bench-history: setup
 
 bench-latency: setup
 	$(BIN)/python -m bench.latency --tick 0.05 --batch-within 0.02
+
+bench-scale: setup
+	$(BIN)/python -m bench.scale
 
 bench-triggers: setup
 	$(BIN)/python -m bench.triggers
