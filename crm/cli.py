@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -435,21 +437,33 @@ def audiences_export(expression: str, tenant: str, fmt: str, tags: str, out: Pat
     """Every customer EXPRESSION holds, as CSV or NDJSON."""
     tree = _parsed(expression)
 
+    part = None if out is None else out.with_name(out.name + ".part")  # renamed to `out` once complete
+
     async def run() -> int:
         redis = _redis()
         written = 0
         try:
-            with open(out, "w", newline="") if out else contextlib.nullcontext(sys.stdout) as sink:
+            with open(part, "w", newline="") if part else contextlib.nullcontext(sys.stdout) as sink:
                 rows = _audiences(tenant, at, redis).export(tree, fmt, [t for t in tags.split(",") if t])
                 async for chunk in rows:
                     sink.write(chunk)
                     written += chunk.count("\n")
+                sink.flush()
             return written - (fmt == "csv")
+        except BrokenPipeError:  # the reader stopped (`| head`): nothing more to write
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return -1
         finally:
             await redis.aclose()
 
-    count = _answered(run)
-    if out:
+    try:
+        count = _answered(run)
+    except BaseException:  # a failed export leaves no file behind
+        if part is not None:
+            part.unlink(missing_ok=True)
+        raise
+    if part is not None and out is not None:
+        part.replace(out)
         click.echo(f"wrote {count} customers to {out}")
 
 
@@ -461,8 +475,6 @@ def campaigns() -> None:
 
 def _api(method: str, path: str, body: Any = None) -> Any:
     """A call of the analytics API named by CRM_ANALYTICS_URL and CRM_ANALYTICS_KEY."""
-    import os
-
     base = os.environ.get("CRM_ANALYTICS_URL", "http://127.0.0.1:8090")
     key = os.environ.get("CRM_ANALYTICS_KEY", "")
     if not key:
@@ -494,6 +506,15 @@ def campaigns_create(spec: Path, tenant: str) -> None:
     )
 
 
+@campaigns.command("delete")
+@click.argument("name")
+@click.option("--tenant", required=True)
+def campaigns_delete(name: str, tenant: str) -> None:
+    """Unschedule campaign NAME of TENANT: no further run fires."""
+    _api("DELETE", f"/v1/{tenant}/campaigns/{urllib.parse.quote(name, safe='')}")
+    click.echo(f"campaign {name!r} of tenant {tenant!r} deleted")
+
+
 @campaigns.command("list")
 @click.option("--tenant", required=True)
 def campaigns_list(tenant: str) -> None:
@@ -501,6 +522,8 @@ def campaigns_list(tenant: str) -> None:
     for c in _api("GET", f"/v1/{tenant}/campaigns")["campaigns"]:
         when = c["at"] or f"every {c['weekly']['day']} {c['weekly']['hour']:02d}:{c['weekly']['minute']:02d}"
         click.echo(f"{c['name']:24} {when:26} {c['action']:22} {c['channel']:6} {c['audience']}")
+        for failed in c.get("failed_runs", []):
+            click.echo(f"  run of {failed['run']} on shard {failed['shard']} failed: {failed['reason']}")
 
 
 @cli.group()
@@ -864,8 +887,6 @@ def _ensure_service(name: str, module: str, url: str, env: dict[str, str], setti
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return dict(os.environ)
 
 

@@ -79,6 +79,7 @@ def create_app(settings: AnalyticsSettings, registry: CollectorRegistry | None =
     app.router.add_get("/v1/{tenant}/campaigns/results", campaign_results)
     app.router.add_get("/v1/{tenant}/campaigns", list_campaigns)
     app.router.add_post("/v1/{tenant}/campaigns", create_campaign)
+    app.router.add_delete("/v1/{tenant}/campaigns/{name}", delete_campaign)
     app.router.add_get("/v1/{tenant}/audiences", list_audiences)
     app.router.add_post("/v1/{tenant}/audiences", save_audience)
     app.router.add_get("/v1/{tenant}/audiences/count", audience_count)
@@ -292,20 +293,45 @@ async def create_campaign(request: web.Request) -> web.Response:
             "category:<id> browsed <N>d), for now: attributes and follows are kept as they arrive, so a run's "
             "members would depend on the data's pace"
         )
+    settings, redis = request.app[SETTINGS], request.app[REDIS]
+    keep = settings.analytics_behaviour_days
+    for term in terms(audience):
+        if term.kind in BEHAVIOURS and term.days > keep:
+            raise ExpressionError(f"{term}: a campaign's windows must fit in the {keep} days of behaviour kept",
+                                  term.position)  # fmt: skip
     spec = spec.model_copy(update={"audience": str(audience)})
-    redis = request.app[REDIS]
-    await redis.hset(keys.campaign_specs_key(tenant), spec.name, spec.model_dump_json())
     clocks: dict[Any, Any] = await redis.hgetall(keys.analytics_clock_key())
     _, watermark = tenant_clock(clocks, tenant)
+    due = runs(spec, -1, watermark)  # runs the tenant's time has passed fire at once: answerable now?
+    for at in due[:1] + due[-1:]:
+        await query.Audiences(redis, tenant, at, settings.partitions, settings.analytics_snapshot_every,
+                              keep_days=keep).count(audience)  # fmt: skip
+    await redis.hset(keys.campaign_specs_key(tenant), spec.name, spec.model_dump_json())
     upcoming = [iso(at) for at in runs(spec, watermark, MAX_TIME_MS)[:5]]
     return web.json_response({"tenant": tenant, **spec.model_dump(mode="json"), "next_runs": upcoming}, status=201)
 
 
 async def list_campaigns(request: web.Request) -> web.Response:
-    """The tenant's scheduled campaigns."""
+    """The tenant's scheduled campaigns, each with the runs that could not be answered."""
     tenant = await _tenant(request, with_data=False)
-    raw: dict[Any, Any] = await request.app[REDIS].hgetall(keys.campaign_specs_key(tenant))
-    return web.json_response({"tenant": tenant, "campaigns": [json.loads(v) for _, v in sorted(raw.items())]})
+    redis = request.app[REDIS]
+    raw: dict[Any, Any] = await redis.hgetall(keys.campaign_specs_key(tenant))
+    failures: dict[Any, Any] = await redis.hgetall(keys.campaign_failures_key(tenant))
+    failed: dict[str, list[dict[str, Any]]] = {}
+    for field, reason in sorted(failures.items()):
+        name, at, shard = field.decode().rsplit("|", 2)
+        failed.setdefault(name, []).append({"run": iso(int(at)), "shard": int(shard), "reason": reason.decode()})
+    shown = [{**(c := json.loads(v)), "failed_runs": failed.get(c["name"], [])} for _, v in sorted(raw.items())]
+    return web.json_response({"tenant": tenant, "campaigns": shown})
+
+
+async def delete_campaign(request: web.Request) -> web.Response:
+    """Unschedule campaign `{name}`: no further run fires (what ran stays on Kafka); 404 if none."""
+    tenant = await _tenant(request, with_data=False)
+    name = request.match_info["name"]
+    if not await request.app[REDIS].hdel(keys.campaign_specs_key(tenant), name):
+        return web.json_response({"error": f"no campaign {name[:64]!r}"}, status=404)
+    return web.json_response({"tenant": tenant, "deleted": name})
 
 
 # --- audiences ---------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ _KINDS = (*MODEL_STAGES, *ATTRIBUTES, "follow", "audience")
 BEHAVIOURS = ("paid_orders", "category")  # kinds of the behaviour terms
 MAX_DAYS = 3660  # the longest window a behaviour term may name
 MAX_COUNT = 1000  # the largest count a behaviour term may compare with
+MAX_BEHAVIOURS = 16  # behaviour terms in one expression: each reads a part per day of its window
 _PAID = re.compile(r"paid_orders_(\d+)d(.*)", re.S)
 _COMPARE = re.compile(r"(>=|>|=)(\d*)")
 _DAYS = re.compile(r"(\d+)d")
@@ -120,7 +121,9 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
 
 
 def _days(text: str, position: int) -> int:
-    if not text.isascii() or len(text) > 4 or not 1 <= int(text) <= MAX_DAYS:
+    if not text.isascii():
+        raise ExpressionError("a window's days in the digits 0-9", position)
+    if len(text) > 4 or not 1 <= int(text) <= MAX_DAYS:
         raise ExpressionError(f"a window of 1 to {MAX_DAYS} days", position)
     return int(text)
 
@@ -167,6 +170,7 @@ class _Parser:
         self.at = 0
         self.depth = 0  # parentheses open
         self.terms = 0
+        self.behaviours = 0
         self.max_terms = max_terms
 
     def peek(self) -> tuple[str, str, int] | None:
@@ -182,10 +186,12 @@ class _Parser:
             self.terms += 1
             if self.terms > self.max_terms:
                 raise ExpressionError(f"more than {self.max_terms} terms", pos)
-            if (paid := _PAID.fullmatch(value)) is not None:
-                return self.paid(paid, pos)
-            if value.startswith("category:"):
-                return self.browsed(value, pos)
+            paid = _PAID.fullmatch(value)
+            if paid is not None or value.startswith("category:"):
+                self.behaviours += 1
+                if self.behaviours > MAX_BEHAVIOURS:
+                    raise ExpressionError(f"more than {MAX_BEHAVIOURS} behaviour terms", pos)
+                return self.paid(paid, pos) if paid is not None else self.browsed(value, pos)
             return _term(value, pos)
         if value != "(":
             raise ExpressionError(f"expected a term, found {value!r}", pos)

@@ -343,25 +343,29 @@ async def _trim(redis: Any, pipe: Any, key: Any, last_dropped: int) -> None:
 
 
 # --- Redis: reading -----------------------------------------------------------------------------
-async def _window(redis: Any, tenant: str, shard: int, at: int, days: int, keep_days: int) -> tuple[int, int, int]:
-    """(first day of the window, last day closed, start of what is open); ValueError when the
+async def _window(
+    redis: Any, tenant: str, shard: int, at: int, days: int, keep_days: int
+) -> tuple[int, int, int, int]:
+    """(first day of the window, first closed day worth reading in it (none before the first day
+    any behaviour was closed for), last day closed, start of what is open); ValueError when the
     window reaches back to days removed by the retention (days before any behaviour are not)."""
     closed_raw, since_raw = await redis.hmget(behaviour_key(tenant, shard, "meta"), ["closed", "since"])
     closed = -1 if closed_raw is None else int(closed_raw)
     first = at // DAY_MS - days + 1
     if first <= closed - keep_days and since_raw is not None and int(since_raw) <= closed - keep_days:
         raise ValueError(f"reaches back before the {keep_days} days of behaviour kept")
-    return first, closed, (closed + 1) * DAY_MS
+    since = closed + 1 if since_raw is None else int(since_raw)
+    return first, max(first, since), closed, (closed + 1) * DAY_MS
 
 
 async def browse_members(
     redis: Any, tenant: str, shard: int, category: str, at: int, days: int, keep_days: int
 ) -> BitMap:
     """The ids of shard `shard` who browsed `category` in the `days` days up to `at`."""
-    first, closed, open_from = await _window(redis, tenant, shard, at, days, keep_days)
+    first, held, closed, open_from = await _window(redis, tenant, shard, at, days, keep_days)
     today = at // DAY_MS
     async with redis.pipeline(transaction=False) as read:
-        whole = list(range(first, min(today - 1, closed) + 1))
+        whole = list(range(held, min(today - 1, closed) + 1))
         for day in whole:
             read.hget(behaviour_key(tenant, shard, f"bd:{day}"), category)
         if today <= closed:
@@ -421,14 +425,14 @@ async def paid_members(
 ) -> BitMap:
     """The ids of shard `shard` whose paid orders in the `days` days up to `at`, less those
     refunded by `at`, satisfy `op n`."""
-    first, closed, open_from = await _window(redis, tenant, shard, at, days, keep_days)
+    first, held, closed, open_from = await _window(redis, tenant, shard, at, days, keep_days)
     today, start = at // DAY_MS, first * DAY_MS
 
     def key(part: str) -> str:
         return behaviour_key(tenant, shard, part)
 
-    refund_days = [str(d) for d in range(first, min(today, closed) + 1)]
-    layers = await _whole_days(redis, key, first, min(today - 1, closed))
+    refund_days = [str(d) for d in range(held, min(today, closed) + 1)]
+    layers = await _whole_days(redis, key, held, min(today - 1, closed))
     async with redis.pipeline(transaction=False) as read:
         read.hget(key("pd"), str(today))
         read.hmget(key("rd"), refund_days or ["-1"])

@@ -131,11 +131,16 @@ def _facts(schema: str, record: dict[str, Any], origin: str) -> Facts | None:
 def _act(schema: str, record: dict[str, Any], origin: str) -> Act | None:
     at = checked_time(epoch_ms(record["event_time"]))
     if schema == "crm.events.Browse":
-        category = record["category_id"]
-        return None if category is None else Act(at, "browse", _named(category, "category_id"), origin)
+        category = record["category_id"]  # none (or empty): a view of no category counts for none
+        return Act(at, "browse", _named(category, "category_id"), origin) if category else None
     checked_cents(record["amount"])  # an order the stager refuses counts here neither
     kind = ACTS.get(record["status"])
-    return None if kind is None else Act(at, kind, _named(record["order_id"], "order_id"), origin)
+    if kind is None:
+        return None
+    order = record["order_id"]  # (may be empty: the stager counts such an order too)
+    if len(order) > MAX_VALUE_LENGTH:
+        raise ValueError(f"out of range: order_id longer than {MAX_VALUE_LENGTH} characters")
+    return Act(at, kind, checked_id(order, "order_id"), origin)
 
 
 def to_input(schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Input] | None:
@@ -339,7 +344,7 @@ class AnalyticsEngine(StreamEngine[Input]):
         the progress record of the tick follows them."""
         for tenant, clock in self.clocks.items():
             raw = await self.redis.hgetall(keys.campaign_specs_key(tenant))
-            specs = [self._spec(v) for _, v in sorted(raw.items())]
+            specs = [spec for name, v in sorted(raw.items()) if (spec := self._spec(tenant, name, v)) is not None]
             for shard in sorted(owned):
                 state = clock.shards.get(shard)
                 if not specs or state is None:
@@ -347,13 +352,31 @@ class AnalyticsEngine(StreamEngine[Input]):
                 done = await self.redis.hgetall(keys.campaign_runs_key(tenant, shard))
                 for spec in specs:
                     for at in runs(spec, int(done.get(spec.name.encode(), -1)), state.watermark):
-                        await self._run(tenant, shard, spec, at)
+                        try:
+                            await self._run(tenant, shard, spec, at)
+                        except ValueError as exc:  # its audience cannot be answered there: this run alone fails
+                            await self._failed(tenant, shard, spec.name, at, str(exc))
 
-    def _spec(self, raw: bytes) -> CampaignSpec:
+    def _spec(self, tenant: str, name: bytes, raw: bytes) -> CampaignSpec | None:
         found = self.specs.get(raw)
         if found is None:
-            found = self.specs[raw] = CampaignSpec.model_validate_json(raw)
+            try:
+                found = self.specs[raw] = CampaignSpec.model_validate_json(raw)
+            except ValueError as exc:
+                log.warning("%s: campaign %r of tenant %s cannot be read, left out: %s", self.source, name, tenant, exc)
+                return None
         return found
+
+    async def _failed(self, tenant: str, shard: int, campaign: str, at: int, reason: str) -> None:
+        """A run whose audience cannot be evaluated (its data gone): recorded with its reason and
+        marked done, so it never holds back the days, the progress or another campaign."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.campaign_failures_key(tenant), f"{campaign}|{at}|{shard}", reason)
+            pipe.hset(keys.campaign_runs_key(tenant, shard), campaign, at)
+            await pipe.execute()
+        self.metrics.failed_runs.labels(campaign).inc()
+        log.warning("%s: campaign %s of tenant %s could not run at %s on shard %d: %s", self.source, campaign,
+                    tenant, iso(at), shard, reason)  # fmt: skip
 
     async def _run(self, tenant: str, shard: int, spec: CampaignSpec, at: int) -> None:
         audiences = Audiences(self.redis, tenant, at, self.settings.partitions, self.snapshot_every, only=[shard],

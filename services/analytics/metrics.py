@@ -19,6 +19,8 @@ class AnalyticsMetrics(LoopMetrics):
                             registry=registry)  # fmt: skip
         self.requests = Counter(f"{name}campaign_requests", "Audience members sent to the triggers by campaign runs",
                                 ["campaign"], registry=registry)  # fmt: skip
+        self.failed_runs = Counter(f"{name}campaign_run_failures", "Campaign runs whose audience could not be answered",
+                                   ["campaign"], registry=registry)  # fmt: skip
         self.closed = Counter(
             f"{name}days_closed", "Days with changes closed into bitmaps", ["model"], registry=registry
         )

@@ -27,6 +27,7 @@ __all__ = [
     "audiences_key",
     "campaign_specs_key",
     "campaign_runs_key",
+    "campaign_failures_key",
     "campaign_results_key",
     "analytics_outbox_key",
     "analytics_clock_key",
@@ -182,6 +183,11 @@ def campaign_results_key(tenant: str) -> str:
 def campaign_specs_key(tenant: str) -> str:
     """Hash campaign id -> JSON of a scheduled campaign (`services.analytics.campaigns`)."""
     return f"{REDIS_PREFIX}an:campaign-specs:{tenant}"
+
+
+def campaign_failures_key(tenant: str) -> str:
+    """Hash "<campaign>|<run ms>|<shard>" -> why that run could not be evaluated there."""
+    return f"{REDIS_PREFIX}an:campaign-failures:{tenant}"
 
 
 def campaign_runs_key(tenant: str, shard: int) -> str:

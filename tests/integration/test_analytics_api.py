@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -311,6 +312,16 @@ def test_the_page_shows_what_the_api_answers(replayed: str) -> None:
             said = page.locator("#expression-error").inner_text()
             assert "expected a term, found '&' at position 17" in said
             assert said.splitlines()[-1] == " " * 17 + "^"  # under the second '&'
+            # with a date chosen for the stages, the audience is counted as of its end too
+            page.fill("#at", "1998-03-01")
+            page.dispatch_event("#at", "change")
+            expression = "aipl:P | paid_orders_30d >= 1"
+            page.fill("#expression", expression)
+            then = _get(f"/v1/{replayed}/audiences/count?expression={urllib.parse.quote(expression)}"
+                        f"&at={888_796_800_000 - 1}")[1]["count"]  # fmt: skip
+            assert then != _count(replayed, expression)
+            page.wait_for_function(f"document.querySelector('#audience-count').textContent === '{then:,}'")
+            assert page.locator("#audience-when").inner_text() == "at the end of 1998-03-01"
             # no trigger or attribution worker ran for this tenant: the campaign table says so
             page.wait_for_selector("#campaigns tbody tr")
             assert page.locator("#campaigns tbody tr").first.inner_text().startswith("no campaign yet")
@@ -396,3 +407,54 @@ def test_saved_audiences_that_would_name_each_other_in_a_cycle_are_refused(repla
     assert status == 400 and "cycle: cyc-a -> cyc-b -> cyc-a" in body["error"], body
     # and cyc-a kept its expression
     assert _count(replayed, "audience:cyc-a") == len(_in("pyramid", "loyal"))
+
+
+def _delete(path: str) -> tuple[int, Any]:
+    request = urllib.request.Request(f"http://127.0.0.1:{API_PORT}{path}", method="DELETE", headers={"X-API-Key": KEY})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _failures_metric() -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{HISTORY_PORT}/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("crm_analytics_campaign_run_failures_total{"))  # fmt: skip
+
+
+def test_a_campaign_whose_audience_cannot_be_answered_fails_alone(replayed: str, stack: StackInfo) -> None:
+    """Refused when created if its window is longer than the behaviour kept, or if a run due at
+    once reaches back past it; one that gets in anyway (saved before, or by hand) fails once per
+    shard, is listed with its reason, and holds back nothing; a campaign can be deleted."""
+    base = {"action": "coupon", "channel": "sms", "at": "1997-03-01T00:00:00Z"}
+    status, body = _post(f"/v1/{replayed}/campaigns", {**base, "name": "too-long", "audience": "paid_orders_500d >= 1"})
+    assert status == 400 and "must fit in the 400 days" in body["error"] and body["position"] == 0, body
+    status, body = _post(f"/v1/{replayed}/campaigns", {**base, "name": "too-old", "audience": "paid_orders_30d >= 1"})
+    assert status == 400 and "reaches back before the 400 days of behaviour kept" in body["error"], body
+
+    import redis as sync_redis
+
+    from services.analytics.campaigns import CampaignSpec
+    from services.common import keys
+
+    spec = CampaignSpec.model_validate({**base, "name": "slipped-in", "audience": "aipl:P - paid_orders_30d >= 1"})
+    before = _failures_metric()
+    sync_redis.Redis.from_url(stack.redis_url).hset(keys.campaign_specs_key(replayed), spec.name,
+                                                     spec.model_dump_json())  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        listed = {c["name"]: c for c in _get(f"/v1/{replayed}/campaigns")[1]["campaigns"]}
+        failed = listed["slipped-in"]["failed_runs"]
+        if failed and _failures_metric() - before == len(failed):
+            break
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.5)
+    assert all("reaches back before the 400 days" in f["reason"] and f["run"] == "1997-03-01T00:00:00Z" for f in failed)
+    time.sleep(3)  # ticks went on: each shard's run failed once, not on every tick
+    assert _failures_metric() - before == len(failed) == len({f["shard"] for f in failed})
+    assert _delete(f"/v1/{replayed}/campaigns/slipped-in") == (200, {"tenant": replayed, "deleted": "slipped-in"})
+    assert "slipped-in" not in {c["name"] for c in _get(f"/v1/{replayed}/campaigns")[1]["campaigns"]}
+    assert _delete(f"/v1/{replayed}/campaigns/slipped-in")[0] == 404

@@ -84,8 +84,11 @@ def test_browses_and_order_changes_become_behaviours() -> None:
     refund = to_input("crm.events.Order", {**order, "status": "refunded"}, "o|0|3")
     assert refund is not None and refund[2] == Act(DAY, "refund", "o1", "o|0|3")
     assert to_input("crm.events.Order", {**order, "status": "created"}, "o|0|4") is None
+    empty = to_input("crm.events.Order", {**order, "status": "paid", "order_id": ""}, "o|0|5")
+    assert empty is not None and empty[2] == Act(DAY, "paid", "", "o|0|5")  # the stager counts it too
+    assert to_input("crm.events.Browse", {**browse, "category_id": ""}, "t|0|1") is None
     with pytest.raises(ValueError, match="order_id"):
-        to_input("crm.events.Order", {**order, "status": "paid", "order_id": ""}, "o|0|5")
+        to_input("crm.events.Order", {**order, "status": "paid", "order_id": "o" * 1025}, "o|0|5")
     with pytest.raises(ValueError, match="amount"):  # as the stager refuses it
         to_input("crm.events.Order", {**order, "status": "paid", "amount": -1.0}, "o|0|6")
 

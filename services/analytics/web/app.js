@@ -128,17 +128,21 @@ async function loadSeries() {
 // --- audiences ---------------------------------------------------------------------------------
 let counting = 0;
 
+// the audience as of the date chosen for the stages (its end), or now
+const asOf = () => ($("at").value ? `&at=${endOf($("at").value)}` : "");
+
 async function countAudience() {
   const text = $("expression").value.trim();
   const mine = ++counting;
   const box = $("expression-error");
+  $("audience-when").textContent = $("at").value ? `at the end of ${$("at").value}` : "now";
   if (!text) {
     $("audience-count").textContent = "–";
     box.hidden = true;
     return;
   }
   try {
-    const body = await api(`/audiences/count?expression=${encodeURIComponent(text)}`);
+    const body = await api(`/audiences/count?expression=${encodeURIComponent(text)}${asOf()}`);
     if (mine !== counting) return;
     $("audience-count").textContent = fmt.format(body.count);
     box.hidden = true;
@@ -175,7 +179,7 @@ async function saveAudience() {
 async function exportAudience(format) {
   const text = $("expression").value.trim();
   const reply = await fetch(
-    `/v1/${encodeURIComponent(state.tenant)}/audiences/export?format=${format}&expression=${encodeURIComponent(text)}`,
+    `/v1/${encodeURIComponent(state.tenant)}/audiences/export?format=${format}&expression=${encodeURIComponent(text)}${asOf()}`,
     { headers: { "X-API-Key": state.key } });
   if (!reply.ok) throw new Error((await reply.json()).error);
   const link = document.createElement("a");
@@ -278,10 +282,14 @@ document.addEventListener("DOMContentLoaded", () => {
     guard(open)();
   });
   $("model").addEventListener("change", guard(refresh));
-  $("at").addEventListener("change", guard(loadStages));
+  $("at").addEventListener("change", guard(async () => {
+    await loadStages();
+    await countAudience();
+  }));
   $("now").addEventListener("click", guard(async () => {
     $("at").value = "";
     await loadStages();
+    await countAudience();
   }));
   $("flow-go").addEventListener("click", guard(async () => {
     await loadFlow();
