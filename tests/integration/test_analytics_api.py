@@ -398,6 +398,11 @@ def test_the_audience_commands_mirror_the_api(replayed: str, stack: StackInfo, t
     assert done.exit_code == 2 and "at position 17" in done.output and " " * 19 + "^" in done.output, done.output
     done = runner.invoke(cli, ["audiences", "count", "audience:nobody", "--tenant", replayed], env=env)
     assert done.exit_code == 2 and "no saved audience 'nobody'" in done.output, done.output
+    refused = tmp_path / "refused.csv"  # an export that fails leaves no file, not an empty one
+    done = runner.invoke(cli, ["audiences", "export", "paid_orders_3660d >= 1", "--tenant", replayed,
+                               "--out", str(refused)], env=env)  # fmt: skip
+    assert done.exit_code == 2 and "behaviour kept" in done.output, done.output
+    assert list(tmp_path.iterdir()) == [out]
 
 
 def test_saved_audiences_that_would_name_each_other_in_a_cycle_are_refused(replayed: str) -> None:
