@@ -6,7 +6,7 @@ from typing import Any
 
 from services.attribution.config import AttributionConfig
 from services.attribution.model import CONTROL, TREATMENT, Activity, Input, OrderIn, Touch
-from services.common.constants import checked_cents, checked_id, checked_tenant, checked_time
+from services.common.constants import checked_cents, checked_customer, checked_id, checked_tenant, checked_time
 from services.common.times import epoch_ms
 
 __all__ = ["CONTROL_REASONS", "FIELDS", "to_input"]
@@ -70,4 +70,4 @@ def to_input(
         item = Activity(checked_time(epoch_ms(record["event_time"])), origin)
     else:
         return None
-    return checked_tenant(record["tenant"]), checked_id(record["customer_id"]), item
+    return checked_tenant(record["tenant"]), checked_customer(record["customer_id"]), item

@@ -28,6 +28,7 @@ __all__ = [
     "TOPIC_TRIGGERS_REMINDERS",
     "TOPIC_TRIGGERS_SUPPRESSED",
     "checked_cents",
+    "checked_customer",
     "checked_id",
     "checked_tenant",
     "checked_time",
@@ -95,10 +96,19 @@ def checked_cents(amount: float) -> int:
 
 
 def checked_tenant(tenant: str) -> str:
-    """`tenant` if it can lead a Redis key (which it does up to a ':')."""
+    """`tenant` if it can lead a Redis key (which it does up to a ':'): not empty, no ':'."""
+    if not tenant:
+        raise ValueError("out of range: tenant is empty")
     if ":" in tenant:
         raise ValueError("out of range: a tenant must not contain ':'")
     return checked_id(tenant, "tenant")
+
+
+def checked_customer(customer: str) -> str:
+    """`customer` if it names a customer: not empty, no control character."""
+    if not customer:
+        raise ValueError("out of range: customer_id is empty")
+    return checked_id(customer)
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")

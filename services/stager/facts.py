@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from services.common.constants import checked_cents, checked_id, checked_tenant, checked_time
+from services.common.constants import checked_cents, checked_customer, checked_tenant, checked_time
 from services.common.times import epoch_ms
 from services.stager.rules import Fact, Kind
 
@@ -67,4 +67,4 @@ def to_fact(schema: str, record: dict[str, Any], origin: str = "") -> tuple[str,
         fact = Fact(event_id, Kind.REFERRAL_CREDIT, time, origin=origin)
     else:
         return None
-    return checked_tenant(record["tenant"]), checked_id(record["customer_id"]), fact
+    return checked_tenant(record["tenant"]), checked_customer(record["customer_id"]), fact

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.constants import checked_cents, checked_id, checked_tenant, checked_time
+from services.common.constants import checked_cents, checked_customer, checked_id, checked_tenant, checked_time
 from services.common.times import epoch_ms
 from services.triggers.domain import CampaignIn, CartIn, Input, OrderIn, ProfileIn, TransitionIn
 
@@ -29,7 +29,7 @@ def to_input(schema: str, record: dict[str, Any], origin: str = "") -> tuple[str
     if found is not None:
         checked_time(found[2].time)
         checked_tenant(found[0])
-        checked_id(found[1])
+        checked_customer(found[1])
     return found
 
 

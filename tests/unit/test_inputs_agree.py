@@ -75,3 +75,15 @@ def test_a_transition_brings_the_acceptance_time_of_its_event_to_the_triggers() 
     assert timer is not None and isinstance(timer[2], TransitionIn) and timer[2].accepted == 0
     state = TriggerState(pending=[found[2]])
     assert decode_state(encode_state(state)).pending == [found[2]]
+
+
+@pytest.mark.parametrize(("field", "said"), [("tenant", "tenant is empty"), ("customer_id", "customer_id is empty")])
+def test_every_engine_refuses_an_empty_tenant_or_customer(field: str, said: str) -> None:
+    """Whoever wrote it straight to Kafka: no state may be keyed by an empty tenant or customer."""
+    from services.attribution.config import AttributionConfig
+    from services.attribution.inputs import to_input as attribution_input
+
+    order = {**_order(10.0), field: ""}
+    for read in (to_fact, to_input, lambda s, r: attribution_input(s, r, "", AttributionConfig())):
+        with pytest.raises(ValueError, match=said):
+            read("crm.events.Order", order)
