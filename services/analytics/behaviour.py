@@ -343,9 +343,7 @@ async def _trim(redis: Any, pipe: Any, key: Any, last_dropped: int) -> None:
 
 
 # --- Redis: reading -----------------------------------------------------------------------------
-async def _window(
-    redis: Any, tenant: str, shard: int, at: int, days: int, keep_days: int
-) -> tuple[int, int, int, int]:
+async def _window(redis: Any, tenant: str, shard: int, at: int, days: int, keep_days: int) -> tuple[int, int, int, int]:
     """(first day of the window, first closed day worth reading in it (none before the first day
     any behaviour was closed for), last day closed, start of what is open); ValueError when the
     window reaches back to days removed by the retention (days before any behaviour are not)."""
