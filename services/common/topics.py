@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -10,6 +12,23 @@ from services.common.constants import TOPICS, TopicSpec
 from services.common.errors import StackError
 
 __all__ = ["ensure_topics"]
+
+
+async def _visible(admin: AIOKafkaAdminClient, wanted: dict[str, int], timeout: float = 60.0) -> None:
+    """Until every topic of `wanted` shows all its partitions, each with a leader: on a cluster
+    the metadata of a new topic reaches the brokers a moment after it is created."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {t["topic"]: t for t in await admin.describe_topics(list(wanted)) if not t.get("error_code")}
+        if all(
+            len(found[n]["partitions"]) == count and all(p["leader"] >= 0 for p in found[n]["partitions"])
+            for n, count in wanted.items()
+            if n in found
+        ) and set(found) >= set(wanted):
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"the new topics did not show all their partitions within {timeout:.0f}s")
+        await asyncio.sleep(0.2)
 
 
 async def ensure_topics(
@@ -42,6 +61,7 @@ async def ensure_topics(
             for name, code, *_ in response.topic_errors:
                 if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (a concurrent creator)
                     raise StackError(f"creating topic {name} failed with Kafka error code {code}")
+            await _visible(admin, {t.name: t.num_partitions for t in missing})
         result = {}
         for spec in wanted:
             result[spec.name] = f"exists ({have[spec.name]} partitions)" if spec.name in have else "created"
