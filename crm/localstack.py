@@ -99,19 +99,6 @@ def _split(hostport: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def _redis_conf(folder: Path, host: str, port: int, extra: str = "") -> Path:
-    """The configuration of a Redis server of the stack (AOF every second), written in `folder`."""
-    conf = folder / "redis.conf"
-    conf.write_text(
-        f"bind {host}\nport {port}\nprotected-mode yes\ndir {folder}\n"
-        'appendonly yes\nappendfsync everysec\nsave ""\ndaemonize no\n'
-        # customer states are ~60-250 bytes: keep their one-field hashes in the compact listpack form
-        "hash-max-listpack-value 1024\n"
-        f"{extra}logfile {folder / 'redis.log'}\n"
-    )
-    return conf
-
-
 @dataclass
 class LocalStack:
     """Kafka + Redis on loopback, owned by this checkout."""
@@ -229,7 +216,14 @@ class LocalStack:
             raise StackError(f"port {self.redis_port} is taken by a process this checkout did not start")
         folder = self.state / "redis"
         folder.mkdir(parents=True, exist_ok=True)
-        conf = _redis_conf(folder, self.redis_host, self.redis_port)
+        conf = folder / "redis.conf"
+        conf.write_text(
+            f"bind {self.redis_host}\nport {self.redis_port}\nprotected-mode yes\ndir {folder}\n"
+            'appendonly yes\nappendfsync everysec\nsave ""\ndaemonize no\n'
+            # customer states are ~60-250 bytes: keep their one-field hashes in the compact listpack form
+            "hash-max-listpack-value 1024\n"
+            f"logfile {folder / 'redis.log'}\n"
+        )
         self._spawn("redis", [exe, str(conf)], folder / "redis.stdout")
         self.say(f"started redis-server on {self.redis_host}:{self.redis_port} (data in {folder})")
 
@@ -464,8 +458,14 @@ class ClusterStack(LocalStack):
                 raise StackError(f"port {port} is taken by a process this checkout did not start")
             folder = self.state / name
             folder.mkdir(parents=True, exist_ok=True)
-            cluster = "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 3000\n"
-            conf = _redis_conf(folder, self.redis_host, port, cluster)
+            conf = folder / "redis.conf"
+            conf.write_text(
+                f"bind {self.redis_host}\nport {port}\nprotected-mode yes\ndir {folder}\n"
+                'appendonly yes\nappendfsync everysec\nsave ""\ndaemonize no\n'
+                "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 3000\n"
+                "hash-max-listpack-value 1024\n"
+                f"logfile {folder / 'redis.log'}\n"
+            )
             self._spawn(name, [exe, str(conf)], folder / "redis.stdout")
         self.say(f"started redis-server nodes on {self.redis_host}:{self.redis_ports[0]}-{self.redis_ports[-1]}")
 
