@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers bench-attribution bench-analytics bench-history bench-latency bench-scale clean
+.PHONY: setup system-deps demo test unit down lint typecheck bench bench-triggers bench-attribution bench-analytics bench-history bench-latency bench-scale bench-scale-cluster clean
 
 WEB    := services/analytics/web
 
@@ -52,6 +52,7 @@ bench: setup
 	$(BIN)/python -m bench.history
 	$(BIN)/python -m bench.latency --tick 0.05 --batch-within 0.02
 	$(BIN)/python -m bench.scale
+	CRM_BENCH_CLUSTER=1 $(BIN)/python -m bench.scale
 
 bench-attribution: setup
 	$(BIN)/python -m bench.attribution
@@ -67,6 +68,9 @@ bench-latency: setup
 
 bench-scale: setup
 	$(BIN)/python -m bench.scale
+
+bench-scale-cluster: setup
+	CRM_BENCH_CLUSTER=1 $(BIN)/python -m bench.scale
 
 bench-triggers: setup
 	$(BIN)/python -m bench.triggers

@@ -72,7 +72,7 @@ def generate(customers: int, seed: int = 7) -> list[tuple[str, bytes, bytes]]:
 
 async def run_engine(total: int) -> float:
     """The analytics engine fed by a plain aiokafka consumer, ticking (closing days) between batches."""
-    redis = connect(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     codec = default_codec()
     settings = AnalyticsSettings(kafka_bootstrap=SETTINGS.kafka_bootstrap, redis_url=SETTINGS.redis_url,
                                  state_dir=SETTINGS.state_dir, analytics_group="bench-analytics",

@@ -82,7 +82,7 @@ def generate(customers: int, seed: int = 5) -> list[tuple[str, bytes, bytes]]:
 
 async def run_engine(total: int) -> tuple[float, int]:
     """The attribution engine fed by a plain aiokafka consumer; its records produced for real."""
-    redis = connect(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     producer = engine_producer(SETTINGS.kafka_bootstrap)
     await producer.start()
     codec = default_codec()

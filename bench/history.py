@@ -132,7 +132,7 @@ def main() -> None:
 
 async def through_redis(by_day: list[list[Transition]], args: argparse.Namespace, rnd: random.Random) -> dict[str, Any]:
     """The same history split over the shards in Redis, queried as the API does."""
-    redis = connect(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     tenant = "bench"
     try:
         before = (await redis.info("memory"))["used_memory"]

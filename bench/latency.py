@@ -36,7 +36,6 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.run import SETTINGS, fresh_stack, save
-from services.common import keys
 from services.common.avro import default_codec
 from services.common.constants import (
     TOPIC_STAGE_TRANSITIONS,
@@ -48,6 +47,7 @@ from services.common.constants import (
 from services.common.redisbatch import connect
 from services.common.settings import REPO_ROOT
 from services.common.tail import topic_partitions
+from services.common.units import read_floors
 from services.stager.app import SOURCE_TOPICS as STAGER_INPUTS
 from services.triggers.app import SOURCE_TOPICS as TRIGGER_INPUTS
 
@@ -157,13 +157,11 @@ async def _read(starts: dict[TopicPartition, int], ends: dict[TopicPartition, in
 
 async def _lag() -> dict[str, int]:
     """Messages on each group's input topics not yet applied (their fence in Redis)."""
-    redis: Any = connect(SETTINGS.redis_url)
+    redis: Any = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     out = {}
     try:
         for name, inputs in (("stager", STAGER_INPUTS), ("triggers", TRIGGER_INPUTS)):
-            applied = {
-                k.decode(): int(v) for k, v in (await redis.hgetall(keys.applied_offsets_key(GROUPS[name]))).items()
-            }
+            applied = await read_floors(redis, GROUPS[name])
             ends = await _ends(tuple(inputs))
             out[name] = sum(max(0, end - applied.get(f"{tp.topic}:{tp.partition}", 0)) for tp, end in ends.items())
     finally:

@@ -26,7 +26,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from tqdm import tqdm
 
-from crm.localstack import LocalStack
+from crm.localstack import ClusterStack, LocalStack
+from services.common import keys
 from services.common.avro import default_codec
 from services.common.clock import tenant_clock
 from services.common.constants import TOPIC_STAGE_TRANSITIONS, event_topic
@@ -34,8 +35,10 @@ from services.common.produce import engine_producer, send_many
 from services.common.redisbatch import connect
 from services.common.settings import REPO_ROOT, CommonSettings
 from services.common.topics import ensure_topics
+from services.common.units import read_clocks, read_floors
 from services.stager.config import StageRules
 from services.stager.dedup import fingerprint, is_repeat, remember
+from services.stager.engine import CLOCK as STAGER_CLOCK
 from services.stager.engine import Engine, Message, transition_id
 from services.stager.facts import to_fact
 from services.stager.metrics import StagerMetrics
@@ -44,10 +47,15 @@ from services.stager.settings import StagerSettings
 from services.stager.statecodec import decode_state, encode_state
 
 TOPICS = [event_topic(t) for t in ("browse", "cart", "order", "follow")]
+# CRM_BENCH_CLUSTER=1: the bench's stack is the cluster stack (three brokers from 49092, a Redis
+# Cluster of six nodes from 46379; `crm stack up --cluster`)
+CLUSTER = os.environ.get("CRM_BENCH_CLUSTER", "").lower() in ("1", "true", "yes")
 SETTINGS = CommonSettings(
     kafka_bootstrap="127.0.0.1:49092",
     redis_url="redis://127.0.0.1:46379/0",
-    state_dir=REPO_ROOT / ".run" / "bench",
+    redis_cluster=CLUSTER,
+    kafka_replication=3 if CLUSTER else 1,
+    state_dir=REPO_ROOT / ".run" / ("bench-cluster" if CLUSTER else "bench"),
 )
 DAY = 86_400_000
 
@@ -200,7 +208,7 @@ class Naive:
 
 
 async def run_naive(total: int, limit: int) -> float:
-    redis = connect(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     producer = AIOKafkaProducer(bootstrap_servers=SETTINGS.kafka_bootstrap, acks=1)
     await producer.start()
     try:
@@ -212,7 +220,7 @@ async def run_naive(total: int, limit: int) -> float:
 
 async def run_engine(total: int) -> float:
     """Our engine, fed by a plain aiokafka consumer (no Faust), transitions produced for real."""
-    redis = connect(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     producer = engine_producer(SETTINGS.kafka_bootstrap)
     await producer.start()
     settings = StagerSettings(**_stager_env(), stager_group="bench-engine")
@@ -273,8 +281,8 @@ def _start_workers(workers: int, log: Path) -> list[subprocess.Popen[bytes]]:
 async def _wait_idle_clock(redis: Any) -> None:
     """Until the idle clock has reached the last event and fired what is due (at most 5 minutes)."""
     for _ in range(600):
-        latest, watermark = tenant_clock(await redis.hgetall("crm:clock:shards"), "bench")
-        due = sum([await redis.zcount(f"crm:timers:bench:{p}", "-inf", watermark) for p in range(12)])
+        latest, watermark = tenant_clock(await read_clocks(redis, STAGER_CLOCK), "bench")
+        due = sum([await redis.zcount(keys.timers_key("bench", p), "-inf", watermark) for p in range(12)])
         if latest and latest == watermark and due == 0:
             return
         await asyncio.sleep(0.5)
@@ -284,7 +292,7 @@ async def run_worker(total: int, log: Path, workers: int = 1) -> float:
     """The deployed stager: worker processes (Faust app; the event topics on its direct aiokafka
     path) in one group; rate measured from the first applied batch, so start-up and group join
     are left out."""
-    redis = connect(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     procs = _start_workers(workers, log)
     if workers > 1:
         await asyncio.sleep(15)  # let every worker join the group before the first batch counts
@@ -292,7 +300,7 @@ async def run_worker(total: int, log: Path, workers: int = 1) -> float:
         first: tuple[float, int] | None = None
         with tqdm(total=total, desc="stager worker", unit="ev", mininterval=2) as bar:
             while True:
-                applied = sum(int(v) for v in (await redis.hgetall("crm:applied:bench-worker")).values())
+                applied = sum((await read_floors(redis, "bench-worker")).values())
                 bar.update(applied - bar.n)
                 if applied and first is None:
                     first = (time.perf_counter(), applied)
@@ -316,7 +324,7 @@ async def run_worker(total: int, log: Path, workers: int = 1) -> float:
 
 async def redis_bytes(customers_prefix: str) -> dict[str, float]:
     """Average MEMORY USAGE of customer state keys (a sample) and Redis memory by key family."""
-    redis = connect(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     try:
         sample = []
         async for key in redis.scan_iter(match=customers_prefix, count=1000):
@@ -326,7 +334,7 @@ async def redis_bytes(customers_prefix: str) -> dict[str, float]:
         usage = [await redis.memory_usage(k, samples=0) or 0 for k in sample]
         customers = await _count(redis, customers_prefix)
         per_family = {}
-        for family in ("crm:timers:bench:*", "crm:log:bench:*"):
+        for family in ("crm:timers:{bench:*", "crm:log:{bench:*"):
             total = 0
             async for key in redis.scan_iter(match=family):
                 total += await redis.memory_usage(key, samples=0) or 0
@@ -342,7 +350,7 @@ async def redis_bytes(customers_prefix: str) -> dict[str, float]:
 
 
 async def _flush() -> None:
-    redis = connect(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     try:
         await redis.flushdb()
     finally:
@@ -360,12 +368,12 @@ async def _count(redis: Any, pattern: str) -> int:
 @contextmanager
 def fresh_stack() -> Iterator[None]:
     """The bench's own Kafka + Redis, started empty with every topic, stopped at the end."""
-    stack = LocalStack(SETTINGS)
+    stack = (ClusterStack if CLUSTER else LocalStack)(SETTINGS)
     stack.down()
     shutil.rmtree(SETTINGS.state_dir, ignore_errors=True)
-    stack.up()
+    stack.up(240)
     try:
-        asyncio.run(ensure_topics(SETTINGS.kafka_bootstrap))
+        asyncio.run(ensure_topics(SETTINGS.kafka_bootstrap, replication=SETTINGS.kafka_replication))
         yield
     finally:
         stack.down()

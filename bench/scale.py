@@ -23,10 +23,10 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.run import SETTINGS, fresh_stack, generate, produce, save
-from services.common import keys
 from services.common.faustapp import consumer_group
 from services.common.redisbatch import connect
 from services.common.settings import REPO_ROOT
+from services.common.units import read_floors
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -40,13 +40,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def _pid(name: str) -> int:
-    return int((SETTINGS.state_dir / "pids" / f"{name}.pid").read_text())
+def _pids(name: str) -> list[int]:
+    """The pids of the stack's `name` processes (kafka, redis; on the cluster stack every node)."""
+    return [int(p.read_text()) for p in sorted((SETTINGS.state_dir / "pids").glob(f"{name}*.pid"))]
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 async def _flush_state() -> None:
     """Every key but the stack's own (the next run starts from empty state, as the first did)."""
-    redis = connect(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     try:
         await redis.flushdb()
     finally:
@@ -67,23 +72,25 @@ async def _members(group: str) -> int:
 async def run(workers: int, total: int, log: Path) -> dict[str, Any]:
     group = f"bench-scale-{workers}"
     env = {**os.environ, "CRM_KAFKA_BOOTSTRAP": SETTINGS.kafka_bootstrap, "CRM_REDIS_URL": SETTINGS.redis_url,
-           "CRM_STATE_DIR": str(SETTINGS.state_dir), "CRM_STAGER_GROUP": group, "CRM_LOG_LEVEL": "warn"}  # fmt: skip
+           "CRM_STATE_DIR": str(SETTINGS.state_dir), "CRM_STAGER_GROUP": group, "CRM_LOG_LEVEL": "warn",
+           "CRM_REDIS_CLUSTER": str(SETTINGS.redis_cluster).lower(),
+           "CRM_KAFKA_REPLICATION": str(SETTINGS.kafka_replication)}  # fmt: skip
     procs = []
     for i in range(workers):
         with log.open("ab") as out:
             procs.append(subprocess.Popen([sys.executable, "-m", "services.stager"],
                                           env={**env, "CRM_STAGER_WEB_PORT": str(46166 + i)}, stdout=out,
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))  # fmt: skip
-    redis = connect(SETTINGS.redis_url)
-    others = {"kafka": _pid("kafka"), "redis": _pid("redis")}
+    redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
+    others = {"kafka": _pids("kafka"), "redis": _pids("redis")}
     try:
         first: tuple[float, int, dict[str, float]] | None = None
         while True:
-            applied = sum(int(v) for v in (await redis.hgetall(keys.applied_offsets_key(group))).values())
+            applied = sum((await read_floors(redis, group)).values())
             # measured from when every worker has its partitions: what one applied alone before is left out
             if applied and first is None and await _members(consumer_group(group)) == workers:
                 cpu = {f"worker{i + 1}": cpu_seconds(p.pid) for i, p in enumerate(procs)}
-                first = (time.perf_counter(), applied, {**cpu, **{k: cpu_seconds(v) for k, v in others.items()}})
+                first = (time.perf_counter(), applied, {**cpu, **{k: _cpu(v) for k, v in others.items()}})
             if applied >= total:
                 break
             if any(p.poll() is not None for p in procs):
@@ -92,7 +99,7 @@ async def run(workers: int, total: int, log: Path) -> dict[str, Any]:
         assert first is not None
         spent = time.perf_counter() - first[0]
         cpu = {f"worker{i + 1}": cpu_seconds(p.pid) for i, p in enumerate(procs)}
-        cpu.update({k: cpu_seconds(v) for k, v in others.items()})
+        cpu.update({k: _cpu(v) for k, v in others.items()})
         return {
             "workers": workers,
             "events_per_s": round((total - first[1]) / spent),
@@ -126,9 +133,10 @@ def main() -> None:
             print(f"  {found}")
             results.append(found)
     one = results[0]["events_per_s"]
-    save({"events": args.events, "cores": os.cpu_count(), "runs": results,
+    name = "scale-cluster.json" if SETTINGS.redis_cluster else "scale.json"
+    save({"events": args.events, "cores": os.cpu_count(), "cluster": SETTINGS.redis_cluster, "runs": results,
           "speedup": {r["workers"]: round(r["events_per_s"] / one, 2) for r in results}},
-         Path(REPO_ROOT) / "bench" / "results" / "scale.json")  # fmt: skip
+         Path(REPO_ROOT) / "bench" / "results" / name)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from services.common.outbox import kafka_sent_since
 from services.common.produce import engine_producer
 from services.common.redisbatch import connect
 from services.common.settings import REPO_ROOT
+from services.common.units import read_floors
 from services.triggers.app import SOURCE_TOPICS
 from services.triggers.config import TriggerConfig
 from services.triggers.engine import OUTPUT_TOPICS, TriggerEngine
@@ -81,7 +82,7 @@ def generate(customers: int, seed: int = 3) -> list[tuple[str, bytes, bytes]]:
 
 async def run_engine(total: int) -> tuple[float, int]:
     """The trigger engine fed by a plain aiokafka consumer; its decisions produced for real."""
-    redis = connect(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     producer = engine_producer(SETTINGS.kafka_bootstrap)
     await producer.start()
     codec = default_codec()
@@ -118,7 +119,7 @@ async def run_worker(total: int, log: Path) -> float:
            "CRM_TRIGGERS_WEB_PORT": "46067", "CRM_LOG_LEVEL": "warn",
            # no stager runs here: the progress records it writes would never come
            "CRM_TRIGGERS_FOLLOW_STAGER": "false"}  # fmt: skip
-    redis = connect(SETTINGS.redis_url)
+    redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "services.triggers"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
@@ -126,7 +127,7 @@ async def run_worker(total: int, log: Path) -> float:
         first: tuple[float, int] | None = None
         with tqdm(total=total, desc="triggers worker", unit="msg", mininterval=2) as bar:
             while True:
-                applied = sum(int(v) for v in (await redis.hgetall("crm:applied:bench-triggers")).values())
+                applied = sum((await read_floors(redis, "bench-triggers")).values())
                 bar.update(applied - bar.n)
                 if applied and first is None:
                     first = (time.perf_counter(), applied)

@@ -120,7 +120,9 @@ def topics_create(partitions: int | None) -> None:
     """Create every missing topic of the table (idempotent)."""
     from services.common.topics import ensure_topics
 
-    result = _ride_out(lambda: ensure_topics(_common().kafka_bootstrap, partitions=partitions))
+    result = _ride_out(
+        lambda: ensure_topics(_common().kafka_bootstrap, partitions=partitions, replication=_common().kafka_replication)
+    )
     for name, state in result.items():
         click.echo(f"{name:28} {state}")
 
@@ -607,6 +609,38 @@ def _downstream(stager_only: bool, no_attribution: bool, no_analytics: bool) -> 
     return triggers, attribution, analytics
 
 
+@cli.command("migrate-keys")
+def migrate_keys_cmd() -> None:
+    """Rewrite Redis data of the earlier single-node key layout into the unit layout (every key of
+    a tenant's shard under one hash tag), in place; stop every worker first. Idempotent. To move
+    the data into a Redis Cluster afterwards: `redis-cli --cluster import <node> --cluster-from
+    <this server> --cluster-copy`."""
+    from crm.migrate import migrate_keys
+    from services.analytics.settings import AnalyticsSettings
+    from services.attribution.settings import AttributionSettings
+    from services.stager.settings import StagerSettings
+    from services.triggers.settings import TriggerSettings
+
+    common = _common()
+    if common.redis_cluster:
+        raise CrmError("crm migrate-keys rewrites a single Redis server (CRM_REDIS_CLUSTER is set)")
+    groups = {
+        "stager": load_settings(StagerSettings).group,
+        "triggers": load_settings(TriggerSettings).group,
+        "attribution": load_settings(AttributionSettings).group,
+        "analytics": load_settings(AnalyticsSettings).group,
+    }
+
+    async def run() -> None:
+        redis = _redis()
+        try:
+            await migrate_keys(redis, groups, common.partitions, click.echo)
+        finally:
+            await redis.aclose()
+
+    _ride_out(run)
+
+
 @cli.command("wait")
 @click.option("--tenant", required=True)
 @click.option("--stager-only", is_flag=True, help="Wait for the stager alone (no other worker runs).")
@@ -617,8 +651,9 @@ def wait_cmd(tenant: str, stager_only: bool, no_attribution: bool, no_analytics:
     """Until every stream service has applied what is on its topics for TENANT and fired the
     timers due by the tenant's latest event time."""
     from crm.replay import wait_applied
-    from services.common import keys
     from services.common.clock import tenant_clock
+    from services.common.units import read_clocks
+    from services.stager.engine import CLOCK as STAGER_CLOCK
     from services.stager.settings import StagerSettings
 
     settings = load_settings(StagerSettings)
@@ -627,7 +662,7 @@ def wait_cmd(tenant: str, stager_only: bool, no_attribution: bool, no_analytics:
     async def run() -> int:
         redis = _redis()
         try:
-            latest, _ = tenant_clock(await redis.hgetall(keys.shard_clock_key()), tenant)
+            latest, _ = tenant_clock(await read_clocks(redis, STAGER_CLOCK), tenant)
             if not latest:
                 raise CrmError(f"no event of tenant {tenant!r} has been applied")
             await wait_applied(settings, redis, tenant, latest, timeout, click.echo, triggers, attribution, analytics)
@@ -704,7 +739,7 @@ def stages_flow(model: str, tenant: str, from_: str, to: str, as_json: bool) -> 
 def _redis() -> Any:
     from services.common.redisbatch import connect
 
-    return connect(_common().redis_url)
+    return connect(_common().redis_url, _common().redis_cluster)
 
 
 def _parse_instant(text: str) -> int:
@@ -753,7 +788,7 @@ def demo(customers: int) -> None:
     settings = load_settings(StagerSettings)
     local = LocalStack(settings)
     local.up()
-    asyncio.run(ensure_topics(settings.kafka_bootstrap))
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, replication=settings.kafka_replication))
     url = f"http://127.0.0.1:{settings.ingest_port}"
     _ensure_service("ingest", "services.ingest", url, {"CRM_API_KEYS": DEMO_KEY}, settings, local)
     stager_url = f"http://127.0.0.1:{settings.stager_web_port}"

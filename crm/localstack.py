@@ -99,6 +99,19 @@ def _split(hostport: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def _redis_conf(folder: Path, host: str, port: int, extra: str = "") -> Path:
+    """The configuration of a Redis server of the stack (AOF every second), written in `folder`."""
+    conf = folder / "redis.conf"
+    conf.write_text(
+        f"bind {host}\nport {port}\nprotected-mode yes\ndir {folder}\n"
+        'appendonly yes\nappendfsync everysec\nsave ""\ndaemonize no\n'
+        # customer states are ~60-250 bytes: keep their one-field hashes in the compact listpack form
+        "hash-max-listpack-value 1024\n"
+        f"{extra}logfile {folder / 'redis.log'}\n"
+    )
+    return conf
+
+
 @dataclass
 class LocalStack:
     """Kafka + Redis on loopback, owned by this checkout."""
@@ -216,14 +229,7 @@ class LocalStack:
             raise StackError(f"port {self.redis_port} is taken by a process this checkout did not start")
         folder = self.state / "redis"
         folder.mkdir(parents=True, exist_ok=True)
-        conf = folder / "redis.conf"
-        conf.write_text(
-            f"bind {self.redis_host}\nport {self.redis_port}\nprotected-mode yes\ndir {folder}\n"
-            'appendonly yes\nappendfsync everysec\nsave ""\ndaemonize no\n'
-            # customer states are ~60-250 bytes: keep their one-field hashes in the compact listpack form
-            "hash-max-listpack-value 1024\n"
-            f"logfile {folder / 'redis.log'}\n"
-        )
+        conf = _redis_conf(folder, self.redis_host, self.redis_port)
         self._spawn("redis", [exe, str(conf)], folder / "redis.stdout")
         self.say(f"started redis-server on {self.redis_host}:{self.redis_port} (data in {folder})")
 
@@ -342,7 +348,9 @@ class ClusterStack(LocalStack):
 
     Broker i (0, 1, 2) listens on the first port of `CRM_KAFKA_BOOTSTRAP` + 2i, its controller on
     the port after it; Redis node j (0..5) on the port of `CRM_REDIS_URL` + j (its cluster bus
-    10000 above). Topics get three replicas and `min.insync.replicas=2`; Redis keeps an AOF."""
+    100 above: Redis's default, 10000 above, would fall in Linux's range of clients' ephemeral
+    ports, where any connection may hold it). Topics get three replicas and
+    `min.insync.replicas=2`; Redis keeps an AOF."""
 
     brokers: int = 3
     redis_nodes: int = 6
@@ -454,18 +462,16 @@ class ClusterStack(LocalStack):
             name = f"redis-{j + 1}"
             if self._running(name):
                 continue
-            if _port_open(self.redis_host, port):
-                raise StackError(f"port {port} is taken by a process this checkout did not start")
+            for taken in (port, port + 100):
+                if _port_open(self.redis_host, taken):
+                    raise StackError(f"port {taken} is taken by a process this checkout did not start")
             folder = self.state / name
             folder.mkdir(parents=True, exist_ok=True)
-            conf = folder / "redis.conf"
-            conf.write_text(
-                f"bind {self.redis_host}\nport {port}\nprotected-mode yes\ndir {folder}\n"
-                'appendonly yes\nappendfsync everysec\nsave ""\ndaemonize no\n'
+            cluster = (
                 "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 3000\n"
-                "hash-max-listpack-value 1024\n"
-                f"logfile {folder / 'redis.log'}\n"
+                f"cluster-port {port + 100}\n"
             )
+            conf = _redis_conf(folder, self.redis_host, port, cluster)
             self._spawn(name, [exe, str(conf)], folder / "redis.stdout")
         self.say(f"started redis-server nodes on {self.redis_host}:{self.redis_ports[0]}-{self.redis_ports[-1]}")
 

@@ -8,7 +8,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -16,16 +15,22 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from services.analytics.app import SOURCE_TOPICS as ANALYTICS_TOPICS
+from services.analytics.query import CLOCK as ANALYTICS_CLOCK
 from services.analytics.settings import AnalyticsSettings
 from services.attribution.app import SOURCE_TOPICS as ATTRIBUTION_TOPICS
+from services.attribution.engine import CLOCK as ATTRIBUTION_CLOCK
 from services.attribution.settings import AttributionSettings
 from services.common import keys
 from services.common.clock import tenant_clock
 from services.common.errors import CrmError
 from services.common.faustapp import consumer_group
+from services.common.fence import FLOOR
+from services.common.units import read_clocks, read_floors, read_units
 from services.stager.app import SOURCE_TOPICS as STAGER_TOPICS
+from services.stager.engine import CLOCK as STAGER_CLOCK
 from services.stager.settings import StagerSettings
 from services.triggers.app import SOURCE_TOPICS as TRIGGER_TOPICS
+from services.triggers.engine import CLOCK as TRIGGERS_CLOCK
 from services.triggers.settings import TriggerSettings
 
 __all__ = [
@@ -35,6 +40,7 @@ __all__ = [
     "end_offsets",
     "members",
     "pipeline",
+    "unsent_records",
     "wait_pipeline",
     "wait_service",
 ]
@@ -54,10 +60,9 @@ class Service:
     name: str
     consumer_group: str  # the Kafka consumer group of its workers
     topics: tuple[str, ...]
-    fence_key: str  # applied offsets, "topic:partition" -> next offset not applied
-    clock_key: str  # shard clocks, "tenant|shard" -> "latest:watermark"
+    group: str  # names its applied-offset fences and its outboxes (`keys.outbox_key`)
+    clock: str  # names its clocks (`keys.clock_key`)
     timers_key: Callable[[str, int], str]
-    outbox_key: Callable[[int], str]  # a shard's records decided, not yet confirmed on Kafka
 
     @property
     def start_hint(self) -> str:
@@ -73,27 +78,15 @@ def pipeline(
     """The stream services in the order data flows through them (the triggers read what the
     stager writes, attribution what the triggers write, analytics what the stager writes); a
     service whose settings are not given is not waited for."""
-    stager_outbox: Callable[[int], str] = partial(keys.outbox_key, stager.group)
     wanted = [
-        ("stager", stager, STAGER_TOPICS, keys.shard_clock_key(), keys.timers_key, stager_outbox),
-        ("triggers", triggers, TRIGGER_TOPICS, keys.trigger_clock_key(), keys.trigger_timers_key,
-         keys.trigger_outbox_key),
-        ("attribution", attribution, ATTRIBUTION_TOPICS, keys.attribution_clock_key(), keys.attribution_timers_key,
-         keys.attribution_outbox_key),
-        ("analytics", analytics, ANALYTICS_TOPICS, keys.analytics_clock_key(), keys.analytics_timers_key,
-         keys.analytics_outbox_key),
-    ]  # fmt: skip
+        ("stager", stager, STAGER_TOPICS, STAGER_CLOCK, keys.timers_key),
+        ("triggers", triggers, TRIGGER_TOPICS, TRIGGERS_CLOCK, keys.trigger_timers_key),
+        ("attribution", attribution, ATTRIBUTION_TOPICS, ATTRIBUTION_CLOCK, keys.attribution_timers_key),
+        ("analytics", analytics, ANALYTICS_TOPICS, ANALYTICS_CLOCK, keys.analytics_timers_key),
+    ]
     return [
-        Service(
-            name,
-            consumer_group(settings.group),
-            topics,
-            keys.applied_offsets_key(settings.group),
-            clock,
-            timers,
-            outbox,
-        )  # fmt: skip
-        for name, settings, topics, clock, timers, outbox in wanted
+        Service(name, consumer_group(settings.group), topics, settings.group, clock, timers)
+        for name, settings, topics, clock, timers in wanted
         if settings is not None
     ]
 
@@ -155,11 +148,10 @@ async def wait_service(
         if time.monotonic() - checked > CHECK_SECONDS:  # a worker may die while it is waited for
             await consumed(service, bootstrap=bootstrap, retrying=retrying, stopped=True)
             checked = time.monotonic()
-        fence, clocks = await retrying(
+        applied, clocks = await retrying(
             f"reading the {service.name}'s progress",
-            lambda: asyncio.gather(redis.hgetall(service.fence_key), redis.hgetall(service.clock_key)),
+            lambda: asyncio.gather(read_floors(redis, service.group), read_clocks(redis, service.clock)),
         )
-        applied = {k.decode(): int(v) for k, v in fence.items()}
         behind = sum(max(0, end - applied.get(tp, 0)) for tp, end in ends.items())
         latest, watermark = tenant_clock(clocks, tenant)  # over every worker's shards
         due = unsent = 0
@@ -171,12 +163,7 @@ async def wait_service(
             )
             due = sum(counts)
             if due == 0:
-                unsent = sum(
-                    await retrying(
-                        f"reading the {service.name}'s outbox",
-                        lambda: asyncio.gather(*(redis.hlen(service.outbox_key(s)) for s in range(partitions))),
-                    )
-                )
+                unsent = await retrying(f"reading the {service.name}'s outbox", lambda: unsent_records(redis, service))
                 if unsent == 0:
                     return
         if time.monotonic() > deadline:
@@ -191,6 +178,16 @@ async def wait_service(
             )
             said = time.monotonic()
         await asyncio.sleep(0.2)
+
+
+async def unsent_records(redis: Any, service: Service) -> int:
+    """How many records `service` decided are not yet confirmed on Kafka (in its outboxes)."""
+    units = await read_units(redis)
+    units += [(FLOOR, shard) for shard in sorted({s for _, s in units})]
+    async with redis.pipeline(transaction=False) as pipe:
+        for tenant, shard in units:
+            pipe.hlen(keys.outbox_key(service.group, tenant, shard))
+        return sum(await pipe.execute())
 
 
 async def consumed(service: Service, *, bootstrap: str, retrying: Retrying = _plain, stopped: bool = False) -> None:

@@ -21,8 +21,6 @@ from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from tqdm import tqdm
 
 from crm.datasets import read_dataset
@@ -34,6 +32,7 @@ from services.common.avro import default_codec
 from services.common.constants import REDIS_PREFIX
 from services.common.errors import CrmError
 from services.common.redisbatch import connect
+from services.common.resilience import REDIS_OUTAGES
 from services.common.topics import ensure_topics
 from services.ingest.core import Ingestor, ItemResult, make_producer
 from services.ingest.metrics import IngestMetrics
@@ -50,7 +49,7 @@ RETRY_MAX_SECONDS = 10.0
 RETRY_FOR_SECONDS = 300.0
 # what "briefly unavailable" raises: Kafka not acknowledging (NotAcknowledged is a ConnectionError),
 # Redis not answering
-_TRANSIENT = (KafkaError, ConnectionError, TimeoutError, OSError, RedisConnectionError, RedisTimeoutError)
+_TRANSIENT = (KafkaError, ConnectionError, TimeoutError, OSError, *REDIS_OUTAGES)
 
 T = TypeVar("T")
 
@@ -104,7 +103,7 @@ async def replay(
     """Produce every event of `path` under `tenant`; with `wait`, return once the stager (and,
     given their settings, the triggers and attribution) has applied them and fired the timers
     due by their time."""
-    redis: Any = connect(settings.redis_url)
+    redis: Any = connect(settings.redis_url, settings.redis_cluster)
     ledger = _ledger_key(tenant)
     digest = f"{fmt}:{hashlib.sha256(path.read_bytes()).hexdigest()[:20]}"
     try:
@@ -116,7 +115,10 @@ async def replay(
         else:
             if produced:
                 say(f"resuming {path.name} after {produced} events already produced")
-            await _retrying("creating the topics", lambda: ensure_topics(settings.kafka_bootstrap))
+            await _retrying(
+                "creating the topics",
+                lambda: ensure_topics(settings.kafka_bootstrap, replication=settings.kafka_replication),
+            )
             if wait:  # a service with no worker is named now, not after the whole replay was produced
                 services = pipeline(settings, triggers, attribution, analytics)
                 await check_workers(services, bootstrap=settings.kafka_bootstrap, retrying=_retrying)

@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 from services.attribution.readout import Figures, Readout, readout
-from services.common import keys
+from services.attribution.store import campaign_counters
 from services.common.avro import default_codec
 from services.common.constants import (
     TOPIC_TRIGGERS_COUPONS,
@@ -36,12 +36,9 @@ async def decision_counts(bootstrap: str, tenant: str) -> Counter[tuple[str, str
 
 async def campaign_readouts(redis: Any, tenant: str, *, final_only: bool = False) -> list[Readout]:
     """The readout of every campaign of `tenant` with a trial, by campaign id."""
-    campaigns = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.campaigns_key(tenant))).items()}
     out = []
-    for campaign, meta in sorted(campaigns.items()):
+    for campaign, (meta, counters) in (await campaign_counters(redis, tenant)).items():
         rule, _, days = meta.rpartition("|")  # a rule name may hold "|"; the days never do
-        raw = await redis.hgetall(keys.campaign_key(tenant, campaign))
-        counters = {k.decode(): int(v) for k, v in raw.items()}
         out.append(readout(campaign, counters, rule=rule, window_days=int(days or 0), final_only=final_only))
     return out
 

@@ -54,6 +54,15 @@ FAULT_SETTINGS = CommonSettings(
 )
 
 
+# A Kafka cluster of three brokers (21092, 21094, 21096) and a Redis Cluster of six nodes
+# (21379-21384, their buses 100 above), for the scale-out tests.
+CLUSTER_SETTINGS = CommonSettings(
+    kafka_bootstrap=f"127.0.0.1:{21092 + _OFFSET}",
+    redis_url=f"redis://127.0.0.1:{21379 + _OFFSET}/0",
+    state_dir=REPO_ROOT / ".run" / f"test-cluster-stack{_OFFSET or ''}",
+)
+
+
 def _docker_available() -> bool:
     if shutil.which("docker") is None:
         return False
@@ -123,6 +132,27 @@ def quiet_stack() -> Iterator[StackInfo]:
     session's other tests produced (a new consumer group starts at the earliest offsets)."""
     with _stack(QUIET_SETTINGS) as info:
         yield info
+
+
+@pytest.fixture(scope="module")
+def cluster_stack() -> Iterator[StackInfo]:
+    """Three Kafka brokers and a Redis Cluster (three masters, a replica each), empty, with every
+    topic created with three replicas: the project's cluster stack (`crm stack up --cluster`)."""
+    import asyncio
+
+    from crm.localstack import ClusterStack
+    from services.common.topics import ensure_topics
+
+    local = ClusterStack(CLUSTER_SETTINGS)
+    local.down()
+    shutil.rmtree(CLUSTER_SETTINGS.state_dir, ignore_errors=True)
+    local.up(240)
+    asyncio.run(ensure_topics(local.bootstrap, replication=3))
+    try:
+        yield StackInfo(local.bootstrap, CLUSTER_SETTINGS.redis_url, "cluster", CLUSTER_SETTINGS)
+    finally:
+        if not os.environ.get("CRM_KEEP_STACK"):
+            local.down()
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ from services.common.metrics import PREFIX, metrics_handler
 from services.common.redisbatch import connect
 from services.common.settings import config_problem, load_settings
 from services.common.times import iso, parse_instant
+from services.common.units import read_clocks, tenant_shards
 
 __all__ = ["create_app", "main"]
 
@@ -65,7 +66,7 @@ def create_app(settings: AnalyticsSettings, registry: CollectorRegistry | None =
     app[KEYS] = settings.api_keys()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        app[REDIS] = connect(settings.redis_url)
+        app[REDIS] = connect(settings.redis_url, settings.redis_cluster)
         yield
         await app[REDIS].aclose()
 
@@ -247,8 +248,7 @@ async def info(request: web.Request) -> web.Response:
     to which every shard is complete)."""
     tenant = await _tenant(request)
     redis = request.app[REDIS]
-    clocks: dict[Any, Any] = await redis.hgetall(keys.analytics_clock_key())
-    latest, watermark = tenant_clock(clocks, tenant)
+    latest, watermark = tenant_clock(await read_clocks(redis, query.CLOCK), tenant)
     return web.json_response({
         "tenant": tenant,
         "models": {m: list(s) for m, s in MODEL_STAGES.items()},
@@ -263,8 +263,18 @@ async def campaign_results(request: web.Request) -> web.Response:
     """Each campaign against its control group: the latest readout attribution published
     (every trial, and the final ones alone), by campaign id."""
     tenant = await _tenant(request)
-    raw: dict[Any, Any] = await request.app[REDIS].hgetall(keys.campaign_results_key(tenant))
+    raw = await _per_shard(request.app[REDIS], tenant, keys.campaign_results_key)
     return web.json_response({"tenant": tenant, "campaigns": [json.loads(v) for _, v in sorted(raw.items())]})
+
+
+async def _per_shard(redis: Any, tenant: str, key: Callable[[str, int], str]) -> dict[bytes, bytes]:
+    """The hashes `key(tenant, shard)` of the tenant's shards, as one (their fields never meet)."""
+    shards = await tenant_shards(redis, tenant)
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.hgetall(key(tenant, shard))
+        found = await pipe.execute()
+    return {k: v for each in found for k, v in each.items()}
 
 
 async def create_campaign(request: web.Request) -> web.Response:
@@ -300,8 +310,7 @@ async def create_campaign(request: web.Request) -> web.Response:
             raise ExpressionError(f"{term}: a campaign's windows must fit in the {keep} days of behaviour kept",
                                   term.position)  # fmt: skip
     spec = spec.model_copy(update={"audience": str(audience)})
-    clocks: dict[Any, Any] = await redis.hgetall(keys.analytics_clock_key())
-    _, watermark = tenant_clock(clocks, tenant)
+    _, watermark = tenant_clock(await read_clocks(redis, query.CLOCK), tenant)
     due = runs(spec, -1, watermark)  # runs the tenant's time has passed fire at once: answerable now?
     for at in due[:1] + due[-1:]:
         await query.Audiences(redis, tenant, at, settings.partitions, settings.analytics_snapshot_every,
@@ -316,7 +325,7 @@ async def list_campaigns(request: web.Request) -> web.Response:
     tenant = await _tenant(request, with_data=False)
     redis = request.app[REDIS]
     raw: dict[Any, Any] = await redis.hgetall(keys.campaign_specs_key(tenant))
-    failures: dict[Any, Any] = await redis.hgetall(keys.campaign_failures_key(tenant))
+    failures = await _per_shard(redis, tenant, keys.campaign_failures_key)
     failed: dict[str, list[dict[str, Any]]] = {}
     for field, reason in sorted(failures.items()):
         name, at, shard = field.decode().rsplit("|", 2)

@@ -29,7 +29,7 @@ from services.analytics.behaviour import Act, close_acts, queue_acts
 from services.analytics.campaigns import CampaignSpec, request_id, runs
 from services.analytics.history import DAY_MS, Transition
 from services.analytics.metrics import AnalyticsMetrics
-from services.analytics.query import Audiences
+from services.analytics.query import CLOCK, Audiences
 from services.analytics.settings import AnalyticsSettings
 from services.analytics.store import load_for_write, queue_changes, queue_open
 from services.common import keys
@@ -207,8 +207,7 @@ class AnalyticsEngine(StreamEngine[Input]):
             source=f"analytics:{settings.analytics_group}",
             send=send,
             sent_since=sent_since,
-            outbox_key=keys.analytics_outbox_key,
-            clock_key=keys.analytics_clock_key(),
+            clock=CLOCK,
             timers_key=keys.analytics_timers_key,
             shards=shards or (lambda: range(settings.partitions)),
             fields=FIELDS,
@@ -219,12 +218,13 @@ class AnalyticsEngine(StreamEngine[Input]):
         self.snapshot_every = settings.analytics_snapshot_every
         self.closed: dict[tuple[str, int], int] = {}  # (tenant, shard) -> the last day closed in every model
         self.specs: dict[bytes, CampaignSpec] = {}  # saved JSON -> the campaign
-        self.readouts: dict[tuple[str, str], str] = {}  # (tenant, campaign) -> its latest readout (JSON) of the batch
+        # (tenant, shard) -> campaign -> its latest readout (JSON) of the batch
+        self.readouts: dict[tuple[str, int], dict[str, str]] = {}
 
     def to_input(self, schema: str, record: dict[str, Any], origin: str) -> tuple[str, str, Input] | None:
         return to_input(schema, record, origin)
 
-    def control(self, shard: int, schema: str, record: dict[str, Any]) -> bool:
+    def control(self, shard: int, schema: str, record: dict[str, Any]) -> str | None:
         """A campaign readout is kept with the batch (the latest of a campaign holds); anything
         else as the base takes it (the stager's progress)."""
         if schema != "crm.attribution.CampaignReadout":
@@ -233,14 +233,16 @@ class AnalyticsEngine(StreamEngine[Input]):
         if not campaign:
             raise ValueError("out of range: an empty campaign_id")
         shown = {**record, "as_of": iso(checked_time(epoch_ms(record["as_of"])))}
-        self.readouts[(tenant, campaign)] = json.dumps(shown, allow_nan=False)
-        return True
+        self.readouts.setdefault((tenant, shard), {})[campaign] = json.dumps(shown, allow_nan=False)
+        return tenant
 
     def reset(self) -> None:
         super().reset()
         self.closed.clear()  # another worker may have closed days of a shard meanwhile
 
     async def apply(self, batch: Batch[Input]) -> None:
+        unit = (batch.tenant, batch.shard)
+        shown = self.readouts.pop(unit, {})
         added, facts, acts = await self._sort(batch)
         watched = [keys.attribute_state_key(t, s) for t, s in facts]
 
@@ -251,12 +253,11 @@ class AnalyticsEngine(StreamEngine[Input]):
                 queue_open(pipe, tenant, model, shard, MODEL_STAGES[model], entries)
             for (tenant, shard), done in acts.items():
                 queue_acts(pipe, tenant, shard, done)
-            for (tenant, campaign), shown in self.readouts.items():
-                pipe.hset(keys.campaign_results_key(tenant), campaign, shown)
-            self.queue_loop_writes(pipe, batch.offsets, batch.dead)
+            if shown:
+                pipe.hset(keys.campaign_results_key(*unit), mapping=shown)
+            self.queue_loop_writes(pipe, unit, batch.offsets, batch.dead)
 
         await self._watched(watched, facts, build)
-        self.readouts = {}
         for (_, _, model), entries in added.items():
             self.metrics.kept.labels(model).inc(len(entries))
 
@@ -371,7 +372,7 @@ class AnalyticsEngine(StreamEngine[Input]):
         """A run whose audience cannot be evaluated (its data gone): recorded with its reason and
         marked done, so it never holds back the days, the progress or another campaign."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.campaign_failures_key(tenant), f"{campaign}|{at}|{shard}", reason)
+            pipe.hset(keys.campaign_failures_key(tenant, shard), f"{campaign}|{at}|{shard}", reason)
             pipe.hset(keys.campaign_runs_key(tenant, shard), campaign, at)
             await pipe.execute()
         self.metrics.failed_runs.labels(campaign).inc()
@@ -395,10 +396,10 @@ class AnalyticsEngine(StreamEngine[Input]):
             value = self.codec.encode("crm.campaigns.Request", record)
             entries[ident] = pack(written, TOPIC_CAMPAIGN_REQUESTS, customer, value)
         async with self.redis.pipeline(transaction=True) as pipe:
-            self.outbox.queue(pipe, {shard: entries})
+            self.outbox.queue(pipe, tenant, {shard: entries})
             pipe.hset(keys.campaign_runs_key(tenant, shard), spec.name, at)
             await pipe.execute()
-        await self.outbox.send({shard: entries})
+        await self.outbox.send(tenant, {shard: entries})
         self.metrics.requests.labels(spec.name).inc(len(entries))
         log.info("%s: campaign %s ran at %s on shard %d of tenant %s: %d requests", self.source, spec.name,
                  iso(at), shard, tenant, len(entries))  # fmt: skip

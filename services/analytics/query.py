@@ -26,9 +26,11 @@ from services.common import keys
 from services.common.clock import tenant_clock
 from services.common.constants import MAX_TIME_MS, MODEL_STAGES
 from services.common.times import iso
+from services.common.units import read_clocks
 
 __all__ = [
     "AUDIENCE_NAME",
+    "CLOCK",
     "EXPORT_FORMATS",
     "NOW",
     "Audiences",
@@ -141,6 +143,7 @@ async def flow(
 
 
 # --- audiences ---------------------------------------------------------------------------------
+CLOCK = "analytics"  # the name of the analytics worker's clocks (`keys.clock_key`)
 NOW = MAX_TIME_MS - 1  # "now": every transition applied so far (behaviours: up to the latest event seen)
 AUDIENCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 EXPORT_FORMATS = ("csv", "ndjson")
@@ -313,7 +316,7 @@ class Audiences:
             return
         at = self.at
         if at == NOW:  # the window ends at the latest event the history worker has seen
-            at, _ = tenant_clock(await self.redis.hgetall(keys.analytics_clock_key()), self.tenant)
+            at, _ = tenant_clock(await read_clocks(self.redis, CLOCK), self.tenant)
         try:
             if term.kind == "category":
                 found = await asyncio.gather(*(

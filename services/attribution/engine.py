@@ -5,7 +5,8 @@ Per batch (and per due timer): read each customer's state WATCHed, take the inpu
 shard's watermark (`services.attribution.model.advance`: every trial's result again, less what
 the campaign counters held of it), then write the states, the timers (a window's end, an order to
 credit, something to forget), the counter changes, the attribution records (into the outbox),
-the clock and the applied offsets in one MULTI/EXEC. The counters are exactly the sum of the
+the clock and the applied offsets in one MULTI/EXEC per unit (a tenant's shard: the counters are
+kept per shard and summed by readers, `services.attribution.store`). The counters are exactly the sum of the
 trials' results, whatever crashes: a batch is written whole or not at all, and one decided twice
 (a rebalance) is undone by the WATCH.
 """
@@ -28,6 +29,7 @@ from services.attribution.model import AttributionState, Credit, Input, Touch, a
 from services.attribution.readout import readout_record
 from services.attribution.settings import AttributionSettings
 from services.attribution.state import decode_state, encode_state
+from services.attribution.store import campaign_counters
 from services.common import keys
 from services.common.avro import Codec
 from services.common.constants import TOPIC_ATTRIBUTION, TOPIC_CAMPAIGN_READOUTS
@@ -35,7 +37,9 @@ from services.common.engine import Batch, DeadLetters, StreamEngine, WritePlan
 from services.common.outbox import SentSince, pack
 from services.common.produce import Send
 
-__all__ = ["AttributionEngine", "attribution_id"]
+__all__ = ["CLOCK", "AttributionEngine", "attribution_id"]
+
+CLOCK = "attribution"  # the name of attribution's clocks (`keys.clock_key`)
 
 
 def attribution_id(tenant: str, customer: str, order_id: str, trigger_id: str) -> str:
@@ -81,8 +85,7 @@ class AttributionEngine(StreamEngine[Input]):
             source=f"attribution:{settings.attribution_group}",
             send=send,
             sent_since=sent_since,
-            outbox_key=keys.attribution_outbox_key,
-            clock_key=keys.attribution_clock_key(),
+            clock=CLOCK,
             timers_key=keys.attribution_timers_key,
             shards=shards or (lambda: range(settings.partitions)),
             fields=FIELDS,
@@ -98,10 +101,10 @@ class AttributionEngine(StreamEngine[Input]):
 
     async def apply(self, batch: Batch[Input]) -> None:
         wanted = [(t, c, group.shard, group.items) for (t, c), group in batch.groups.items()]
-        await self._settle(wanted, batch.offsets, batch.dead)
+        await self._settle((batch.tenant, batch.shard), wanted, batch.offsets, batch.dead)
 
     async def fire(self, tenant: str, shard: int, watermark: int, customers: list[str], dead: DeadLetters) -> None:
-        await self._settle([(tenant, c, shard, []) for c in customers], {}, dead)
+        await self._settle((tenant, shard), [(tenant, c, shard, []) for c in customers], {}, dead)
 
     async def after_tick(self, owned: set[int]) -> None:
         """Every `attribution_readout_seconds`: the open-windows gauge and, from the worker that
@@ -112,13 +115,9 @@ class AttributionEngine(StreamEngine[Input]):
             return
         self.gauged = now
         for tenant, clock in self.clocks.items():
-            raw = await self.redis.hgetall(keys.campaigns_key(tenant))
-            campaigns = {k.decode(): v.decode() for k, v in raw.items()}
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for campaign in campaigns:
-                    pipe.hgetall(keys.campaign_key(tenant, campaign))
-                found = await pipe.execute()
-            counters = [{k.decode(): int(v) for k, v in c.items()} for c in found]
+            found = await campaign_counters(self.redis, tenant)
+            campaigns = {campaign: meta for campaign, (meta, _) in found.items()}
+            counters = [summed for _, summed in found.values()]
             self.metrics.open_windows.labels(tenant).set(
                 sum(c.get("open|treatment|trials", 0) + c.get("open|control|trials", 0) for c in counters)
             )
@@ -143,24 +142,29 @@ class AttributionEngine(StreamEngine[Input]):
 
     # --- one MULTI per batch -------------------------------------------------------------------
     async def _settle(
-        self, wanted: list[tuple[str, str, int, list[Input]]], offsets: dict[str, int], dead: DeadLetters
+        self,
+        unit: tuple[str, int],
+        wanted: list[tuple[str, str, int, list[Input]]],
+        offsets: dict[str, int],
+        dead: DeadLetters,
     ) -> None:
-        names = [keys.attribution_state_key(t, c) for t, c, _, _ in wanted]
+        names = [keys.attribution_state_key(t, s, c) for t, c, s, _ in wanted]
+        shard = unit[1]
 
         def build(values: list[bytes | None], pipe: Any) -> _Writes:
             writes = self._plan(wanted, values)
             writes.queue(pipe)
-            self.outbox.queue(pipe, writes.outbox)
+            self.outbox.queue(pipe, unit[0], writes.outbox)
             for (tenant, campaign), changes in writes.counters.items():
                 for counter, delta in changes.items():
-                    pipe.hincrby(keys.campaign_key(tenant, campaign), counter, delta)
+                    pipe.hincrby(keys.campaign_key(tenant, shard, campaign), counter, delta)
             for tenant, campaigns in writes.campaigns.items():
-                pipe.hset(keys.campaigns_key(tenant), mapping=campaigns)
-            self.queue_loop_writes(pipe, offsets, dead)
+                pipe.hset(keys.campaigns_key(tenant, shard), mapping=campaigns)
+            self.queue_loop_writes(pipe, unit, offsets, dead)
             return writes
 
         writes = await self.transact(names, build)
-        await self.outbox.send(writes.outbox)
+        await self.outbox.send(unit[0], writes.outbox)
         self._count(writes)
 
     def _plan(self, wanted: list[tuple[str, str, int, list[Input]]], values: list[bytes | None]) -> _Writes:
@@ -186,7 +190,7 @@ class AttributionEngine(StreamEngine[Input]):
                 entry = pack(written, TOPIC_ATTRIBUTION, customer, value)
                 writes.outbox.setdefault(shard, {})[f"{ident}|retracted" if cr.retracted else ident] = entry
             writes.credits += credits
-            writes.state(keys.attribution_state_key(tenant, customer), encode_state(state))
+            writes.state(keys.attribution_state_key(tenant, shard, customer), encode_state(state))
             writes.timer(keys.attribution_timers_key(tenant, shard), customer, next_due(state, state.as_of, keep))
         self.metrics.late.inc(late)
         return writes

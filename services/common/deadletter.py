@@ -11,7 +11,7 @@ from typing import Any
 
 from services.common.avro import Codec
 from services.common.constants import TOPIC_DLQ
-from services.common.fence import OffsetFence
+from services.common.fence import FLOOR, OffsetFence
 from services.common.messages import Message
 from services.common.outbox import Outbox, pack, record_id
 
@@ -97,18 +97,21 @@ def dead_letter(codec: Codec, source: str, msg: Message, reason: str) -> tuple[s
 async def quarantine(
     redis: Any, fence: OffsetFence, outbox: Outbox, codec: Codec, source: str, *, msg: Message, reason: str
 ) -> bool:
-    """Dead-letter `msg` and move the fence past it in one MULTI (a message that cannot be
-    applied even alone); False if it was applied before. The caller holds its engine's lock."""
-    await fence.refresh([msg])
-    offsets: dict[str, int] = {}
-    if not fence.admit(msg, offsets):
+    """Dead-letter `msg` and move its shard's floor past it in one MULTI (a message that cannot be
+    applied even alone; every earlier one of its partition is applied by then); False if it was
+    applied before. The caller holds its engine's lock."""
+    unit = (FLOOR, msg.partition)
+    await fence.refresh([unit])
+    tp = f"{msg.topic}:{msg.partition}"
+    if fence.done(unit, tp, msg.offset):
         return False
+    offsets = {tp: msg.offset + 1}
     ident, entry = dead_letter(codec, source, msg, reason)
     dead = {msg.partition: {ident: entry}}
     async with redis.pipeline(transaction=True) as pipe:
-        outbox.queue(pipe, dead)
-        fence.queue(pipe, offsets)
+        outbox.queue(pipe, FLOOR, dead)
+        fence.queue(pipe, unit, offsets)
         await pipe.execute()
-    fence.written(offsets)
-    await outbox.send(dead)
+    fence.written(unit, offsets)
+    await outbox.send(FLOOR, dead)
     return True

@@ -2,18 +2,20 @@
 
 A batch of Kafka messages goes through these steps, the same for every service:
 
-1. **fence**: messages at or below the applied-offset fence in Redis were applied before (a
-   redelivery after a crash or a rebalance) and are skipped;
-2. **decode**: each message is decoded with the schema its topic carries; what cannot be decoded,
+1. **decode**: each message is decoded with the schema its topic carries; what cannot be decoded,
    a null value or a record of another schema is dead-lettered with its topic, partition and
    offset, and the partition flows on; the service maps a record to its input (`to_input`);
+2. **units**: a record belongs to a unit, its tenant's shard (partition), whose keys share one
+   Redis hash tag; records below the unit's applied-offset fence or the shard's floor were
+   applied before (a redelivery after a crash or a rebalance) and are skipped;
 3. **clocks**: each tenant's event clock notes the input's time per partition (shard); the
    watermark of a shard passes a time only once every input topic feeding it has, and never runs
    further than the allowed lateness behind the newest input;
-4. **apply** (the service): per customer, inputs and the timers due before them in one
-   event-time order, up to the shard's watermark; everything the batch changes is written in one
-   MULTI/EXEC together with the loop's own writes (`queue_loop_writes`: the clocks, the dead
-   letters into the outbox, the new fence);
+4. **apply** (the service), per unit: per customer, inputs and the timers due before them in one
+   event-time order, up to the shard's watermark; everything the unit's batch changes is written
+   in one MULTI/EXEC together with the loop's own writes (`queue_loop_writes`: the unit's clock,
+   its dead letters into its outbox, its new fence); once every unit of the batch is written,
+   each shard's floor moves past the batch (with the dead letters of records without a unit);
 5. **outbox**: dead letters (and whatever the service put in the outbox) are sent after the MULTI
    and cleared; a worker taking a shard over sends what a crash left there, once.
 
@@ -37,17 +39,19 @@ from typing import Any, Generic, Protocol, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
+from services.common import keys
 from services.common.avro import Codec
 from services.common.clock import EventClock, ShardClock, merge_shard_clocks, shard_value
 from services.common.constants import TOPICS, checked_tenant, checked_time
 from services.common.deadletter import dead_letter, quarantine
-from services.common.fence import OffsetFence
+from services.common.fence import FLOOR, OffsetFence, Unit
 from services.common.messages import Message
 from services.common.metrics import LoopMetrics
 from services.common.outbox import Outbox, SentSince
 from services.common.produce import SendTo
 from services.common.redisbatch import HGET_MANY, HSET_MANY
 from services.common.times import epoch_ms
+from services.common.units import Units, read_clocks
 
 __all__ = ["Batch", "DeadLetters", "Group", "LoopSettings", "StreamEngine", "Timed", "WritePlan"]
 
@@ -103,9 +107,11 @@ class Group(Generic[In]):
 
 @dataclass(slots=True)
 class Batch(Generic[In]):
-    """What a batch brings: the fence's new offsets, the inputs by (tenant, customer), and the
-    dead letters of what could not be decoded (more are added while applying)."""
+    """What a batch brings to one unit (`tenant`, `shard`): the fence's new offsets, the inputs by
+    (tenant, customer), and its dead letters (added while applying)."""
 
+    tenant: str = ""
+    shard: int = -1
     offsets: dict[str, int] = field(default_factory=dict)
     groups: dict[tuple[str, str], Group[In]] = field(default_factory=dict)
     dead: DeadLetters = field(default_factory=dict)
@@ -151,8 +157,9 @@ class StreamEngine(Generic[In]):
     """The loop of a stream service. A service subclasses it and supplies:
 
     - `to_input(schema, record, origin)`: its input of a decoded record (None: not read);
-    - `apply(batch)`: decide on the batch's inputs and write everything in one MULTI that also
-      carries `queue_loop_writes(pipe, batch.offsets, batch.dead)`;
+    - `apply(batch)`: decide on the inputs of a unit's batch and write everything in one MULTI
+      that also carries `queue_loop_writes(pipe, (batch.tenant, batch.shard), batch.offsets,
+      batch.dead)`; every key it touches carries the unit's hash tag (`keys.unit_tag`);
     - `fire(tenant, shard, watermark, customers, dead)`: the same for customers whose timers
       are due (no offsets);
     - optionally `control` (records that are not inputs), `new_clock`, `on_start` and
@@ -170,8 +177,7 @@ class StreamEngine(Generic[In]):
         source: str,
         send: Callable[[str, bytes, bytes], Any],
         sent_since: SentSince,
-        outbox_key: Callable[[int], str],
-        clock_key: str,
+        clock: str,
         timers_key: Callable[[str, int], str],
         shards: Callable[[], Iterable[int]],
         fields: dict[str, tuple[str, ...]] | None = None,
@@ -184,9 +190,9 @@ class StreamEngine(Generic[In]):
         """`redis` answers bytes (decode_responses=False); `codec` decodes the input topics
         (only `fields` of the schemas named there); `group` names the applied-offset fence;
         `source` signs dead letters; `send(topic, key, value)` produces what the outbox holds and
-        `sent_since` finds what a crash left already sent; `outbox_key(shard)`, `clock_key` (a
-        hash "<tenant>|<shard>" -> "<latest>:<watermark>") and `timers_key(tenant, shard)` (a
-        sorted set of customers by due time) are the Redis keys of the service; `shards()` are
+        `sent_since` finds what a crash left already sent; `clock` names the service's clocks
+        (`keys.clock_key`) and `timers_key(tenant, shard)` (a sorted set of customers by due time)
+        its timers; outboxes are `keys.outbox_key(group, tenant, shard)`; `shards()` are
         the partitions this worker owns now. With `follow_upstream`, a shard's time never passes
         what the service upstream declared complete on it (its `crm.stage.Progress` records, those
         whose `source` starts with `follow_source` when several services declare theirs);
@@ -199,11 +205,14 @@ class StreamEngine(Generic[In]):
         self.metrics = metrics
         self.source = source
         self.send = send
-        self.clock_key = clock_key
+        self.clock = clock
+        self.group = group
+        self.registry = Units(redis)
         self.timers_key = timers_key
         self.shards = shards
         self.lock = asyncio.Lock()
         self.fence = OffsetFence(redis, group)
+        self._names: dict[tuple[str, int], str] = {}
         self.clocks: dict[str, EventClock] = {}
         self.behind: Collection[tuple[str, int]] = ()  # as of the last batch
         self.values: dict[str, bytes] = {}  # origin -> bytes of this batch's messages (for dead letters)
@@ -217,7 +226,7 @@ class StreamEngine(Generic[In]):
         # fence: once, even across crashes
         self.outbox = Outbox(
             redis=redis,
-            key=outbox_key,
+            key=lambda tenant, shard: keys.outbox_key(group, tenant, shard),
             send=send,
             sent_since=sent_since,
             grace_seconds=settings.outbox_grace_seconds,
@@ -230,19 +239,19 @@ class StreamEngine(Generic[In]):
         read. Raise ValueError for a record the service cannot take (it is dead-lettered)."""
         raise NotImplementedError
 
-    def control(self, shard: int, schema: str, record: dict[str, Any]) -> bool:
-        """Take a record that is not an input; True if taken. An upstream service's progress moves
-        the shard's ceiling (when following it). ValueError for one it cannot take (a tenant or a
-        time no state can hold): it is dead-lettered like an input."""
+    def control(self, shard: int, schema: str, record: dict[str, Any]) -> str | None:
+        """Take a record that is not an input: its tenant if taken, None if not. An upstream
+        service's progress moves the shard's ceiling (when following it). ValueError for one it
+        cannot take (a tenant or a time no state can hold): it is dead-lettered like an input."""
         if schema != "crm.stage.Progress":
-            return False
+            return None
         tenant, watermark = checked_tenant(record["tenant"]), checked_time(epoch_ms(record["watermark"]))
         if self.follow_upstream and str(record.get("source", "")).startswith(self.follow_source):
             clock = self.clocks.get(tenant)
             if clock is None:
                 clock = self.clocks[tenant] = self.new_clock()
             clock.ceil(shard, watermark)
-        return True
+        return tenant
 
     async def apply(self, batch: Batch[In]) -> None:
         raise NotImplementedError
@@ -263,7 +272,7 @@ class StreamEngine(Generic[In]):
     async def start(self) -> None:
         """Load the applied-offset fence and the event clocks written by earlier runs."""
         await self.fence.load()
-        merge_shard_clocks(self.clocks, await self.redis.hgetall(self.clock_key), None, self.new_clock)
+        merge_shard_clocks(self.clocks, await read_clocks(self.redis, self.clock), None, self.new_clock)
         await self.on_start()
         log.info("%s: started with the applied offsets of %d partitions and the clocks of %d tenants",
                  self.source, len(self.fence.applied), len(self.clocks))  # fmt: skip
@@ -282,7 +291,7 @@ class StreamEngine(Generic[In]):
         if self.stale_clocks:
             await self.fence.load()  # the applied offsets too: what Redis holds is the truth
             self.clocks.clear()
-            merge_shard_clocks(self.clocks, await self.redis.hgetall(self.clock_key), None, self.new_clock)
+            merge_shard_clocks(self.clocks, await read_clocks(self.redis, self.clock), None, self.new_clock)
             self.stale_clocks = False
 
     async def quarantine(self, msg: Message, reason: str) -> None:
@@ -301,29 +310,40 @@ class StreamEngine(Generic[In]):
             await self._fresh_clocks()
             self.behind = behind
             self.values = {}
-            await self.fence.refresh(messages)
-            await self.outbox.recover({m.partition for m in messages})
-            batch = self._collect(messages)
+            decoded = self._decode(messages)
+            units = {(t, m.partition) for m, _, _, t in decoded if t is not None}
+            units |= {(FLOOR, m.partition) for m in messages}
+            await self.registry.add(units)
+            await self.fence.refresh(units)
+            await self.outbox.recover(units)
+            batches, floors = self._collect(decoded)
             for tenant, clock in self.clocks.items():
                 clock.settle(self.settings.lateness_ms, behind)
                 self.metrics.watermark.labels(tenant).set(clock.watermark / 1000)
-            await self.apply(batch)
-            self.fence.written(batch.offsets)
-            self.metrics.invalid.inc(sum(len(d) for d in batch.dead.values()))
-            await self.outbox.send(batch.dead)
+            await _each([self._apply(batch) for batch in batches.values()])
+            for shard, floor in floors.items():  # every unit of the batch is written: the floor moves
+                unit = (FLOOR, shard)
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    self.outbox.queue(pipe, FLOOR, floor.dead)
+                    self.fence.queue(pipe, unit, floor.offsets)
+                    await pipe.execute()
+                self.fence.written(unit, floor.offsets)
+                self.metrics.invalid.inc(sum(len(d) for d in floor.dead.values()))
+                await self.outbox.send(FLOOR, floor.dead)
             self.metrics.batch.observe(time.perf_counter() - started)
 
-    def _collect(self, messages: Sequence[Message]) -> Batch[In]:
-        batch: Batch[In] = Batch()
-        offsets, groups, dead = batch.offsets, batch.groups, batch.dead
-        now = time.monotonic()
-        read, admit, clocks, to_input = self.read, self.fence.admit, self.clocks, self.to_input
-        redelivered = 0
+    async def _apply(self, batch: Batch[In]) -> None:
+        await self.apply(batch)
+        self.fence.written((batch.tenant, batch.shard), batch.offsets)
+        self.metrics.invalid.inc(sum(len(d) for d in batch.dead.values()))
+        await self.outbox.send(batch.tenant, batch.dead)
+
+    def _decode(self, messages: Sequence[Message]) -> list[tuple[Message, str, Any, str | None]]:
+        """Each message with its schema and record (or "" and the reason it cannot be read), and
+        the tenant it names (None: none)."""
+        out: list[tuple[Message, str, Any, str | None]] = []
+        read = self.read
         for msg in messages:
-            if not admit(msg, offsets):
-                redelivered += 1
-                continue
-            stage = "undecodable"
             try:
                 if msg.value is None:
                     raise ValueError("null value")
@@ -331,33 +351,88 @@ class StreamEngine(Generic[In]):
                 expected = TOPIC_SCHEMAS.get(msg.topic)
                 if expected is not None and schema not in expected:
                     raise ValueError(f"wrong schema: {schema} on {msg.topic} (which carries {', '.join(expected)})")
-                origin = f"{msg.topic}|{msg.partition}|{msg.offset}"
-                stage = "invalid"  # decoded, but not an input the service can hold
-                if self.control(msg.partition, schema, record):
-                    continue
-                mapped = to_input(schema, record, origin)
-                self.values[origin] = msg.value
             except Exception as exc:  # noqa: BLE001 - whatever the input, the partition flows on
-                reason = f"{stage}: {exc}" if stage == "invalid" else f"undecodable: {type(exc).__name__}: {exc}"
-                ident, entry = dead_letter(self.codec, self.source, msg, reason)
-                dead.setdefault(msg.partition, {})[ident] = entry
+                out.append((msg, "", f"undecodable: {type(exc).__name__}: {exc}", None))
                 continue
-            if mapped is None:
+            tenant = record.get("tenant")
+            out.append((msg, schema, record, tenant if isinstance(tenant, str) and tenant else None))
+        return out
+
+    def _collect(
+        self, decoded: list[tuple[Message, str, Any, str | None]]
+    ) -> tuple[dict[Unit, Batch[In]], dict[int, Batch[In]]]:
+        """The batch of each unit with records not yet applied to it, and per shard the floor's
+        new offsets with the dead letters of records that belong to no unit."""
+        batches: dict[Unit, Batch[In]] = {}
+        floors: dict[int, Batch[In]] = {}
+        now = time.monotonic()
+        done = self.fence.done
+        redelivered = 0
+        for msg, schema, record, named in decoded:
+            shard = msg.partition
+            tp = self.fence_name(msg)
+            floor = floors.get(shard)
+            if floor is None:
+                floor = floors[shard] = Batch(FLOOR, shard)
+            floor.offsets[tp] = max(floor.offsets.get(tp, 0), msg.offset + 1)
+            # a record naming a tenant is its unit's, dead letter or not; one naming none the floor's
+            unit = (named or FLOOR, shard)
+            if done(unit, tp, msg.offset):
+                redelivered += 1
                 continue
-            tenant, customer, item = mapped
-            clock = clocks.get(tenant)
-            if clock is None:
-                clock = clocks[tenant] = self.new_clock()
-            clock.saw(msg.partition, item.time, now, msg.topic)
-            batch.stamps[origin] = msg.timestamp
-            found = groups.get((tenant, customer))
-            if found is None:
-                groups[(tenant, customer)] = Group(msg.partition, [item], msg.timestamp)
+            batch = floor if named is None else batches.get(unit)
+            if batch is None:
+                batch = batches[unit] = Batch(named or FLOOR, shard)
+            if named is not None:
+                batch.offsets[tp] = msg.offset + 1
+            if not schema:
+                self._dead(batch, msg, record)
             else:
-                found.items.append(item)
-                found.arrived = max(found.arrived, msg.timestamp)
+                self._take_record(batch, msg, schema, record, now)
         self.metrics.redelivered.inc(redelivered)
-        return batch
+        return batches, floors
+
+    def _take_record(self, batch: Batch[In], msg: Message, schema: str, record: dict[str, Any], now: float) -> None:
+        """Take a decoded record into its unit's `batch`: a control record, an input, nothing (a
+        record the service does not read) or a dead letter."""
+        shard = msg.partition
+        origin = f"{msg.topic}|{shard}|{msg.offset}"
+        try:
+            if self.control(shard, schema, record) is not None:
+                return
+            mapped = self.to_input(schema, record, origin)
+            self.values[origin] = msg.value or b""
+        except Exception as exc:  # noqa: BLE001 - whatever the input, the partition flows on
+            self._dead(batch, msg, f"invalid: {exc}")
+            return
+        if mapped is None:
+            return
+        tenant, customer, item = mapped
+        if tenant != batch.tenant:  # (a record's tenant is the one it names)
+            self._dead(batch, msg, f"invalid: tenant {tenant!r} is not the record's")
+            return
+        clock = self.clocks.get(tenant)
+        if clock is None:
+            clock = self.clocks[tenant] = self.new_clock()
+        clock.saw(shard, item.time, now, msg.topic)
+        batch.stamps[origin] = msg.timestamp
+        found = batch.groups.get((tenant, customer))
+        if found is None:
+            batch.groups[(tenant, customer)] = Group(shard, [item], msg.timestamp)
+        else:
+            found.items.append(item)
+            found.arrived = max(found.arrived, msg.timestamp)
+
+    def _dead(self, batch: Batch[In], msg: Message, reason: str) -> None:
+        ident, entry = dead_letter(self.codec, self.source, msg, reason)
+        batch.dead.setdefault(msg.partition, {})[ident] = entry
+
+    def fence_name(self, msg: Message) -> str:
+        where = (msg.topic, msg.partition)
+        name = self._names.get(where)
+        if name is None:
+            name = self._names[where] = f"{msg.topic}:{msg.partition}"
+        return name
 
     def watermark(self, tenant: str, shard: int) -> int:
         """The event time up to which `shard` of `tenant` is complete."""
@@ -390,25 +465,29 @@ class StreamEngine(Generic[In]):
                 except WatchError:
                     self.metrics.conflicts.inc()
 
-    def queue_loop_writes(self, pipe: Any, offsets: dict[str, int], dead: DeadLetters) -> None:
-        """The loop's part of a batch's MULTI: the clocks, the dead letters, the new fence."""
-        if self.clocks:
-            self.write_clocks(pipe)
-        self.outbox.queue(pipe, dead)
-        self.fence.queue(pipe, offsets)
+    def queue_loop_writes(self, pipe: Any, unit: Unit, offsets: dict[str, int], dead: DeadLetters) -> None:
+        """The loop's part of a unit's MULTI: its clock, its dead letters, its new fence."""
+        tenant, shard = unit
+        clock = self.clocks.get(tenant)
+        if clock is not None and (shard in clock.shards or shard in (clock.ceilings or ())):
+            pipe.set(keys.clock_key(self.clock, tenant, shard), self._clock_value(clock, shard))
+        self.outbox.queue(pipe, tenant, dead)
+        self.fence.queue(pipe, unit, offsets)
 
-    def write_clocks(self, pipe: Any) -> None:
-        owned = set(self.shards())  # a shard another worker now owns is that worker's to write
-        shards = {
-            f"{t}|{p}": shard_value(
-                c.shards.get(p) or ShardClock(), None if c.ceilings is None else c.ceilings.get(p, 0)
-            )
-            for t, c in self.clocks.items()
-            for p in set(c.shards) | set(c.ceilings or ())  # a ceiling declared before any input too
-            if p in owned
-        }
-        if shards:
-            pipe.hset(self.clock_key, mapping=shards)
+    @staticmethod
+    def _clock_value(clock: EventClock, shard: int) -> str:
+        ceiling = None if clock.ceilings is None else clock.ceilings.get(shard, 0)
+        return shard_value(clock.shards.get(shard) or ShardClock(), ceiling)
+
+    async def write_clocks(self, owned: set[int]) -> None:
+        """The clock of every unit of the shards in `owned` (a shard another worker now owns is
+        that worker's to write)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tenant, clock in self.clocks.items():
+                for shard in set(clock.shards) | set(clock.ceilings or ()):  # a ceiling declared before any input too
+                    if shard in owned:
+                        pipe.set(keys.clock_key(self.clock, tenant, shard), self._clock_value(clock, shard))
+            await pipe.execute()
 
     # --- timers ------------------------------------------------------------------------------
     async def tick(self) -> int:
@@ -419,8 +498,9 @@ class StreamEngine(Generic[In]):
         async with self.lock:
             await self._fresh_clocks()
             owned = set(self.shards())
-            await self.outbox.recover(owned)
-            merge_shard_clocks(self.clocks, await self.redis.hgetall(self.clock_key), owned, self.new_clock)
+            units = await self.registry.load()
+            await self.outbox.recover([(t, s) for t, s in units if s in owned])
+            merge_shard_clocks(self.clocks, await read_clocks(self.redis, self.clock, units), owned, self.new_clock)
             wall = self.settings.lateness_ms if self.settings.wall_clock_advance else None
             for tenant, clock in self.clocks.items():
                 # No new input for a while: nothing older can still be on its way in order.
@@ -436,9 +516,7 @@ class StreamEngine(Generic[In]):
             await self.after_tick(owned)
             await self._progress(owned)
             if self.clocks:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    self.write_clocks(pipe)
-                    await pipe.execute()
+                await self.write_clocks(owned)
         return fired
 
     async def _progress(self, owned: set[int]) -> None:
@@ -470,10 +548,26 @@ class StreamEngine(Generic[In]):
             dead: DeadLetters = {}
             await self.fire(tenant, shard, watermark, [c.decode() for c in due], dead)
             self.metrics.invalid.inc(sum(len(d) for d in dead.values()))
-            await self.outbox.send(dead)
+            await self.outbox.send(tenant, dead)
             fired += len(due)
             self.metrics.timers_fired.inc(len(due))
 
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+async def _each(coros: list[Any]) -> None:
+    """Run `coros` together; if one fails, the others are cancelled and waited for, and its
+    exception is raised (what a unit wrote stays: its fence says so)."""
+    if len(coros) == 1:
+        await coros[0]
+        return
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -17,6 +17,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from services.common import keys
 from services.common.batchloop import BatchLoop
 from services.common.constants import DEFAULT_PARTITIONS
 from services.common.errors import ConfigError
@@ -37,6 +38,7 @@ __all__ = [
     "engine_consumer",
     "faust_app",
     "guarded",
+    "old_layout",
     "once",
     "run_worker",
     "serve_engine",
@@ -225,8 +227,26 @@ def _long_ticks(record: logging.LogRecord) -> bool:
 def start_worker(name: str, settings: Any, build: Callable[[], faust.App], web_port: int) -> None:
     """Create the topic table (waiting for a broker that is away at start, as during work), then
     run the app `build()` makes as a Faust worker."""
-    asyncio.run(retry(lambda: ensure_topics(settings.kafka_bootstrap), Health(name)))
+    asyncio.run(
+        retry(lambda: ensure_topics(settings.kafka_bootstrap, replication=settings.kafka_replication), Health(name))
+    )
+    old = asyncio.run(retry(lambda: old_layout(settings), Health(name)))
+    if old:
+        sys.exit(f"{name}: Redis holds data of the earlier key layout ({old}): stop every worker and run "
+                 "`crm migrate-keys` once")  # fmt: skip
     run_worker(build(), settings.log_level, web_port)
+
+
+async def old_layout(settings: Any) -> str | None:
+    """A key only the earlier (single-node) key layout writes, if Redis holds one."""
+    redis = connect(settings.redis_url, settings.redis_cluster)
+    try:
+        for key in keys.OLD_LAYOUT_KEYS:
+            if await redis.exists(key):
+                return key
+        return None
+    finally:
+        await redis.aclose()
 
 
 def worker_main(name: str, settings_type: type[T], prepare: Callable[[T], Callable[[], faust.App]]) -> None:
@@ -255,7 +275,7 @@ def engine_app(
     host, port = settings.web
     datadir = settings.state_dir / f"faust-{name}"
     app = faust_app(settings.group, settings.kafka_bootstrap, host, port, settings.batch_max, datadir)
-    redis = connect(settings.redis_url)
+    redis = connect(settings.redis_url, settings.redis_cluster)
     kafka = KafkaClients()
     engine = build(redis, kafka, registry)
     serve_engine(app, engine=engine, clients=kafka, consumer_group=consumer_group(settings.group), topics=topics,

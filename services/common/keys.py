@@ -1,140 +1,131 @@
-"""Redis key layout, in one place. Per-customer keys carry a `{tenant:customer}` hash tag so a
-customer's keys stay together on a Redis Cluster."""
+"""Redis key layout, in one place. Engines work per unit, a tenant's shard (partition): every key a
+unit's batch touches carries the unit's hash tag `{tenant:shard}`, so each batch runs in one slot
+of a Redis Cluster and units spread over its masters. Tenant-wide answers (stage counts, campaign
+counters) sum the tenant's units, found in the `units` set."""
 
 from __future__ import annotations
 
 from services.common.constants import REDIS_PREFIX
 
+# Keys only the earlier, single-node layout wrote (its clock hashes; one exists once a worker ran):
+# a worker refuses to start on them, `crm migrate-keys` rewrites that data.
+OLD_LAYOUT_KEYS = tuple(f"{REDIS_PREFIX}{k}" for k in ("clock:shards", "trg:clock", "attr:clock", "an:clock"))
+
 __all__ = [
+    "OLD_LAYOUT_KEYS",
+    "analytics_timers_key",
     "applied_offsets_key",
-    "attribution_clock_key",
-    "attribution_outbox_key",
+    "attribute_key",
+    "attribute_state_key",
+    "attribute_values_key",
     "attribution_state_key",
     "attribution_timers_key",
+    "audiences_key",
+    "behaviour_key",
+    "campaign_failures_key",
     "campaign_key",
+    "campaign_results_key",
+    "campaign_runs_key",
+    "campaign_specs_key",
     "campaigns_key",
     "clock_key",
     "counts_key",
-    "customer_key",
-    "history_key",
-    "behaviour_key",
     "customer_ids_key",
+    "customer_key",
     "customer_names_key",
-    "analytics_timers_key",
-    "attribute_state_key",
-    "attribute_key",
-    "attribute_values_key",
-    "audiences_key",
-    "campaign_specs_key",
-    "campaign_runs_key",
-    "campaign_failures_key",
-    "campaign_results_key",
-    "analytics_outbox_key",
-    "analytics_clock_key",
+    "history_key",
     "log_key",
     "outbox_key",
-    "shard_clock_key",
     "tenants_key",
     "timers_key",
-    "trigger_clock_key",
-    "trigger_outbox_key",
     "trigger_state_key",
     "trigger_timers_key",
+    "unit_tag",
+    "units_key",
 ]
 
 
-def customer_key(tenant: str, customer: str) -> str:
+def unit_tag(tenant: str, shard: int) -> str:
+    """The hash tag of a unit (a tenant's shard): every key one batch of a unit touches carries
+    it, so the batch's script and MULTI run in one slot of a Redis Cluster. Tenant "" is a shard's
+    own unit: records without a tenant, and the shard's floor fence."""
+    return f"{{{tenant}:{shard}}}"
+
+
+def customer_key(tenant: str, shard: int, customer: str) -> str:
     """Hash holding one customer's packed stage state (field `s`)."""
-    return f"{REDIS_PREFIX}c:{{{tenant}:{customer}}}"
+    return f"{REDIS_PREFIX}c:{unit_tag(tenant, shard)}:{customer}"
 
 
 def timers_key(tenant: str, shard: int) -> str:
     """Sorted set of customers by the event time of their next time-driven change."""
-    return f"{REDIS_PREFIX}timers:{tenant}:{shard}"
+    return f"{REDIS_PREFIX}timers:{unit_tag(tenant, shard)}"
 
 
-def counts_key(tenant: str, model: str) -> str:
-    """Hash of stage -> number of customers in it now."""
-    return f"{REDIS_PREFIX}counts:{tenant}:{model}"
+def counts_key(tenant: str, shard: int, model: str) -> str:
+    """Hash of stage -> number of the shard's customers in it now (a tenant's count sums its shards)."""
+    return f"{REDIS_PREFIX}counts:{unit_tag(tenant, shard)}:{model}"
 
 
-def log_key(tenant: str, model: str) -> str:
-    """Sorted set of every transition of a model, scored by its event time."""
-    return f"{REDIS_PREFIX}log:{tenant}:{model}"
+def log_key(tenant: str, shard: int, model: str) -> str:
+    """Sorted set of every transition of a model on a shard, scored by its event time."""
+    return f"{REDIS_PREFIX}log:{unit_tag(tenant, shard)}:{model}"
 
 
-def clock_key() -> str:
-    """Hash tenant -> "<latest event time>:<watermark>" of the stager's event-time clock."""
-    return f"{REDIS_PREFIX}clock"
+def units_key() -> str:
+    """Set of every unit "<tenant>|<shard>" any engine has written (its keys are found from it)."""
+    return f"{REDIS_PREFIX}units"
 
 
-def shard_clock_key() -> str:
-    """Hash "<tenant>|<shard>" -> "<latest event time>:<watermark>" of each partition's clock."""
-    return f"{REDIS_PREFIX}clock:shards"
+def clock_key(service: str, tenant: str, shard: int) -> str:
+    """String "<latest event time>:<watermark>[:<ceiling>]" of a service's clock of one unit."""
+    return f"{REDIS_PREFIX}clock:{unit_tag(tenant, shard)}:{service}"
 
 
 def tenants_key() -> str:
     return f"{REDIS_PREFIX}tenants"
 
 
-def applied_offsets_key(group: str) -> str:
-    """Hash "topic:partition" -> next offset whose effects are not yet in Redis."""
-    return f"{REDIS_PREFIX}applied:{group}"
+def applied_offsets_key(group: str, tenant: str, shard: int) -> str:
+    """Hash "topic:partition" -> next offset whose effects on the unit are not yet in Redis; the
+    shard's own unit (tenant "") holds its floor: every record below it is applied in every unit."""
+    return f"{REDIS_PREFIX}applied:{unit_tag(tenant, shard)}:{group}"
 
 
-def outbox_key(group: str, shard: int) -> str:
+def outbox_key(group: str, tenant: str, shard: int) -> str:
     """Hash id -> record a batch of `group` decided to produce, not yet confirmed on Kafka."""
-    return f"{REDIS_PREFIX}outbox:{group}:{shard}"
+    return f"{REDIS_PREFIX}outbox:{unit_tag(tenant, shard)}:{group}"
 
 
-def trigger_state_key(tenant: str, customer: str) -> str:
+def trigger_state_key(tenant: str, shard: int, customer: str) -> str:
     """Hash holding one customer's trigger state (field `s`): consent, timers, caps, decisions."""
-    return f"{REDIS_PREFIX}t:{{{tenant}:{customer}}}"
+    return f"{REDIS_PREFIX}t:{unit_tag(tenant, shard)}:{customer}"
 
 
 def trigger_timers_key(tenant: str, shard: int) -> str:
     """Sorted set of customers by the due time of their next trigger timer."""
-    return f"{REDIS_PREFIX}trg:timers:{tenant}:{shard}"
+    return f"{REDIS_PREFIX}trg:timers:{unit_tag(tenant, shard)}"
 
 
-def trigger_outbox_key(shard: int) -> str:
-    """Hash trigger id -> decided record not yet confirmed on Kafka."""
-    return f"{REDIS_PREFIX}trg:outbox:{shard}"
-
-
-def trigger_clock_key() -> str:
-    """Hash "<tenant>|<shard>" -> "<latest event time>:<watermark>" of the trigger engine's clock."""
-    return f"{REDIS_PREFIX}trg:clock"
-
-
-def attribution_state_key(tenant: str, customer: str) -> str:
+def attribution_state_key(tenant: str, shard: int, customer: str) -> str:
     """Hash holding one customer's attribution state (field `s`): touches, orders, activity."""
-    return f"{REDIS_PREFIX}a:{{{tenant}:{customer}}}"
+    return f"{REDIS_PREFIX}a:{unit_tag(tenant, shard)}:{customer}"
 
 
 def attribution_timers_key(tenant: str, shard: int) -> str:
     """Sorted set of customers by when attribution needs them again (a window ends, ...)."""
-    return f"{REDIS_PREFIX}attr:timers:{tenant}:{shard}"
+    return f"{REDIS_PREFIX}attr:timers:{unit_tag(tenant, shard)}"
 
 
-def attribution_outbox_key(shard: int) -> str:
-    """Hash record id -> attribution record not yet confirmed on Kafka."""
-    return f"{REDIS_PREFIX}attr:outbox:{shard}"
+def campaigns_key(tenant: str, shard: int) -> str:
+    """Hash campaign id -> "<rule>|<window days>" of every campaign with a trial on the shard."""
+    return f"{REDIS_PREFIX}attr:campaigns:{unit_tag(tenant, shard)}"
 
 
-def attribution_clock_key() -> str:
-    """Hash "<tenant>|<shard>" -> "<latest event time>:<watermark>" of attribution's clock."""
-    return f"{REDIS_PREFIX}attr:clock"
-
-
-def campaigns_key(tenant: str) -> str:
-    """Hash campaign id -> "<rule>|<window days>" of every campaign with a trial."""
-    return f"{REDIS_PREFIX}attr:campaigns:{tenant}"
-
-
-def campaign_key(tenant: str, campaign: str) -> str:
-    """Hash of a campaign's counters, "<final|open>|<group>|<measure>" -> sum over its trials."""
-    return f"{REDIS_PREFIX}attr:campaign:{tenant}:{campaign}"
+def campaign_key(tenant: str, shard: int, campaign: str) -> str:
+    """Hash of a campaign's counters on the shard, "<final|open>|<group>|<measure>" -> sum over
+    its trials (a campaign's counters sum its shards)."""
+    return f"{REDIS_PREFIX}attr:campaign:{unit_tag(tenant, shard)}:{campaign}"
 
 
 def history_key(tenant: str, model: str, shard: int, part: str) -> str:
@@ -175,9 +166,10 @@ def attribute_values_key(tenant: str, shard: int, name: str) -> str:
     return f"{REDIS_PREFIX}hist:{{{tenant}:{shard}}}:av:{name}"
 
 
-def campaign_results_key(tenant: str) -> str:
-    """Hash campaign id -> JSON of its latest readout from crm.attribution.readouts (analytics)."""
-    return f"{REDIS_PREFIX}an:campaigns:{tenant}"
+def campaign_results_key(tenant: str, shard: int) -> str:
+    """Hash campaign id -> JSON of its latest readout from crm.attribution.readouts (analytics;
+    a campaign's readouts are keyed by it, so they all come on one shard)."""
+    return f"{REDIS_PREFIX}hist:{unit_tag(tenant, shard)}:results"
 
 
 def campaign_specs_key(tenant: str) -> str:
@@ -185,9 +177,9 @@ def campaign_specs_key(tenant: str) -> str:
     return f"{REDIS_PREFIX}an:campaign-specs:{tenant}"
 
 
-def campaign_failures_key(tenant: str) -> str:
-    """Hash "<campaign>|<run ms>|<shard>" -> why that run could not be evaluated there."""
-    return f"{REDIS_PREFIX}an:campaign-failures:{tenant}"
+def campaign_failures_key(tenant: str, shard: int) -> str:
+    """Hash "<campaign>|<run ms>|<shard>" -> why that run could not be evaluated on the shard."""
+    return f"{REDIS_PREFIX}hist:{unit_tag(tenant, shard)}:failures"
 
 
 def campaign_runs_key(tenant: str, shard: int) -> str:
@@ -202,14 +194,4 @@ def audiences_key(tenant: str) -> str:
 
 def analytics_timers_key(tenant: str, shard: int) -> str:
     """Sorted set of the analytics worker's timers (it sets none; the loop looks)."""
-    return f"{REDIS_PREFIX}an:timers:{tenant}:{shard}"
-
-
-def analytics_outbox_key(shard: int) -> str:
-    """Hash of the analytics worker's dead letters not yet confirmed on Kafka."""
-    return f"{REDIS_PREFIX}an:outbox:{shard}"
-
-
-def analytics_clock_key() -> str:
-    """Hash "tenant|shard" -> the analytics worker's shard clock."""
-    return f"{REDIS_PREFIX}an:clock"
+    return f"{REDIS_PREFIX}an:timers:{unit_tag(tenant, shard)}"

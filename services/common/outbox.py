@@ -1,7 +1,7 @@
 """The outbox: records a batch decided, kept in Redis until Kafka has them.
 
 An engine writes what a batch must produce (trigger decisions, dead letters) into a Redis hash
-per shard in the same MULTI/EXEC as the state and the applied offsets, then sends it and
+per unit (a tenant's shard) in the same MULTI/EXEC as the state and the applied offsets, then sends it and
 removes it. Entries still there when a worker takes over a shard were left by a crash somewhere
 in sending: the output topics are read from shortly before they were written, and only the ones
 not found there are sent. So every record reaches Kafka once.
@@ -100,37 +100,38 @@ def kafka_sent_since(bootstrap: str, codec: Codec) -> SentSince:
 
 
 class Outbox:
-    """One engine's outbox: a Redis hash per shard, id -> packed record."""
+    """One engine's outbox: a Redis hash per unit (a tenant's shard), id -> packed record."""
 
     def __init__(
         self,
         *,
         redis: Any,
-        key: Callable[[int], str],
+        key: Callable[[str, int], str],
         send: Send,
         sent_since: SentSince,
         grace_seconds: float,
         on_recovered: Callable[[int, int], None] = lambda already, now: None,
     ) -> None:
-        """`key(shard)` names a shard's hash; `send` produces one record (returns its delivery
-        future); entries younger than `grace_seconds` may belong to a live worker that held the
-        shard before a rebalance and is sending them; `on_recovered(already_sent, sent_now)`."""
+        """`key(tenant, shard)` names a unit's hash; `send` produces one record (returns its
+        delivery future); entries younger than `grace_seconds` may belong to a live worker that
+        held the shard before a rebalance and is sending them; `on_recovered(already_sent, sent_now)`."""
         self.redis = redis
         self.key = key
         self.send_one = send
         self.sent_since = sent_since
         self.grace_seconds = grace_seconds
         self.on_recovered = on_recovered
-        self.recovered: set[int] = set()  # shards whose outbox this worker has checked
+        self.recovered: set[tuple[str, int]] = set()  # units whose outbox this worker has checked
 
-    def queue(self, pipe: Any, entries: dict[int, dict[str, bytes]]) -> None:
-        """Queue the write of `entries` (shard -> id -> packed) on `pipe`, inside the MULTI."""
+    def queue(self, pipe: Any, tenant: str, entries: dict[int, dict[str, bytes]]) -> None:
+        """Queue the write of `entries` (shard -> id -> packed) of `tenant` on `pipe`, inside the
+        unit's MULTI."""
         for shard, items in entries.items():
             if items:
-                pipe.hset(self.key(shard), mapping=items)
+                pipe.hset(self.key(tenant, shard), mapping=items)
 
-    async def send(self, entries: dict[int, dict[str, bytes]]) -> None:
-        """Send `entries` (written by an executed MULTI), wait for Kafka, then clear them."""
+    async def send(self, tenant: str, entries: dict[int, dict[str, bytes]]) -> None:
+        """Send `entries` of `tenant` (written by an executed MULTI), wait for Kafka, then clear them."""
         pending = []
         for items in entries.values():
             for entry in items.values():
@@ -142,13 +143,13 @@ class Outbox:
         async with self.redis.pipeline(transaction=False) as pipe:
             for shard, items in entries.items():
                 if items:
-                    pipe.hdel(self.key(shard), *items)
+                    pipe.hdel(self.key(tenant, shard), *items)
             await pipe.execute()
 
-    async def recover(self, shards: Iterable[int]) -> None:
-        """Send what a crash left in the outboxes of `shards`, except what is already on Kafka."""
-        for shard in sorted(set(shards) - self.recovered):
-            key = self.key(shard)
+    async def recover(self, units: Iterable[tuple[str, int]]) -> None:
+        """Send what a crash left in the outboxes of `units`, except what is already on Kafka."""
+        for unit in sorted(set(units) - self.recovered):
+            key = self.key(*unit)
             entries = {k.decode(): unpack(v) for k, v in (await self.redis.hgetall(key)).items()}
             cutoff = int((time.time() - self.grace_seconds) * 1000)
             left = {ident: entry for ident, entry in entries.items() if entry[0] <= cutoff}
@@ -162,6 +163,7 @@ class Outbox:
                 await asyncio.gather(*pending)
                 await self.redis.hdel(key, *left)
                 self.on_recovered(len(found), len(left) - len(found))
-                log.warning("outbox of shard %d: %d already on Kafka, %d sent now", shard, len(found), len(pending))
+                log.warning("outbox of tenant %r shard %d: %d already on Kafka, %d sent now", unit[0], unit[1],
+                            len(found), len(pending))  # fmt: skip
             if len(left) == len(entries):
-                self.recovered.add(shard)
+                self.recovered.add(unit)

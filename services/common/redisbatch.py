@@ -3,14 +3,19 @@ hashes in a single round trip."""
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
 
 __all__ = ["HGET_MANY", "HSET_MANY", "connect"]
 
 
-def connect(url: str) -> Redis:
-    """A client of `url` answering bytes; a call waits at most 10 s for an answer and 5 s to
-    connect, so an outage surfaces as an error the caller retries instead of a hang."""
+def connect(url: str, cluster: bool = False) -> Any:
+    """A client of `url` answering bytes (with `cluster`, redis-py's Redis Cluster client, `url`
+    any node of it); a call waits at most 10 s for an answer and 5 s to connect, so an outage
+    surfaces as an error the caller retries instead of a hang."""
+    if cluster:
+        return RedisCluster.from_url(url, socket_timeout=10, socket_connect_timeout=5)
     return Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
 
 

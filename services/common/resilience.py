@@ -13,18 +13,29 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiokafka.errors import KafkaError
+from redis.exceptions import AskError, ClusterError, ReadOnlyError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["OUTAGES", "Backoff", "Health", "dependency_of", "is_outage", "retry"]
+__all__ = ["OUTAGES", "REDIS_OUTAGES", "Backoff", "Health", "dependency_of", "is_outage", "retry"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Errors that say Kafka or Redis cannot be reached right now (not that the input is bad).
-OUTAGES: tuple[type[BaseException], ...] = (
+# On a Redis Cluster, a master's failover shows as the cluster down, a slot not served or moved,
+# "try again", or a write refused by the old master turned replica.
+REDIS_OUTAGES: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
+    ClusterError,
+    SlotNotCoveredError,
+    TryAgainError,
+    AskError,
+    ReadOnlyError,
+)
+OUTAGES: tuple[type[BaseException], ...] = (
+    *REDIS_OUTAGES,
     KafkaError,
     ConnectionError,
     TimeoutError,
@@ -79,7 +90,7 @@ def dependency_of(exc: BaseException) -> str:
     """Which dependency an outage error is about (as a health label)."""
     if isinstance(exc, KafkaError):
         return "kafka"
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+    if isinstance(exc, REDIS_OUTAGES):
         return "redis"
     return "network"
 

@@ -29,6 +29,10 @@ class CommonSettings(BaseSettings):
 
     kafka_bootstrap: str = Field(DEFAULT_KAFKA, min_length=3)
     redis_url: str = Field(DEFAULT_REDIS, pattern=r"^rediss?://")
+    # the Redis URL names a node of a Redis Cluster: use the cluster client
+    redis_cluster: bool = False
+    # copies of each topic's partitions `crm topics` creates (3 on a cluster of three brokers)
+    kafka_replication: int = Field(1, ge=1, le=16)
     state_dir: Path = REPO_ROOT / ".run"
     ingest_host: str = "127.0.0.1"
     ingest_port: int = Field(8081, ge=1, le=65535)

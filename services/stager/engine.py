@@ -38,10 +38,11 @@ from services.stager.rules import MODELS, CustomerState, Fact, Transition, next_
 from services.stager.settings import StagerSettings
 from services.stager.statecodec import decode_state, encode_state
 
-__all__ = ["Engine", "Message", "transition_id"]
+__all__ = ["CLOCK", "Engine", "Message", "transition_id"]
 
 log = logging.getLogger(__name__)
 SEP = "\x1f"
+CLOCK = "stager"  # the name of the stager's clocks (`keys.clock_key`)
 
 
 def transition_id(tenant: str, customer: str, model: str, cause: str) -> str:
@@ -104,8 +105,7 @@ class Engine(StreamEngine[Fact]):
             source=f"stager:{group}",
             send=send,
             sent_since=sent_since or kafka_sent_since(settings.kafka_bootstrap, codec),
-            outbox_key=lambda shard: keys.outbox_key(group, shard),
-            clock_key=keys.shard_clock_key(),
+            clock=CLOCK,
             timers_key=keys.timers_key,
             shards=shards or (lambda: range(settings.partitions)),
             fields=FIELDS,
@@ -129,11 +129,11 @@ class Engine(StreamEngine[Fact]):
         self.trimmed = now
         async with self.redis.pipeline(transaction=False) as pipe:
             for tenant, clock in self.clocks.items():
-                if clock.watermark:
-                    for model in MODELS:
-                        pipe.zremrangebyscore(
-                            keys.log_key(tenant, model), "-inf", f"({clock.watermark - int(days * DAY_MS)}"
-                        )
+                for shard in owned & set(clock.shards):
+                    if watermark := clock.shards[shard].watermark:
+                        for model in MODELS:
+                            cutoff = f"({watermark - int(days * DAY_MS)}"
+                            pipe.zremrangebyscore(keys.log_key(tenant, shard, model), "-inf", cutoff)
             await pipe.execute()
 
     async def on_start(self) -> None:
@@ -172,7 +172,7 @@ class Engine(StreamEngine[Fact]):
         self.metrics.repeats.inc(repeats)
         self.metrics.late.inc(late)
         await self._emit(customers, credits)
-        await self._write(customers, batch.offsets, batch.dead)
+        await self._write((batch.tenant, batch.shard), customers, batch.offsets, batch.dead)
 
     # --- timers ------------------------------------------------------------------------------
     async def fire(self, tenant: str, shard: int, watermark: int, customers: list[str], dead: DeadLetters) -> None:
@@ -184,7 +184,7 @@ class Engine(StreamEngine[Fact]):
             late += self._take(cust, [], watermark, credits, dead)
         self.metrics.late.inc(late)
         await self._emit(loaded, credits)
-        await self._write(loaded, {}, dead)
+        await self._write((tenant, shard), loaded, {}, dead)
 
     def _take(
         self,
@@ -207,7 +207,7 @@ class Engine(StreamEngine[Fact]):
 
     # --- redis and kafka ---------------------------------------------------------------------
     async def _load(self, wanted: list[tuple[str, str, int]]) -> list[_Customer]:
-        raw = await self._hget_many([keys.customer_key(t, c) for t, c, _ in wanted]) if wanted else []
+        raw = await self._hget_many([keys.customer_key(t, s, c) for t, c, s in wanted]) if wanted else []
         out = []
         for (tenant, customer, shard), data in zip(wanted, raw, strict=True):
             state, seen = decode_state(data) if data else (CustomerState(), [])
@@ -267,21 +267,19 @@ class Engine(StreamEngine[Fact]):
             self.metrics.event_to_transition.observe(max(0.0, (now - at) / 1000))
 
     async def _write(
-        self, customers: list[_Customer], offsets: dict[str, int], dead: dict[int, dict[str, bytes]]
+        self, unit: tuple[str, int], customers: list[_Customer], offsets: dict[str, int], dead: DeadLetters
     ) -> None:
-        """Everything of one batch in one MULTI/EXEC, with few commands: one script call for all
-        states, one ZADD per timer set and per transition log, one HINCRBY per changed count."""
+        """Everything of one unit's batch in one MULTI/EXEC, with few commands: one script call for
+        all states, one ZADD per timer set and per transition log, one HINCRBY per changed count."""
         plan = self._plan(customers)
         async with self.redis.pipeline(transaction=True) as pipe:
             plan.queue(pipe)
-            if customers:
-                pipe.sadd(keys.tenants_key(), *{c.tenant for c in customers})
             for (tenant, model, stage), delta in plan.counts.items():
                 if delta:
-                    pipe.hincrby(keys.counts_key(tenant, model), stage, delta)
+                    pipe.hincrby(keys.counts_key(tenant, unit[1], model), stage, delta)
             for key, members in plan.logs.items():
                 pipe.zadd(key, members)
-            self.queue_loop_writes(pipe, offsets, dead)
+            self.queue_loop_writes(pipe, unit, offsets, dead)
             await pipe.execute()
 
     def _plan(self, customers: list[_Customer]) -> _WritePlan:
@@ -292,7 +290,7 @@ class Engine(StreamEngine[Fact]):
             # fingerprints the tenant's watermark has left behind can no longer meet a repeat in time
             watermark = self.watermark(cust.tenant, cust.shard) if cust.tenant in self.clocks else 0
             seen = [item for item in cust.seen if watermark - item[0] < horizon]
-            plan.state(keys.customer_key(cust.tenant, cust.customer), encode_state(state, seen))
+            plan.state(keys.customer_key(cust.tenant, cust.shard, cust.customer), encode_state(state, seen))
             plan.timer(keys.timers_key(cust.tenant, cust.shard), cust.customer, next_wake(state, self.rules))
             seq = state.seq - len(cust.transitions)
             for tr in cust.transitions:
@@ -302,13 +300,8 @@ class Engine(StreamEngine[Fact]):
                         k = (cust.tenant, tr.model, stage)
                         plan.counts[k] = plan.counts.get(k, 0) + delta
                 member = SEP.join((cust.customer, f"{seq:010d}", tr.from_stage or "", tr.to_stage or ""))
-                plan.logs.setdefault(keys.log_key(cust.tenant, tr.model), {})[member] = tr.at
+                plan.logs.setdefault(keys.log_key(cust.tenant, cust.shard, tr.model), {})[member] = tr.at
         return plan
 
     async def _hget_many(self, names: list[str]) -> list[bytes | None]:
         return list(await self.redis.eval(HGET_MANY, len(names), *names))
-
-    def write_clocks(self, pipe: Any) -> None:
-        super().write_clocks(pipe)
-        # this worker's view of each tenant; `crm replay` and the dashboards read the shard clocks
-        pipe.hset(keys.clock_key(), mapping={t: f"{c.latest}:{c.watermark}" for t, c in self.clocks.items()})

@@ -48,9 +48,10 @@ from services.triggers.metrics import TriggerMetrics
 from services.triggers.settings import TriggerSettings
 from services.triggers.state import TriggerState, decode_state, encode_state
 
-__all__ = ["OUTPUT_TOPICS", "TriggerEngine"]
+__all__ = ["CLOCK", "OUTPUT_TOPICS", "TriggerEngine"]
 
 log = logging.getLogger(__name__)
+CLOCK = "triggers"  # the name of the triggers' clocks (`keys.clock_key`)
 OUTPUT_TOPICS = {
     "coupons": TOPIC_TRIGGERS_COUPONS,
     "reminders": TOPIC_TRIGGERS_REMINDERS,
@@ -107,8 +108,7 @@ class TriggerEngine(StreamEngine[Input]):
             source=f"triggers:{settings.triggers_group}",
             send=send,
             sent_since=sent_since,
-            outbox_key=keys.trigger_outbox_key,
-            clock_key=keys.trigger_clock_key(),
+            clock=CLOCK,
             timers_key=keys.trigger_timers_key,
             shards=shards or (lambda: range(settings.partitions)),
             fields=FIELDS,
@@ -153,7 +153,8 @@ class TriggerEngine(StreamEngine[Input]):
                     if accepted := _accepted(cause):
                         cust.accepted.append(accepted)
 
-        await self._transact([(t, c, group.shard) for (t, c), group in groups.items()], decide, batch.offsets, dead)
+        wanted = [(t, c, group.shard) for (t, c), group in groups.items()]
+        await self._transact((batch.tenant, batch.shard), wanted, decide, batch.offsets, dead)
         self.metrics.repeats.inc(repeats)
         self.metrics.late.inc(late)
         kinds = Counter(type(item).__name__ for group in groups.values() for item in group.items)
@@ -169,7 +170,7 @@ class TriggerEngine(StreamEngine[Input]):
             cust.accepted += [a for c, _ in made if (a := _accepted(c))]
             self.reject(cust.shard, rejected, dead)
 
-        await self._transact([(tenant, c, shard) for c in customers], decide, {}, dead)
+        await self._transact((tenant, shard), [(tenant, c, shard) for c in customers], decide, {}, dead)
 
     async def after_tick(self, owned: set[int]) -> None:
         self.metrics.owned.set(len(owned))
@@ -201,6 +202,7 @@ class TriggerEngine(StreamEngine[Input]):
 
     async def _transact(
         self,
+        unit: tuple[str, int],
         wanted: list[tuple[str, str, int]],
         decide: Callable[[_Customer], None],
         offsets: dict[str, int],
@@ -210,7 +212,7 @@ class TriggerEngine(StreamEngine[Input]):
         outbox, clock and offsets in one MULTI/EXEC, and send the decisions. The states are
         WATCHed: if another worker (during a rebalance) wrote one in between, all is undone and
         decided again on the new state, so two workers never decide the same cause twice."""
-        names = [keys.trigger_state_key(t, c) for t, c, _ in wanted]
+        names = [keys.trigger_state_key(t, s, c) for t, c, s in wanted]
 
         def build(values: list[bytes | None], pipe: Any) -> tuple[list[_Customer], DeadLetters]:
             customers = [
@@ -221,13 +223,13 @@ class TriggerEngine(StreamEngine[Input]):
                 decide(cust)
             plan = self._plan(customers)
             plan.queue(pipe)
-            self.outbox.queue(pipe, plan.outbox)
-            self.queue_loop_writes(pipe, offsets, dead)
+            self.outbox.queue(pipe, unit[0], plan.outbox)
+            self.queue_loop_writes(pipe, unit, offsets, dead)
             return customers, plan.outbox
 
         customers, outbox = await self.transact(names, build)
         if outbox:
-            await self.outbox.send(outbox)
+            await self.outbox.send(unit[0], outbox)
             self._count(customers)
 
     def _plan(self, customers: list[_Customer]) -> WritePlan:
@@ -235,7 +237,7 @@ class TriggerEngine(StreamEngine[Input]):
         written = int(time.time() * 1000)
         plan = WritePlan()
         for cust in customers:
-            plan.state(keys.trigger_state_key(cust.tenant, cust.customer), encode_state(cust.state))
+            plan.state(keys.trigger_state_key(cust.tenant, cust.shard, cust.customer), encode_state(cust.state))
             for d in cust.decisions:
                 topic, payload = self._record(cust, d)
                 plan.outbox.setdefault(cust.shard, {})[d.trigger_id] = pack(written, topic, cust.customer, payload)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Self, cast
 
 from tests.conftest import StackInfo
+from tests.integration.lookup import cluster_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,6 +27,7 @@ class WorkerProcess:
             "CRM_STATE_DIR": str(log_path.parent),
             "CRM_IDLE_FLUSH_SECONDS": "1",
             "CRM_LOG_LEVEL": "warn",
+            **cluster_env(stack),
             **env,
         }
         self.port = port

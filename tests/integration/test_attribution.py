@@ -32,6 +32,7 @@ from services.analytics.app import SOURCE_TOPICS as ANALYTICS_SOURCES
 from services.attribution.app import SOURCE_TOPICS as ATTRIBUTION_TOPICS
 from services.attribution.readout import Readout, readout, readout_record
 from services.attribution.settings import AttributionSettings
+from services.attribution.store import campaign_counters
 from services.common import keys
 from services.common.avro import default_codec
 from services.common.constants import (
@@ -41,6 +42,7 @@ from services.common.constants import (
     event_topic,
 )
 from services.common.tail import read_topic
+from services.common.units import tenant_shards
 from services.stager.settings import StagerSettings
 from services.triggers.settings import TriggerSettings
 from tests.conftest import StackInfo
@@ -309,16 +311,15 @@ async def _readouts_arrive(stack: StackInfo, tenant: str, timeout: float = 90) -
     try:
         deadline = time.monotonic() + timeout
         while True:
-            meta = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.campaigns_key(tenant))).items()}
             expected = {}
-            for campaign, said in meta.items():
+            for campaign, (said, counters) in (await campaign_counters(redis, tenant)).items():
                 rule, _, days = said.rpartition("|")
-                raw = await redis.hgetall(keys.campaign_key(tenant, campaign))
-                record = readout_record(tenant, campaign, {k.decode(): int(v) for k, v in raw.items()}, rule=rule,
-                                        window_days=int(days), as_of=0)  # fmt: skip
+                record = readout_record(tenant, campaign, counters, rule=rule, window_days=int(days), as_of=0)
                 expected[campaign] = {k: record[k] for k in ("rule", "window_days", "all", "final")}
             shown = {
-                k.decode(): json.loads(v) for k, v in (await redis.hgetall(keys.campaign_results_key(tenant))).items()
+                k.decode(): json.loads(v)
+                for shard in await tenant_shards(redis, tenant)
+                for k, v in (await redis.hgetall(keys.campaign_results_key(tenant, shard))).items()
             }
             got = {c: {k: r[k] for k in ("rule", "window_days", "all", "final")} for c, r in shown.items()}
             if expected and got == expected:
@@ -334,7 +335,7 @@ async def _unused_tenant(stack: StackInfo, stem: str) -> str:
     redis: Any = Redis.from_url(stack.redis_url)
     try:
         n = 0
-        while await redis.exists(keys.campaigns_key(f"{stem}-{n}")):
+        while await tenant_shards(redis, f"{stem}-{n}"):
             n += 1
         return f"{stem}-{n}"
     finally:
@@ -352,10 +353,7 @@ async def _decisions_and_counters(
                 decisions.append({**r, "deliver_after": int(r["deliver_after"].timestamp() * 1000)})
     redis: Any = Redis.from_url(stack.redis_url)
     try:
-        counters = {}
-        for campaign in await redis.hkeys(keys.campaigns_key(tenant)):
-            raw = await redis.hgetall(keys.campaign_key(tenant, campaign.decode()))
-            counters[campaign.decode()] = {k.decode(): int(v) for k, v in raw.items()}
+        counters = {campaign: found for campaign, (_, found) in (await campaign_counters(redis, tenant)).items()}
         return decisions, counters
     finally:
         await redis.aclose()

@@ -42,6 +42,7 @@ from services.triggers.metrics import TriggerMetrics
 from services.triggers.settings import TriggerSettings
 from services.triggers.state import decode_state as decode_trigger_state
 from tests.conftest import StackInfo
+from tests.integration.lookup import floors, state_of
 
 DAY = 86_400_000
 T0 = 1_600_000_000_000
@@ -117,8 +118,7 @@ async def _run(loop: BatchLoop, engine: Any, ends: Mapping[TopicPartition, int],
     commit = consumer.commit
 
     async def checked(offsets: Mapping[TopicPartition, int]) -> None:
-        stored = cast(dict[bytes, bytes], await redis.hgetall(engine.fence.key))
-        fence = {k.decode(): int(v) for k, v in stored.items()}
+        fence = await floors(redis, engine.group)
         for tp, offset in offsets.items():
             assert offset <= fence.get(f"{tp.topic}:{tp.partition}", 0), "commit ahead of the applied state"
         await commit(offsets)
@@ -127,10 +127,10 @@ async def _run(loop: BatchLoop, engine: Any, ends: Mapping[TopicPartition, int],
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         await loop.step()
-        stored = cast(dict[bytes, bytes], await redis.hgetall(engine.fence.key))
-        fence = {k.decode(): int(v) for k, v in stored.items()}
+        fence = await floors(redis, engine.group)
         if all(fence.get(f"{tp.topic}:{tp.partition}", 0) >= end for tp, end in ends.items()):
             await asyncio.sleep(0.05)
+            await loop.step()  # nothing more comes: what Kafka says now is that every partition is read
             await engine.tick()  # the input is read to its end: the clock moves to its last event
             return
     raise AssertionError("the loop did not apply every message")
@@ -212,7 +212,7 @@ async def test_stager_failures_mid_batch_apply_every_message_exactly_once(
     assert redis.calls > 7 and sends > 5  # every injected failure happened
     paid: dict[int, int] = {}
     for c in range(CUSTOMERS):
-        state, _ = decode_state(cast(bytes, await real.hget(keys.customer_key(tenant, f"c{c}"), "s")))
+        state, _ = decode_state(cast(bytes, await state_of(real, keys.customer_key, tenant, f"c{c}")))
         paid[c] = state.paid
     assert paid == {c: ORDERS - (c == 7) for c in range(CUSTOMERS)}  # the poison order alone is missing
     assert metrics.repeats._value.get() == 0  # nothing was applied twice (the fence kept it out)
@@ -264,7 +264,7 @@ async def test_triggers_failures_mid_batch_apply_every_message_exactly_once(
     assert redis.calls > 7
     paid: dict[int, int] = {}
     for c in range(CUSTOMERS):
-        state = decode_trigger_state(cast(bytes, await real.hget(keys.trigger_state_key(tenant, f"c{c}"), "s")))
+        state = decode_trigger_state(cast(bytes, await state_of(real, keys.trigger_state_key, tenant, f"c{c}")))
         paid[c] = state.paid_count
     await real.aclose()
     assert paid == {c: ORDERS - (c == 11) for c in range(CUSTOMERS)}

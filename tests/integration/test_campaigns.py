@@ -23,7 +23,7 @@ from services.analytics.app import SOURCE_TOPICS as ANALYTICS_SOURCES
 from services.analytics.settings import AnalyticsSettings
 from services.attribution.app import SOURCE_TOPICS as ATTRIBUTION_SOURCES
 from services.attribution.settings import AttributionSettings
-from services.common import keys
+from services.attribution.store import campaign_counters
 from services.stager.settings import StagerSettings
 from services.triggers.settings import TriggerSettings
 from tests.conftest import StackInfo
@@ -146,7 +146,6 @@ def test_a_member_day_campaign_reaches_its_audience_once_within_the_guardrails(
 async def _counters(stack: StackInfo, tenant: str, campaign: str) -> dict[str, int]:
     redis: Any = Redis.from_url(stack.redis_url)
     try:
-        raw = await redis.hgetall(keys.campaign_key(tenant, campaign))
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return (await campaign_counters(redis, tenant))[campaign][1]
     finally:
         await redis.aclose()

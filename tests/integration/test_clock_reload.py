@@ -66,8 +66,8 @@ async def _lost_writes(stack: StackInfo, group: str, tenant: str) -> None:
     """What Redis loses when it dies before syncing a batch: its fence, clocks and history."""
     redis: Any = Redis.from_url(stack.redis_url)
     try:
-        await redis.delete(keys.applied_offsets_key(group))
-        await redis.hdel(keys.analytics_clock_key(), f"{tenant}|0")
+        await redis.delete(keys.applied_offsets_key(group, tenant, 0), keys.applied_offsets_key(group, "", 0))
+        await redis.delete(keys.clock_key(query.CLOCK, tenant, 0))
         found = [k async for k in redis.scan_iter(match=f"crm:hist:{{{tenant}:*")]
         if found:
             await redis.delete(*found)

@@ -14,11 +14,10 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from redis.asyncio import Redis
 
 from crm.replay import replay
 from services.analytics import query
@@ -27,7 +26,6 @@ from services.analytics.audience import parse
 from services.analytics.settings import AnalyticsSettings
 from services.common import keys
 from services.common.avro import default_codec
-from services.common.clock import tenant_clock
 from services.common.constants import (
     TOPIC_REFERRALS,
     TOPIC_STAGE_TRANSITIONS,
@@ -41,6 +39,7 @@ from services.common.tail import read_topic
 from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
 from services.triggers.app import SOURCE_TOPICS as TRIGGERS_SOURCES
+from services.triggers.engine import CLOCK as TRIGGERS_CLOCK
 from services.triggers.settings import TriggerSettings
 from tests.conftest import StackInfo
 from tests.integration.batch_rules import (
@@ -54,6 +53,7 @@ from tests.integration.batch_rules import (
     taobao_events,
 )
 from tests.integration.batch_triggers import CHANNELS, expected_decisions
+from tests.integration.lookup import client, clock_of, cluster_settings, floors, set_floors
 from tests.integration.stager_process import AnalyticsProcess, StagerProcess, TriggersProcess, WorkerProcess
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -86,15 +86,14 @@ async def _ends(bootstrap: str, topics: Iterable[str]) -> dict[str, int]:
 async def _wait_triggers(stack: StackInfo, group: str, tenant: str, latest: int, timeout: float = 600) -> None:
     """Until the triggers applied every message on their topics, their clock for `tenant`
     stands at `latest` and no timer of the tenant is due by then."""
-    redis = Redis.from_url(stack.redis_url)
+    redis = client(stack)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             ends = await _ends(stack.kafka_bootstrap, TRIGGER_INPUTS)
-            stored = cast(dict[bytes, bytes], await redis.hgetall(keys.applied_offsets_key(group)))
-            fence = {k.decode(): int(v) for k, v in stored.items()}
+            fence = await floors(redis, group)
             behind = sum(max(0, end - fence.get(tp, 0)) for tp, end in ends.items())
-            _, watermark = tenant_clock(cast(dict[bytes, bytes], await redis.hgetall(keys.trigger_clock_key())), tenant)
+            _, watermark = await clock_of(redis, TRIGGERS_CLOCK, tenant)
             due = 0
             for shard in range(12):
                 due += await redis.zcount(keys.trigger_timers_key(tenant, shard), "-inf", watermark)
@@ -122,11 +121,11 @@ def _subset(path: Path, customers: int, out: Path) -> Path:
 async def start_at_end(stack: StackInfo, group: str, topics: Iterable[str]) -> None:
     """Start `group` at the current end of `topics` (its applied-offset fence, which the workers
     seek to), so it does not first read what earlier runs left there."""
-    redis = Redis.from_url(stack.redis_url)
+    redis = client(stack)
     try:
         ends: dict[Any, Any] = {tp: end for tp, end in (await _ends(stack.kafka_bootstrap, topics)).items() if end}
         if ends:
-            await redis.hset(keys.applied_offsets_key(group), mapping=ends)
+            await set_floors(redis, group, ends)
     finally:
         await redis.aclose()
 
@@ -159,13 +158,11 @@ def _run(
     try:
         for proc in procs:
             proc.start()
-        settings = StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
-                                  stager_group=stager_group)  # fmt: skip
-        triggers = TriggerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
-                                   triggers_group=triggers_group)  # fmt: skip
+        where = {"kafka_bootstrap": stack.kafka_bootstrap, "redis_url": stack.redis_url, **cluster_settings(stack)}
+        settings = StagerSettings(**where, stager_group=stager_group)
+        triggers = TriggerSettings(**where, triggers_group=triggers_group)
         # returns once both services applied everything and fired what was due (crm.pipeline)
-        history = AnalyticsSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
-                                    analytics_group=history_group)  # fmt: skip
+        history = AnalyticsSettings(**where, analytics_group=history_group)
         asyncio.run(replay(settings, data, fmt, tenant, speed=speed, timeout=600, say=print, triggers=triggers,
                            analytics=history))  # fmt: skip
     finally:
@@ -275,7 +272,7 @@ def _assert_audiences(stack: StackInfo, tenants: Mapping[str, str], wanted: dict
 
 
 async def _audience(stack: StackInfo, tenant: str, at: int, text: str) -> set[str]:
-    redis = Redis.from_url(stack.redis_url)
+    redis = client(stack)
     try:
         audiences = query.Audiences(redis, tenant, at, 12)
         out: set[str] = set()
@@ -290,7 +287,7 @@ async def _history(
     stack: StackInfo, tenant: str, instants: list[int]
 ) -> tuple[list[dict[str, dict[str, int]]], list[dict[str, dict[tuple[str, str], int]]]]:
     """Counts of every model at each instant, and flows from each instant to the third after it."""
-    redis = Redis.from_url(stack.redis_url)
+    redis = client(stack)
     try:
         counts = [{m: await query.counts(redis, tenant, m, at, partitions=12) for m in MODELS} for at in instants]
         flows = [

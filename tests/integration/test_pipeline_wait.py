@@ -13,7 +13,9 @@ import crm.pipeline
 import crm.replay
 from crm.pipeline import pipeline, wait_pipeline, wait_service
 from crm.replay import replay
+from services.common import keys
 from services.common.errors import CrmError
+from services.common.units import Units
 from services.stager.settings import StagerSettings
 from services.triggers.settings import TriggerSettings
 from tests.conftest import StackInfo
@@ -105,9 +107,11 @@ async def test_the_wait_holds_until_what_a_service_decided_is_on_kafka(
     service = pipeline(StagerSettings(), triggers)[1]
     redis = Redis.from_url(stack.redis_url)
     shard = 11
+    clock, outbox = keys.clock_key(service.clock, tenant, shard), keys.outbox_key(service.group, tenant, shard)
     try:
-        await redis.hset(service.clock_key, f"{tenant}|{shard}", "5000:5000")
-        await redis.hset(service.outbox_key(shard), f"test-{run}", b"a decided record")
+        await Units(redis).add({(tenant, shard)})
+        await redis.set(clock, "5000:5000")
+        await redis.hset(outbox, f"test-{run}", b"a decided record")
         waiting = asyncio.create_task(
             wait_service(
                 service,
@@ -122,11 +126,10 @@ async def test_the_wait_holds_until_what_a_service_decided_is_on_kafka(
         )
         await asyncio.sleep(2)
         assert not waiting.done(), "it returned while a decided record was not yet on Kafka"
-        await redis.hdel(service.outbox_key(shard), f"test-{run}")
+        await redis.hdel(outbox, f"test-{run}")
         await asyncio.wait_for(waiting, 10)
     finally:
-        await redis.hdel(service.clock_key, f"{tenant}|{shard}")
-        await redis.hdel(service.outbox_key(shard), f"test-{run}")
+        await redis.delete(clock, outbox)
         await redis.aclose()
 
 

@@ -34,6 +34,7 @@ from services.common.constants import (
 from services.common.tail import read_topic
 from services.triggers.app import SOURCE_TOPICS as TRIGGERS_SOURCES
 from tests.conftest import StackInfo
+from tests.integration.lookup import floors, state_of
 from tests.integration.stager_process import AnalyticsProcess, AttributionProcess, StagerProcess, TriggersProcess
 from tests.integration.test_determinism import start_at_end
 
@@ -161,8 +162,7 @@ async def _wait_applied(
         while time.monotonic() < deadline:
             behind = 0
             for group, topics in groups.items():
-                stored = cast(dict[bytes, bytes], await redis.hgetall(keys.applied_offsets_key(group)))
-                fence = {k.decode(): int(v) for k, v in stored.items()}
+                fence = await floors(redis, group)
                 behind += sum(1 for (t, p), end in ends.items() if t in topics and fence.get(f"{t}:{p}", 0) < end)
             if behind == 0:
                 return
@@ -184,10 +184,12 @@ async def _with_ids(redis_url: str, tenant: str, customers: Iterable[str]) -> se
         await redis.aclose()
 
 
-async def _states(redis_url: str, tenant: str, customers: Iterable[str], key: Callable[[str, str], str]) -> set[str]:
+async def _states(
+    redis_url: str, tenant: str, customers: Iterable[str], key: Callable[[str, int, str], str]
+) -> set[str]:
     redis = Redis.from_url(redis_url)
     try:
-        return {c for c in customers if await redis.exists(key(tenant, c))}
+        return {c for c in customers if await state_of(redis, key, tenant, c) is not None}
     finally:
         await redis.aclose()
 

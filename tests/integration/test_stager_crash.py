@@ -9,9 +9,9 @@ import pytest
 from redis.asyncio import Redis
 
 from crm.replay import replay
-from services.common import keys
 from tests.conftest import StackInfo
 from tests.integration.batch_rules import expected_counts, taobao_events
+from tests.integration.lookup import floors
 from tests.integration.stager_process import StagerProcess
 from tests.integration.test_stager_replay import TAOBAO, assert_same, live_counts, settings_for
 
@@ -55,8 +55,7 @@ async def _wait_some_applied(stack: StackInfo, group: str) -> None:
     redis = Redis.from_url(stack.redis_url)
     try:
         for _ in range(600):
-            applied = await redis.hgetall(keys.applied_offsets_key(group))
-            if sum(int(v) for v in applied.values()) > 5000:
+            if sum((await floors(redis, group)).values()) > 5000:
                 return
             await asyncio.sleep(0.05)
         raise AssertionError("the first stager applied nothing")

@@ -9,19 +9,19 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import cast
 
 import pytest
-from redis.asyncio import Redis
 
 from crm.replay import replay
 from services.analytics.settings import AnalyticsSettings
 from services.common import keys
 from services.stager import analytics
+from services.stager.engine import CLOCK as STAGER_CLOCK
 from services.stager.rules import MODELS
 from services.stager.settings import StagerSettings
 from tests.conftest import StackInfo
 from tests.integration.batch_rules import Event, cdnow_events, expected_counts, expected_flow, taobao_events
+from tests.integration.lookup import client, clock_of, cluster_settings
 from tests.integration.stager_process import AnalyticsProcess, StagerProcess
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -53,11 +53,13 @@ def history(stack: StackInfo, group: str, tmp_path_factory: pytest.TempPathFacto
 
 
 def settings_for(stack: StackInfo, group: str) -> StagerSettings:
-    return StagerSettings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url, stager_group=group)
+    return StagerSettings(
+        kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url, **cluster_settings(stack), stager_group=group
+    )
 
 
 async def live_counts(stack: StackInfo, tenant: str) -> dict[str, dict[str, int]]:
-    redis = Redis.from_url(stack.redis_url)
+    redis = client(stack)
     try:
         return {m: await analytics.counts_now(redis, tenant, m) for m in MODELS}
     finally:
@@ -90,10 +92,9 @@ def test_replay_matches_an_independent_batch_computation(
 
 
 async def _clock(stack: StackInfo, tenant: str) -> tuple[int, int]:
-    redis = Redis.from_url(stack.redis_url)
+    redis = client(stack)
     try:
-        latest, watermark = cast(bytes, await redis.hget(keys.clock_key(), tenant)).split(b":")
-        return int(latest), int(watermark)
+        return await clock_of(redis, STAGER_CLOCK, tenant)
     finally:
         await redis.aclose()
 
@@ -191,14 +192,15 @@ def test_the_transition_log_keeps_only_its_retention_behind_the_watermark(stack:
 
 async def _oldest_logged(stack: StackInfo, tenant: str, model: str, within: float) -> int:
     """The time of the log's oldest entry, once the trimming (every 10 s) has run."""
-    redis = Redis.from_url(stack.redis_url)
+    redis = client(stack)
     try:
         deadline = time.monotonic() + within
         while True:
-            first = await redis.zrange(keys.log_key(tenant, model), 0, 0, withscores=True)
+            firsts = [await redis.zrange(keys.log_key(tenant, s, model), 0, 0, withscores=True) for s in range(12)]
+            oldest = min((int(f[0][1]) for f in firsts if f), default=None)
             watermark = (await _clock(stack, tenant))[1]
-            if first and int(first[0][1]) >= watermark - 30 * 86_400_000 or time.monotonic() > deadline:
-                return int(first[0][1]) if first else 0
+            if oldest is not None and oldest >= watermark - 30 * 86_400_000 or time.monotonic() > deadline:
+                return oldest or 0
             await asyncio.sleep(1.0)
     finally:
         await redis.aclose()
