@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
+from redis.asyncio import RedisCluster
 
 from bench.run import SETTINGS, fresh_stack, generate, produce, save
 from services.common.faustapp import consumer_group
@@ -43,6 +44,14 @@ def cpu_seconds(pid: int) -> float:
 def _pids(name: str) -> list[int]:
     """The pids of the stack's `name` processes (kafka, redis; on the cluster stack every node)."""
     return [int(p.read_text()) for p in sorted((SETTINGS.state_dir / "pids").glob(f"{name}*.pid"))]
+
+
+async def _used_memory(redis: Any) -> int:
+    """Redis `used_memory` (on the cluster stack, summed over the masters)."""
+    if SETTINGS.redis_cluster:
+        found = await redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        return sum(int(v["used_memory"]) for v in found.values())
+    return int((await redis.info("memory"))["used_memory"])
 
 
 def _cpu(pids: list[int]) -> float:
@@ -69,7 +78,7 @@ async def _members(group: str) -> int:
         await admin.close()
 
 
-async def run(workers: int, total: int, log: Path) -> dict[str, Any]:
+async def run(workers: int, total: int, customers: int, log: Path) -> dict[str, Any]:
     group = f"bench-scale-{workers}"
     env = {**os.environ, "CRM_KAFKA_BOOTSTRAP": SETTINGS.kafka_bootstrap, "CRM_REDIS_URL": SETTINGS.redis_url,
            "CRM_STATE_DIR": str(SETTINGS.state_dir), "CRM_STAGER_GROUP": group, "CRM_LOG_LEVEL": "warn",
@@ -83,6 +92,7 @@ async def run(workers: int, total: int, log: Path) -> dict[str, Any]:
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))  # fmt: skip
     redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     others = {"kafka": _pids("kafka"), "redis": _pids("redis")}
+    empty = await _used_memory(redis)
     try:
         first: tuple[float, int, dict[str, float]] | None = None
         while True:
@@ -106,6 +116,8 @@ async def run(workers: int, total: int, log: Path) -> dict[str, Any]:
             "seconds": round(spent, 1),
             "cpu_seconds": {k: round(v - first[2][k], 1) for k, v in cpu.items()},
             "cores_busy": round(sum(v - first[2][k] for k, v in cpu.items()) / spent, 2),
+            # state, timers, counts and transition log of the generated customers (all were seen)
+            "redis_bytes_per_customer": round((await _used_memory(redis) - empty) / customers),
         }
     finally:
         for p in procs:
@@ -129,7 +141,7 @@ def main() -> None:
         for n in (int(w) for w in args.workers.split(",")):
             asyncio.run(_flush_state())
             print(f"{n} stager worker(s)...")
-            found = asyncio.run(run(n, len(messages), log))
+            found = asyncio.run(run(n, len(messages), args.customers, log))
             print(f"  {found}")
             results.append(found)
     one = results[0]["events_per_s"]

@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from crm.localstack import ClusterStack, _read_pid
+from services.common import keys
 from services.common.avro import default_codec
 from services.common.constants import TOPIC_DLQ
 from services.common.tail import read_topic
@@ -102,13 +103,17 @@ def _masters_holding(stack: StackInfo, pattern: str) -> int:
 
 
 class _Faults(threading.Thread):
-    """Kill and bring back cluster processes at set times after `start`, noting what it did."""
+    """Once `started()` says so, kill and bring back cluster processes at set times after, noting
+    what it did."""
 
-    def __init__(self, steps: list[tuple[float, Callable[[], str]]]) -> None:
+    def __init__(self, started: Callable[[], bool], steps: list[tuple[float, Callable[[], str]]]) -> None:
         super().__init__(daemon=True)
-        self.steps, self.done, self.failed = steps, [], []  # type: ignore[var-annotated]
+        self.started, self.steps, self.done, self.failed = started, steps, [], []  # type: ignore[var-annotated]
 
     def run(self) -> None:
+        deadline = time.monotonic() + 300
+        while not self.started() and time.monotonic() < deadline:
+            time.sleep(0.2)
         began = time.monotonic()
         for at, step in self.steps:
             time.sleep(max(0.0, began + at - time.monotonic()))
@@ -154,16 +159,26 @@ def test_a_broker_and_a_redis_master_killed_mid_replay_change_nothing(cluster_st
         master.append(_master(local))
         return _kill(local, master[0])
 
-    faults = _Faults([
-        (30, lambda: _kill(local, "kafka-2")),
-        (50, _restart(local, "kafka")),
-        (70, kill_master),
-        (90, _restart(local, "redis")),
+    def applying() -> bool:  # the stager applied the replay's first events
+        node = redis.RedisCluster(host="127.0.0.1", port=local.redis_ports[0])
+        try:
+            return any(
+                t.startswith(b"det-cluster-faults-") for t in cast(set[bytes], node.smembers(keys.tenants_key()))
+            )
+        finally:
+            node.close()
+
+    faults = _Faults(applying, [
+        (3, lambda: _kill(local, "kafka-2")),
+        (15, _restart(local, "kafka")),
+        (25, kill_master),
+        (40, _restart(local, "redis")),
     ])  # fmt: skip
     faults.start()
-    tenant = _run(cluster_stack, data, tmp_path, "cluster-faults", 400_000.0, 500, 2, PORT)
-    faults.join(300)
+    tenant = _run(cluster_stack, data, tmp_path, "cluster-faults", 300_000.0, 500, 2, PORT)
+    # every fault happened before the pipeline had applied the replay (it waits for that)
     assert faults.failed == [] and len(faults.done) == 4, (faults.done, faults.failed)
+    faults.join(10)
     _assert_cdnow(cluster_stack, data, tenant)
     # every event on the stager's inputs applied (the floors reached the ends), none dead-lettered
     ends = asyncio.run(_ends(cluster_stack.kafka_bootstrap, STAGER_INPUTS))
