@@ -85,10 +85,10 @@ async def run(workers: int, total: int, customers: int, log: Path) -> dict[str, 
            "CRM_REDIS_CLUSTER": str(SETTINGS.redis_cluster).lower(),
            "CRM_KAFKA_REPLICATION": str(SETTINGS.kafka_replication)}  # fmt: skip
     procs = []
-    for i in range(workers):
+    for i in range(workers):  # (web ports below Linux's ephemeral range, which a client may hold)
         with log.open("ab") as out:
             procs.append(subprocess.Popen([sys.executable, "-m", "services.stager"],
-                                          env={**env, "CRM_STAGER_WEB_PORT": str(46166 + i)}, stdout=out,
+                                          env={**env, "CRM_STAGER_WEB_PORT": str(27166 + i)}, stdout=out,
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))  # fmt: skip
     redis = connect(SETTINGS.redis_url, SETTINGS.redis_cluster)
     others = {"kafka": _pids("kafka"), "redis": _pids("redis")}
