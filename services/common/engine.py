@@ -323,6 +323,10 @@ class StreamEngine(Generic[In]):
             await _each([self._apply(batch) for batch in batches.values()])
             for shard, floor in floors.items():  # every unit of the batch is written: the floor moves
                 unit = (FLOOR, shard)
+                # (never back: a batch read again from below the floor leaves it where it is)
+                floor.offsets = {tp: n for tp, n in floor.offsets.items() if n > self.fence.applied.get(tp, 0)}
+                if not floor.offsets and not floor.dead:
+                    continue
                 async with self.redis.pipeline(transaction=True) as pipe:
                     self.outbox.queue(pipe, FLOOR, floor.dead)
                     self.fence.queue(pipe, unit, floor.offsets)

@@ -16,6 +16,7 @@ from services.stager.engine import Engine
 from services.stager.metrics import StagerMetrics
 from services.stager.settings import StagerSettings
 from tests.conftest import StackInfo
+from tests.integration.lookup import floors
 
 T0 = 1_700_000_000_000
 
@@ -58,5 +59,8 @@ async def test_a_batch_another_worker_applied_is_not_applied_twice(stack: StackI
         assert len(sent) == transitions
         assert workers[1].metrics.redelivered._value.get() == len(messages)
         assert counts == {"loyal": 5}
+        # a batch read again from below the floor leaves the floor where it is
+        await workers[1].process(messages[:5])
+        assert (await floors(redis, group))["crm.events.order:0"] == len(messages)
     finally:
         await redis.aclose()
