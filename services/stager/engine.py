@@ -1,10 +1,11 @@
 """Applies batches of events to customer state in Redis and emits stage transitions.
 
-Per batch: skip messages already applied (offset fence), decode, group by customer, read every
-customer's state in one pipeline, run the pure rules, produce transitions (and referral credits),
-then write states, timers, dashboard counts, the transition log, the clock and the applied
-offsets in one MULTI/EXEC. A crash at any point either leaves Redis untouched (the batch is
-redelivered and recomputed to the same deterministic transitions) or fully written. The loop
+Per batch of a unit (a tenant's partition): skip messages already applied (offset fence), decode,
+group by customer, read every customer's state in one script call, run the pure rules, produce
+transitions (and referral credits), then write states, timers, dashboard counts, the transition
+log, the clock and the applied offsets in one MULTI/EXEC, every key under the unit's hash tag. A
+crash at any point either leaves the unit untouched (the batch is redelivered and recomputed to
+the same deterministic transitions) or fully written. The loop
 itself (fence, decoding, clocks, timers by watermark, dead letters) is the shared
 `services.common.engine.StreamEngine`.
 """
