@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.protocol.metadata import MetadataRequest
 
 from services.common.constants import TOPICS, TopicSpec
 from services.common.errors import StackError
@@ -15,16 +16,26 @@ __all__ = ["ensure_topics"]
 
 
 async def _visible(admin: AIOKafkaAdminClient, wanted: dict[str, int], timeout: float = 60.0) -> None:
-    """Until every topic of `wanted` shows all its partitions, each with a leader: on a cluster
-    the metadata of a new topic reaches the brokers a moment after it is created."""
+    """Until every broker shows every topic of `wanted` with all its partitions, each with a
+    leader: on a cluster the metadata of a new topic reaches the brokers a moment after it is
+    created, and a client asks whichever broker it likes."""
     deadline = time.monotonic() + timeout
     while True:
-        found = {t["topic"]: t for t in await admin.describe_topics(list(wanted)) if not t.get("error_code")}
-        if all(
-            len(found[n]["partitions"]) == count and all(p["leader"] >= 0 for p in found[n]["partitions"])
-            for n, count in wanted.items()
-            if n in found
-        ) and set(found) >= set(wanted):
+        nodes = [b.nodeId for b in admin._client.cluster.brokers()] or [None]
+        seen = True
+        for node in nodes:
+            request = MetadataRequest(list(wanted))
+            reply = await (admin._send_request(request) if node is None else admin._send_request_to_node(node, request))
+            found = {t["topic"]: t for t in reply.to_object()["topics"] if not t.get("error_code")}
+            seen = (
+                seen
+                and set(found) >= set(wanted)
+                and all(
+                    len(found[n]["partitions"]) == count and all(p["leader"] >= 0 for p in found[n]["partitions"])
+                    for n, count in wanted.items()
+                )
+            )
+        if seen:
             return
         if time.monotonic() > deadline:
             raise StackError(f"the new topics did not show all their partitions within {timeout:.0f}s")
