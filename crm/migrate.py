@@ -59,7 +59,7 @@ async def migrate_keys(
     # the clocks last: while one is left, a run cut short is taken up again by the next
     found.sort(key=lambda k: k in keys.OLD_LAYOUT_KEYS)
     for key in found:
-        if "}" in key and not customer.match(key):
+        if "}" in key and not customer.match(key) or _unit_layout(key, partitions):
             continue  # the unit layout (or the history's keys, which had it already)
         if m := customer.match(key):
             kind, tenant, who = m.groups()
@@ -83,6 +83,18 @@ async def migrate_keys(
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(moved.items()))
     say(f"moved {sum(moved.values())} keys into the unit layout ({kinds})")
     return moved
+
+
+_UNIT_STATE = re.compile(rf"{re.escape(REDIS_PREFIX)}[cta]:\{{[^:]*:(\d+)\}}:(.*)$")
+
+
+def _unit_layout(key: str, partitions: int) -> bool:
+    """Whether `key` is a state of the unit layout already (a run cut short and taken up again):
+    `{tenant:shard}:customer` with the customer's own shard. Such a key could also be of the old
+    layout, `{tenant:customer}` with a customer id like "3}:x", only if that id's shard happened
+    to be the digits it starts with."""
+    m = _UNIT_STATE.match(key)
+    return m is not None and shard_of(m.group(2), partitions) == int(m.group(1))
 
 
 async def _clock(redis: Any, key: str, m: re.Match[str], units: Units_, partitions: int) -> str:

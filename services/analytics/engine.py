@@ -35,6 +35,7 @@ from services.analytics.store import load_for_write, queue_changes, queue_open
 from services.common import keys
 from services.common.avro import Codec
 from services.common.constants import (
+    MAX_ID_CHARS,
     MODEL_STAGES,
     TOPIC_CAMPAIGN_REQUESTS,
     checked_cents,
@@ -74,7 +75,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "crm.events.Order": ("event_id", "customer_id", "tenant", "event_time", "order_id", "status", "amount"),
 }
 ACTS = {"paid": "paid", "refunded": "refund"}  # order statuses the behaviour index keeps
-MAX_VALUE_LENGTH = 1024  # beyond what ingest accepts by default (256)
+MAX_VALUE_LENGTH = MAX_ID_CHARS  # beyond what ingest accepts by default (256)
 
 
 @dataclass(frozen=True, slots=True)

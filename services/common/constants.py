@@ -27,6 +27,7 @@ __all__ = [
     "TOPIC_TRIGGERS_OUTREACH",
     "TOPIC_TRIGGERS_REMINDERS",
     "TOPIC_TRIGGERS_SUPPRESSED",
+    "MAX_ID_CHARS",
     "checked_cents",
     "checked_customer",
     "checked_id",
@@ -88,6 +89,10 @@ def checked_time(ms: int) -> int:
     return ms
 
 
+# the longest tenant or customer id an engine takes (beyond what ingest accepts by default, 256)
+MAX_ID_CHARS = 1024
+
+
 def checked_cents(amount: float) -> int:
     """An amount in currency units as whole cents; ValueError for a negative, huge or NaN one."""
     if not 0 <= amount * 100 < MAX_AMOUNT_CENTS:  # also false for NaN
@@ -96,18 +101,25 @@ def checked_cents(amount: float) -> int:
 
 
 def checked_tenant(tenant: str) -> str:
-    """`tenant` if it can lead a Redis key (which it does up to a ':'): not empty, no ':'."""
+    """`tenant` if it can lead a Redis key and its hash tag `{tenant:shard}`: not empty, no ':',
+    '{' or '}' (a tag cut short or empty would scatter a unit's keys over slots), at most
+    MAX_ID_CHARS characters."""
     if not tenant:
         raise ValueError("out of range: tenant is empty")
-    if ":" in tenant:
-        raise ValueError("out of range: a tenant must not contain ':'")
+    if ":" in tenant or "{" in tenant or "}" in tenant:
+        raise ValueError("out of range: a tenant must not contain ':', '{' or '}'")
+    if len(tenant) > MAX_ID_CHARS:
+        raise ValueError(f"out of range: tenant longer than {MAX_ID_CHARS} characters")
     return checked_id(tenant, "tenant")
 
 
 def checked_customer(customer: str) -> str:
-    """`customer` if it names a customer: not empty, no control character."""
+    """`customer` if it names a customer: not empty, at most MAX_ID_CHARS characters, no control
+    character (every engine takes the same ids)."""
     if not customer:
         raise ValueError("out of range: customer_id is empty")
+    if len(customer) > MAX_ID_CHARS:
+        raise ValueError(f"out of range: customer_id longer than {MAX_ID_CHARS} characters")
     return checked_id(customer)
 
 

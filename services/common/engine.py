@@ -561,17 +561,20 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-async def _each(coros: list[Any]) -> None:
-    """Run `coros` together; if one fails, the others are cancelled and waited for, and its
-    exception is raised (what a unit wrote stays: its fence says so)."""
+async def _each(coros: list[Any], at_once: int = 16) -> None:
+    """Run `coros`, at most `at_once` together (each holds a Redis connection while it runs); if
+    one fails, the others still finish (each one's MULTI and outbox send belong together), then the
+    first failure is raised (what a unit wrote stays: its fence says so)."""
     if len(coros) == 1:
         await coros[0]
         return
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    gate = asyncio.Semaphore(at_once)
+
+    async def gated(coro: Any) -> None:
+        async with gate:
+            await coro
+
+    outcomes = await asyncio.gather(*(gated(c) for c in coros), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome

@@ -222,8 +222,8 @@ def validate_event(item: RawItem, codec: Codec, limits: Limits, now_ms: int) -> 
     for key in ("event_id", "customer_id", "tenant"):
         if not record[key].strip():
             raise Rejection("missing_field", f"{key} is empty", event_type)
-    if ":" in record["tenant"]:  # the tenant leads every customer's Redis key, up to a ':'
-        raise Rejection("bad_tenant", "tenant must not contain ':'", event_type)
+    if any(c in record["tenant"] for c in ":{}"):  # the tenant leads the Redis keys' hash tags {tenant:shard}
+        raise Rejection("bad_tenant", "tenant must not contain ':', '{' or '}'", event_type)
     for key in ID_FIELDS:  # the engines' keys, logs and outboxes separate their parts with them
         if isinstance(record.get(key), str) and has_control(record[key]):
             raise Rejection("bad_id", f"{key} contains a control character", event_type)

@@ -132,7 +132,13 @@ async def test_old_layout_data_is_migrated_and_the_engine_goes_on_from_it(stack:
         assert refused.returncode != 0 and "crm migrate-keys" in refused.stderr, refused.stderr[-2000:]
 
         groups = {"stager": group, "triggers": "t", "attribution": "a", "analytics": "n"}
+        # a key of the unit layout that looks like the old one ("{tenant:customer}" with a customer
+        # "3}:x}"): a run taken up again leaves it where it is
+        odd = "x}"
+        unit_key = keys.customer_key(f"other-{run}", shard_of(odd, PARTITIONS), odd)
+        await redis.hset(unit_key, "s", b"kept")
         moved = await migrate_keys(redis, groups, PARTITIONS, print)
+        assert await redis.hget(unit_key, "s") == b"kept"
         assert moved["state:c"] == 9 and moved["fences"] == 1 and moved["clocks"] >= 1, moved
         assert not await redis.exists(*keys.OLD_LAYOUT_KEYS)
         assert not [k async for k in redis.scan_iter(match=f"{REDIS_PREFIX}c:{{{tenant}:c*}}")]

@@ -202,6 +202,12 @@ def test_a_tenant_with_a_colon_is_rejected() -> None:
     assert reject(item(tenant="R:x")).code == "bad_tenant"
 
 
+@pytest.mark.parametrize("tenant", ["}shop", "a{b", "x}"])
+def test_a_tenant_with_a_brace_is_rejected(tenant: str) -> None:
+    # "}shop" would make the hash tag {}shop:5} empty: a unit's keys over many Redis Cluster slots
+    assert reject(item(tenant=tenant)).code == "bad_tenant"
+
+
 @pytest.mark.parametrize("field", ["customer_id", "event_id", "tenant", "session_id"])
 @pytest.mark.parametrize("char", ["\x1f", "\x00", "\n", "\x7f"])
 def test_an_id_with_a_control_character_is_rejected(field: str, char: str) -> None:
